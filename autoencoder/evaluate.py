@@ -1,0 +1,84 @@
+"""Evaluate an exported ``VQModel``: reconstruction quality, codebook usage, and the latent scaling factor.
+
+These functions use the plain diffusers model (encode -> its own nearest-code lookup -> decode), so the
+numbers describe exactly what a diffusers user loads.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import VQModel
+from tqdm.auto import tqdm
+
+from .data import ImageData
+from .metrics import codebook_stats, psnr, ssim
+
+
+@torch.inference_mode()
+def encode_indices(vqmodel: VQModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-quantization latents -> (quantized latents, code indices B x h x w)."""
+    z_q, _, (_, _, indices) = vqmodel.quantize(h)
+    return z_q, indices.view(h.shape[0], h.shape[2], h.shape[3])
+
+
+@torch.inference_mode()
+def evaluate_reconstruction(
+    vqmodel: VQModel,
+    data: ImageData,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    max_images: int | None = None,
+    progress: bool = True,
+    return_details: bool = False,
+) -> dict:
+    """PSNR / SSIM (means over images) and codebook statistics counted over the whole split."""
+    vqmodel.eval()
+    n = len(data) if max_images is None else min(len(data), max_images)
+    k = vqmodel.config.num_vq_embeddings
+    counts = torch.zeros(k, dtype=torch.long)
+    psnrs, ssims, all_indices = [], [], []
+    for start in tqdm(range(0, n, batch_size), desc="evaluating reconstructions", disable=not progress, leave=False):
+        x, _ = data.batch(torch.arange(start, min(n, start + batch_size)))
+        x = x.to(device)
+        h = vqmodel.encode(x).latents
+        z_q, indices = encode_indices(vqmodel, h)
+        rec = vqmodel.decode(z_q, force_not_quantize=True).sample
+        psnrs.append(psnr(rec.float(), x.float()).cpu())
+        ssims.append(ssim(rec.float(), x.float()).cpu())
+        counts += torch.bincount(indices.flatten().cpu(), minlength=k)
+        if return_details:
+            all_indices.append(indices.cpu())
+    result = {"images": n, "psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean())}
+    result.update(codebook_stats(counts))
+    if return_details:
+        result["counts"] = counts
+        result["indices"] = torch.cat(all_indices)
+    return result
+
+
+@torch.inference_mode()
+def measure_scaling_factor(
+    vqmodel: VQModel,
+    data: ImageData,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    max_images: int | None = 10_000,
+    progress: bool = True,
+) -> float:
+    """1 / std of the pre-quantization latents h over (up to ``max_images`` of) ``data``.
+
+    LDM convention (Rombach et al. 2022, sec. 4.3.2 / D.1): the diffusion model sees h * scaling_factor,
+    which then has unit variance. The std is over all elements (one scalar), in float64 sums.
+    """
+    vqmodel.eval()
+    n = len(data) if max_images is None else min(len(data), max_images)
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in tqdm(range(0, n, batch_size), desc="measuring latent scale", disable=not progress, leave=False):
+        x, _ = data.batch(torch.arange(start, min(n, start + batch_size)))
+        h = vqmodel.encode(x.to(device)).latents.double()
+        total += float(h.sum())
+        total_sq += float((h * h).sum())
+        count += h.numel()
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 1e-12)
+    return float(1.0 / var**0.5)

@@ -1,0 +1,213 @@
+"""The training-time vector quantizer: nearest-code lookup with the fixes diffusers' VectorQuantizer lacks.
+
+Notation (van den Oord et al. 2017, "Neural Discrete Representation Learning"): h is the encoder output
+after ``quant_conv`` (pre-quantization latents, B x D x H x W), e_j the codebook rows, and
+k = argmin_j ||h - e_j||. The decoder sees z_q = h + sg[e_k - h] (straight-through: forward value e_k,
+gradient of identity into the encoder).
+
+* beta weights the *commitment* term beta * ||h - sg[e_k]||^2, which pulls the encoder toward its code
+  (beta = 0.25 as in the paper). diffusers/taming with ``legacy=True`` put beta on the codebook side.
+* The codebook starts from encoder outputs (k-means, or random samples), not a tiny uniform ball where
+  most codes are never nearest to anything.
+* ``ema`` codebook update (paper, appendix A.1; decay 0.99): N_k <- g N_k + (1-g) n_k,
+  m_k <- g m_k + (1-g) sum_{i: k_i = k} h_i, e_k = m_k / N_k (with Laplace smoothing of N). No codebook
+  loss is needed then. ``gradient`` keeps the plain codebook loss ||sg[h] - e_k||^2 for comparison.
+* Dead codes (EMA cluster size below a threshold) are restarted from current encoder outputs, which is
+  what keeps codebook usage near 100% (Dhariwal et al. 2020, Jukebox; Zeghidour et al. 2021).
+
+The codebook tensor is the ``embedding`` of a ``diffusers.VQModel``'s quantizer, shared, so the exported
+model holds exactly the codes that were trained, and ``VQModel.decode`` picks the same nearest code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class QuantizerConfig:
+    beta: float = 0.25  # commitment weight on the encoder side (VQ-VAE paper)
+    codebook_update: Literal["ema", "gradient"] = "ema"
+    ema_decay: float = 0.99  # VQ-VAE paper, appendix A.1
+    init: Literal["kmeans", "samples", "uniform"] = "kmeans"  # uniform = diffusers' tiny ball (for comparison)
+    kmeans_iters: int = 10
+    restart_dead_codes: bool = True
+    dead_code_threshold: float = 1.0  # EMA count of assignments per step below which a code is dead
+    restart_every: int = 1  # steps between dead-code checks
+
+    def __post_init__(self):
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"quantizer.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.beta < 0:
+            raise ValueError(f"quantizer.beta must be >= 0, got {self.beta}")
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor  # B x D x H x W, straight-through quantized latents
+    indices: torch.Tensor  # B x H x W, code index per position
+    loss: torch.Tensor  # commitment (+ codebook loss in gradient mode), scalar
+    commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    perplexity: torch.Tensor  # exp(entropy) of this batch's code distribution
+
+
+def straight_through(h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Forward value q, gradient of the identity into h."""
+    return h + (q - h).detach()
+
+
+def nearest_code(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """argmin_j ||flat_i - e_j||, computed as diffusers' VectorQuantizer does (cdist), so ties break alike."""
+    return torch.argmin(torch.cdist(flat, codebook), dim=1)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """Plain Lloyd k-means on rows of ``x``; empty clusters are re-seeded from random rows."""
+    n = x.shape[0]
+    pick = torch.randint(0, n, (k,), generator=generator) if n < k else torch.randperm(n, generator=generator)[:k]
+    centers = x[pick.to(x.device)].clone()
+    for _ in range(iters):
+        assign = nearest_code(x, centers)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        empty = counts == 0
+        centers = torch.where(empty[:, None], centers, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            refill = torch.randint(0, n, (int(empty.sum()),), generator=generator).to(x.device)
+            centers[empty] = x[refill]
+    return centers
+
+
+class VectorQuantizerEMA(nn.Module):
+    """Trains the codebook ``embedding`` (an ``nn.Embedding`` owned by a diffusers VQModel)."""
+
+    def __init__(self, embedding: nn.Embedding, cfg: QuantizerConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        # Held by reference, not registered: the VQModel owns (saves, moves) the codebook.
+        self._embedding = (embedding,)
+        k, d = embedding.weight.shape
+        self.num_codes, self.dim = k, d
+        ema = cfg.codebook_update == "ema"
+        embedding.weight.requires_grad_(not ema)
+        self.register_buffer("cluster_size", torch.zeros(k))
+        self.register_buffer("embed_sum", embedding.weight.detach().clone())
+        self.register_buffer("initialized", torch.tensor(cfg.init == "uniform"))
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # Same seed on every process: restarts choose the same rows everywhere, codebooks stay identical.
+        self.generator = torch.Generator().manual_seed(seed + 7919)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self._embedding[0].weight
+
+    # ------------------------------------------------------------------ helpers
+    def _gather_rows(self, flat: torch.Tensor, max_rows: int) -> torch.Tensor:
+        """Up to ``max_rows`` rows of ``flat`` from every process, concatenated (same result on all ranks)."""
+        flat = flat.detach().float()
+        if flat.shape[0] > max_rows:
+            flat = flat[torch.randperm(flat.shape[0], generator=self.generator)[:max_rows].to(flat.device)]
+        if not _distributed():
+            return flat
+        sizes = [torch.zeros((), dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, torch.tensor(flat.shape[0], device=flat.device))
+        width = int(max(s.item() for s in sizes))
+        padded = torch.zeros(width, flat.shape[1], device=flat.device)
+        padded[: flat.shape[0]] = flat
+        parts = [torch.zeros_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+    @torch.no_grad()
+    def initialize(self, flat: torch.Tensor) -> None:
+        rows = self._gather_rows(flat, max_rows=max(20 * self.num_codes, 4096))
+        if self.cfg.init == "kmeans":
+            codes = kmeans(rows, self.num_codes, self.cfg.kmeans_iters, self.generator)
+        else:
+            pick = torch.randint(0, rows.shape[0], (self.num_codes,), generator=self.generator).to(rows.device)
+            codes = rows[pick]
+        self.codebook.data.copy_(codes)
+        # Start the EMA as if each code had been hit at the average rate, so early steps don't kill codes.
+        average = flat.shape[0] * (dist.get_world_size() if _distributed() else 1) / self.num_codes
+        self.cluster_size.fill_(average)
+        self.embed_sum.copy_(codes * average)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        counts = torch.bincount(indices, minlength=self.num_codes).float()
+        sums = torch.zeros(self.num_codes, self.dim, device=flat.device).index_add_(0, indices, flat.detach().float())
+        if _distributed():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        g = self.cfg.ema_decay
+        self.cluster_size.mul_(g).add_(counts, alpha=1 - g)
+        self.embed_sum.mul_(g).add_(sums, alpha=1 - g)
+        # Laplace smoothing keeps e_k finite for codes with N_k ~ 0 (Sonnet's VQ-VAE-EMA, eps = 1e-5)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + 1e-5) / (n + self.num_codes * 1e-5) * n
+        self.codebook.data.copy_(self.embed_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> int:
+        if self.cfg.codebook_update == "ema":
+            dead = self.cluster_size < self.cfg.dead_code_threshold
+        else:  # gradient mode keeps its own running count in cluster_size
+            self.cluster_size.mul_(self.cfg.ema_decay).add_(counts, alpha=1 - self.cfg.ema_decay)
+            dead = self.cluster_size < self.cfg.dead_code_threshold
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        rows = self._gather_rows(flat, max_rows=max(n_dead, 1024))
+        pick = torch.randint(0, rows.shape[0], (n_dead,), generator=self.generator).to(rows.device)
+        new = rows[pick]
+        self.codebook.data[dead] = new.to(self.codebook.dtype)
+        restart_size = max(self.cfg.dead_code_threshold, 1.0)
+        self.cluster_size[dead] = restart_size
+        self.embed_sum[dead] = new * restart_size
+        self.restarts.add_(n_dead)
+        return n_dead
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, h: torch.Tensor) -> QuantizerOutput:
+        """h: B x D x H x W pre-quantization latents -> straight-through quantized latents and losses."""
+        b, d, hh, ww = h.shape
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = h.float()
+            flat = h.permute(0, 2, 3, 1).reshape(-1, d)  # (B*H*W) x D
+            if self.training and not bool(self.initialized):
+                self.initialize(flat)
+            codebook = self.codebook.float()
+            indices = nearest_code(flat.detach(), codebook.detach())  # B*H*W
+            z_q = F.embedding(indices, codebook).view(b, hh, ww, d).permute(0, 3, 1, 2)  # B x D x H x W
+            commitment = F.mse_loss(h, z_q.detach())
+            if self.cfg.codebook_update == "gradient":
+                codebook_loss = F.mse_loss(z_q, h.detach())
+            else:
+                codebook_loss = torch.zeros((), device=h.device)
+            loss = self.cfg.beta * commitment + codebook_loss
+            counts = torch.bincount(indices, minlength=self.num_codes).float()
+            if self.training:
+                self.steps.add_(1)
+                if self.cfg.codebook_update == "ema":
+                    self._ema_update(flat, indices)
+                if self.cfg.restart_dead_codes and int(self.steps) % self.cfg.restart_every == 0:
+                    if _distributed() and self.cfg.codebook_update == "gradient":
+                        dist.all_reduce(counts)
+                    self._restart_dead(flat, counts)
+            probs = counts / counts.sum().clamp(min=1)
+            perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
+            z_q = straight_through(h, z_q.detach() if self.cfg.codebook_update == "ema" else z_q)
+        return QuantizerOutput(z_q, indices.view(b, hh, ww), loss, commitment, codebook_loss, perplexity)

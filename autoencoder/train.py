@@ -1,0 +1,274 @@
+"""``vqldm train-autoencoder``: one flat training loop for the VQ autoencoder (stage 1).
+
+build (data, model, quantizer, discriminator, optimizers) -> resume -> loop (forward, losses, NaN guard,
+backward, step, log, grids, checkpoints) -> export ``OUT/vqvae`` with the measured scaling factor ->
+``OUT/metrics.json`` with held-out PSNR, SSIM and codebook statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    AtomicDir,
+    atomic_write_json,
+    latest_checkpoint,
+    load_training_checkpoint,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    save_training_checkpoint,
+)
+from .config import load_config, save_config, to_dict
+from .data import BatchSampler, DataConfig, load_datasets
+from .errors import UserError
+from .evaluate import evaluate_reconstruction, measure_scaling_factor
+from .losses import (
+    LossConfig,
+    PatchDiscriminator,
+    adaptive_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    load_lpips,
+    perceptual_loss,
+    reconstruction_loss,
+)
+from .metrics import codebook_stats, psnr
+from .model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel
+from .quantizer import QuantizerConfig
+from .runtime import (
+    NonFiniteGuard,
+    RunLogger,
+    StopSignals,
+    TrainLoopConfig,
+    make_accelerator,
+    make_grid,
+    prepare_run_dir,
+    save_png,
+)
+
+
+@dataclass
+class AutoencoderTrainConfig(TrainLoopConfig):
+    scaling_max_images: int | None = 10_000  # training images used to measure 1/std(h)
+    eval_max_images: int | None = None  # held-out images for the final metrics (None = all)
+    eval_batch_size: int = 256
+
+
+@dataclass
+class AutoencoderRunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: AutoencoderModelConfig = field(default_factory=AutoencoderModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+
+
+def load_autoencoder_config(path, overrides=()) -> AutoencoderRunConfig:
+    return load_config(AutoencoderRunConfig, path, overrides, stage="autoencoder")
+
+
+def train_autoencoder(
+    cfg: AutoencoderRunConfig,
+    out: str | Path,
+    data: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train, export ``out/vqvae`` and return the final metrics (also written to ``out/metrics.json``)."""
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    tc = cfg.train
+    source = data or cfg.data.source
+    acc = make_accelerator(tc)
+    is_main = acc.is_main_process
+    log = (lambda msg: tqdm.write(msg)) if is_main else (lambda msg: None)
+    run_dir = prepare_run_dir(out, resume, is_main)
+
+    # ---------------------------------------------------------------- data
+    datasets = load_datasets(source, cfg.data, log=log, progress=is_main and tc.progress)
+    cfg.data.source = datasets.source
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        if datasets.skipped:
+            atomic_write_json(run_dir / "skipped_files.json", [s.__dict__ for s in datasets.skipped])
+    sampler = BatchSampler(len(datasets.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
+
+    # ---------------------------------------------------------------- model, losses, optimizers
+    torch.manual_seed(tc.seed)
+    vqmodel = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)
+    model = VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    use_disc = cfg.loss.disc_weight > 0
+    disc = PatchDiscriminator(cfg.data.channels, cfg.loss.disc_channels, cfg.loss.disc_layers) if use_disc else None
+    dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr or tc.lr, betas=tc.adam_betas) if use_disc else None
+    lpips_model = load_lpips(cfg.loss, log=log)
+
+    # ---------------------------------------------------------------- resume
+    step = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        log(f"no checkpoint in {run_dir}; starting a new run")
+    if ckpt is not None:
+        files, state = load_training_checkpoint(ckpt)
+        try:
+            model.load_state_dict(files["model"])
+            opt.load_state_dict(optimizer_state_from_tensors(files["optimizer"], state["optimizer"]))
+            if use_disc:
+                disc.load_state_dict(files["disc"])
+                dopt.load_state_dict(optimizer_state_from_tensors(files["disc_optimizer"], state["disc_optimizer"]))
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise UserError(f"checkpoint {ckpt} does not match this config ({str(err).splitlines()[0][:120]}); resume with the config it was trained with") from None
+        model.quantizer.generator.set_state(files["rng"]["quantizer"])
+        torch.set_rng_state(files["rng"]["torch_cpu"])
+        step = int(state["step"])
+        log(f"resumed from {ckpt} at step {step}")
+
+    device = acc.device
+    if use_disc:
+        model, opt, disc, dopt = acc.prepare(model, opt, disc, dopt)
+    else:
+        model, opt = acc.prepare(model, opt)
+    if lpips_model is not None:
+        lpips_model.to(device)
+    raw = acc.unwrap_model(model)
+    raw_disc = acc.unwrap_model(disc) if use_disc else None
+
+    def save_checkpoint(at_step: int) -> Path | None:
+        acc.wait_for_everyone()
+        if not is_main:
+            return None
+        otensors, ometa = optimizer_state_to_tensors(opt.state_dict())
+        tensors = {
+            "model": raw.state_dict(),
+            "optimizer": otensors,
+            "rng": {"quantizer": raw.quantizer.generator.get_state(), "torch_cpu": torch.get_rng_state()},
+        }
+        state = {"step": at_step, "optimizer": ometa, "config": to_dict(cfg)}
+        if use_disc:
+            dt, dmeta = optimizer_state_to_tensors(dopt.state_dict())
+            tensors["disc"] = raw_disc.state_dict()
+            tensors["disc_optimizer"] = dt
+            state["disc_optimizer"] = dmeta
+        return save_training_checkpoint(run_dir, at_step, tensors, state, keep=tc.keep_checkpoints)
+
+    # ---------------------------------------------------------------- loop
+    logger = RunLogger(run_dir, is_main)
+    guard = NonFiniteGuard(tc.skip_nonfinite_once, log=log)
+    k = cfg.model.codebook_size
+    epoch_counts = torch.zeros(k, device=device)
+    window: dict[str, float] = {}
+    window_n = 0
+    fixed_batch, _ = datasets.holdout.batch(torch.arange(min(16, len(datasets.holdout))))
+    last_ckpt = latest_checkpoint(run_dir)
+    batches = sampler.batches(step)
+    bar = tqdm(total=tc.max_steps, initial=step, desc="train-autoencoder", disable=not (is_main and tc.progress), dynamic_ncols=True)
+    with StopSignals() as signals:
+        while step < tc.max_steps:
+            x, _ = datasets.train.batch(next(batches))
+            x = x.to(device, non_blocking=True)
+            model.train()
+            with acc.accumulate(model):
+                with acc.autocast():
+                    rec, q, h = model(x)
+                    rec_loss = reconstruction_loss(rec.float(), x, cfg.loss.reconstruction)
+                    nll = rec_loss
+                    if lpips_model is not None:
+                        p_loss = perceptual_loss(lpips_model, rec.float(), x)
+                        nll = nll + cfg.loss.perceptual_weight * p_loss
+                    loss = nll + q.loss
+                    disc_active = use_disc and step >= cfg.loss.disc_start
+                    if disc_active:
+                        g_loss = hinge_g_loss(disc(rec))
+                        d_weight = adaptive_weight(nll, g_loss, raw.last_layer(), cfg.loss.adaptive_weight_max)
+                        loss = loss + cfg.loss.disc_weight * d_weight * g_loss
+                if not guard.check(loss, step, last_ckpt):
+                    opt.zero_grad(set_to_none=True)
+                    continue
+                acc.backward(loss)
+                if tc.grad_clip and acc.sync_gradients:
+                    acc.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if disc_active:
+                    with acc.autocast():
+                        d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+                    acc.backward(d_loss)
+                    dopt.step()
+                    dopt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+
+            # -------------------------------------------------------- metrics
+            with torch.no_grad():
+                counts = torch.bincount(q.indices.flatten(), minlength=k).float()
+                epoch_counts += counts
+                stats = {"loss": float(loss), "rec_loss": float(rec_loss), "commitment": float(q.commitment_loss),
+                         "perplexity": float(q.perplexity), "psnr": float(psnr(rec.float(), x).mean())}
+                if disc_active:
+                    stats.update(g_loss=float(g_loss), d_loss=float(d_loss), d_weight=float(d_weight))
+            for key, v in stats.items():
+                window[key] = window.get(key, 0.0) + v
+            window_n += 1
+            if step % sampler.steps_per_epoch == 0:
+                usage = codebook_stats(acc.reduce(epoch_counts, "sum").cpu())
+                logger.scalars(step, {"epoch/codebook_usage": usage["codebook_usage"], "epoch/perplexity": usage["perplexity"]})
+                epoch_counts.zero_()
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                avg = {f"train/{key}": v / window_n for key, v in window.items()}
+                live = (epoch_counts > 0).float().mean().item() * 100
+                avg.update({"train/codebook_usage_epoch_so_far": live, "train/restarts": float(raw.quantizer.restarts),
+                            "train/lr": opt.param_groups[0]["lr"]})
+                logger.scalars(step, avg)
+                bar.set_postfix(loss=f"{avg['train/loss']:.4f}", psnr=f"{avg['train/psnr']:.2f}", codes=f"{live:.0f}%")
+                window, window_n = {}, 0
+            if is_main and (step % tc.image_every == 0 or step == tc.max_steps):
+                raw.eval()
+                with torch.no_grad():
+                    r, _, _ = raw(fixed_batch.to(device))
+                save_png(make_grid(torch.cat([fixed_batch, r.float().cpu()]), nrow=len(fixed_batch)), run_dir / "images" / f"reconstructions_{step:08d}.png")
+            if step % tc.checkpoint_every == 0 and step < tc.max_steps:
+                last_ckpt = save_checkpoint(step) or last_ckpt
+            if signals.requested:
+                path = save_checkpoint(step)
+                bar.close()
+                logger.close()
+                raise UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+    bar.close()
+    save_checkpoint(step)
+    logger.loss_curves(["train/loss", "train/rec_loss", "train/psnr", "train/perplexity", "train/codebook_usage_epoch_so_far"])
+
+    # ---------------------------------------------------------------- export + final metrics
+    metrics: dict = {}
+    if is_main:
+        vq = raw.vqmodel.float().eval()
+        scaling = measure_scaling_factor(vq, datasets.train, tc.eval_batch_size, device, tc.scaling_max_images, progress=tc.progress)
+        vq.register_to_config(scaling_factor=scaling)
+        result = evaluate_reconstruction(vq, datasets.holdout, tc.eval_batch_size, device, tc.eval_max_images, progress=tc.progress)
+        with AtomicDir(run_dir / "vqvae") as tmp:
+            vq.save_pretrained(tmp, safe_serialization=True)
+        metrics = {
+            "step": step,
+            "scaling_factor": scaling,
+            "holdout": result,
+            "train_images": len(datasets.train),
+            "skipped_files": len(datasets.skipped),
+            "restarts": int(raw.quantizer.restarts),
+            "processes": acc.num_processes,
+        }
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        logger.scalars(step, {f"eval/{key}": v for key, v in result.items() if isinstance(v, (int, float))})
+        log(
+            f"done: {step} steps; held-out ({result['images']} images) PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, "
+            f"codebook usage {result['codebook_usage']:.1f}% ({result['dead_codes']} dead), perplexity {result['perplexity']:.1f}; "
+            f"scaling_factor {scaling:.4f}; model in {run_dir / 'vqvae'}"
+        )
+    logger.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return metrics

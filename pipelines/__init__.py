@@ -1,0 +1,1 @@
+"""Stage 3: the VQ latent diffusion pipeline, the ``vqldm`` command line, and evaluation."""

@@ -1,0 +1,96 @@
+"""The ``vqldm`` command line. User errors print one line on stderr and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config path, or a preset name (e.g. fashion-mnist)")
+    p.add_argument("--data", help="image folder or named dataset (fashion-mnist, mnist, cifar10)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<command>)")
+    p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key (repeatable)")
+    p.add_argument("--labels", choices=["none", "folders"], default=None, help="class labels from first-level subfolders")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqldm", description="Latent diffusion on a VQ-compressed space.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train-autoencoder", help="train the VQ autoencoder (stage 1)")
+    _add_train_args(p)
+
+    p = sub.add_parser("convert", help="convert a trusted pickle checkpoint (.bin/.ckpt/.pt) to safetensors")
+    p.add_argument("src")
+    p.add_argument("dst", nargs="?", default=None)
+    p.add_argument("--trust-pickle", action="store_true", help="required: confirms you trust the file's source")
+
+    try:
+        from . import commands  # noqa: F401  (later stages register their sub-commands)
+
+        commands.register(sub)
+    except ImportError:
+        pass
+    return parser
+
+
+def _overrides(args) -> list[str]:
+    extra = list(args.overrides)
+    if getattr(args, "labels", None):
+        extra.append(f"data.labels={args.labels}")
+    return extra
+
+
+def cmd_train_autoencoder(args) -> int:
+    from autoencoder.train import load_autoencoder_config, train_autoencoder
+
+    cfg = load_autoencoder_config(args.config, _overrides(args))
+    train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    from autoencoder.checkpoint import convert_pickle_to_safetensors
+    from autoencoder.errors import UserError
+
+    if not args.trust_pickle:
+        raise UserError(f"converting {args.src!r} loads a pickle file; pass --trust-pickle if you trust its source")
+    src = Path(args.src)
+    if not src.is_file():
+        raise UserError(f"{args.src!r} not found; check the path")
+    dst = Path(args.dst) if args.dst else src.with_suffix(".safetensors")
+    n = convert_pickle_to_safetensors(src, dst)
+    print(f"wrote {n} tensors to {dst}")
+    return 0
+
+
+HANDLERS = {"train-autoencoder": cmd_train_autoencoder, "convert": cmd_convert}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from autoencoder.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = HANDLERS.get(args.command) or getattr(args, "handler", None)
+    try:
+        code = handler(args)
+    except UserError as err:
+        print(f"vqldm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqldm: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

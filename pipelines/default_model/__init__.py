@@ -1,0 +1,1 @@
+"""The small class-conditional Fashion-MNIST pipeline shipped with vqldm (the embedded default)."""
