@@ -30,12 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", nargs="?", default=None)
     p.add_argument("--trust-pickle", action="store_true", help="required: confirms you trust the file's source")
 
-    try:
-        from . import commands  # noqa: F401  (later stages register their sub-commands)
+    p = sub.add_parser("train-diffusion", help="train the latent diffusion UNet (stage 2)")
+    _add_train_args(p)
+    p.add_argument("--autoencoder", required=True, help="autoencoder run folder (holding vqvae/) or a VQModel folder")
 
-        commands.register(sub)
-    except ImportError:
-        pass
+    # generate / evaluate own their arguments (pipelines/generate.py, pipelines/evaluate.py)
+    from . import evaluate, generate
+
+    p = sub.add_parser("generate", help="generate images with a trained (or the shipped) pipeline")
+    generate.add_arguments(p)
+    p = sub.add_parser("evaluate", help="reconstruction, codebook and generation metrics, with plots")
+    evaluate.add_arguments(p)
     return parser
 
 
@@ -52,6 +57,27 @@ def cmd_train_autoencoder(args) -> int:
     cfg = load_autoencoder_config(args.config, _overrides(args))
     train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume)
     return 0
+
+
+def cmd_train_diffusion(args) -> int:
+    from diffusion.train import load_diffusion_config, train_diffusion
+
+    cfg = load_diffusion_config(args.config, _overrides(args))
+    train_diffusion(cfg, args.out or "runs/diffusion", autoencoder=args.autoencoder, data=args.data,
+                    max_steps=args.max_steps, resume=args.resume)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generate import main as generate_main
+
+    return generate_main(args)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import main as evaluate_main
+
+    return evaluate_main(args)
 
 
 def cmd_convert(args) -> int:
@@ -71,7 +97,13 @@ def cmd_convert(args) -> int:
     return 0
 
 
-HANDLERS = {"train-autoencoder": cmd_train_autoencoder, "convert": cmd_convert}
+HANDLERS = {
+    "train-autoencoder": cmd_train_autoencoder,
+    "train-diffusion": cmd_train_diffusion,
+    "generate": cmd_generate,
+    "evaluate": cmd_evaluate,
+    "convert": cmd_convert,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = HANDLERS.get(args.command) or getattr(args, "handler", None)
+    handler = HANDLERS[args.command]
     try:
         code = handler(args)
     except UserError as err:

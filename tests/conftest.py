@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny data and a tiny trained autoencoder, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """A labelled folder: 2 classes x 12 RGB PNGs of 20x20 (class 0 dark squares, class 1 bright discs)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:20, :20]
+    for label, name in enumerate(["squares", "discs"]):
+        (root / name).mkdir()
+        for i in range(12):
+            img = rng.integers(0, 40, (20, 20, 3), dtype=np.uint8)
+            if label == 0:
+                img[5:15, 5:15] = 200
+            else:
+                img[(yy - 10) ** 2 + (xx - 10) ** 2 < 36] = 255
+            Image.fromarray(img).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_ae_run(tmp_path_factory):
+    """A tiny autoencoder trained for 20 steps on 256 Fashion-MNIST images; returns the run folder."""
+    from autoencoder.train import load_autoencoder_config, train_autoencoder
+
+    out = tmp_path_factory.mktemp("tiny_ae")
+    cfg = load_autoencoder_config("tiny", ["data.max_images=256", "train.eval_max_images=64", "train.progress=false"])
+    train_autoencoder(cfg, out, data="fashion-mnist")
+    return out
