@@ -1,0 +1,66 @@
+"""The denoising loop, independent of any pipeline class: model + scheduler + latents -> latents.
+
+Classifier-free guidance (Ho & Salimans 2022): eps = eps_uncond + s * (eps_cond - eps_uncond), with the
+conditional and unconditional halves in one batched UNet call; at s = 1 the unconditional half is skipped
+(it would cancel exactly). The "unconditional" label is the extra null class (index = num_classes).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Iterable
+
+import torch
+
+
+def guided_prediction(
+    unet,
+    latents: torch.Tensor,
+    t: torch.Tensor | int,
+    class_labels: torch.Tensor | None,
+    guidance_scale: float,
+    null_class: int | None,
+) -> torch.Tensor:
+    """The model output at (latents, t), with classifier-free guidance when ``guidance_scale != 1``."""
+    if class_labels is None or guidance_scale == 1.0:
+        return unet(latents, t, class_labels=class_labels).sample
+    if null_class is None:
+        raise ValueError("guidance needs a class-conditional model with a null class")
+    null = torch.full_like(class_labels, null_class)
+    out = unet(torch.cat([latents, latents]), t, class_labels=torch.cat([class_labels, null])).sample
+    cond, uncond = out.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def denoise(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    timesteps: Iterable,
+    class_labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    null_class: int | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    after_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> torch.Tensor:
+    """Run ``scheduler.step`` over ``timesteps`` (already set on the scheduler) and return the latents.
+
+    ``after_step(i, t, latents) -> latents`` lets callers modify latents after each step (inpainting
+    re-imposes the known region there). ``progress`` wraps the timestep iterable (e.g. a tqdm bar).
+    """
+    params = set(inspect.signature(scheduler.step).parameters)
+    step_kwargs = {}
+    if "eta" in params:
+        step_kwargs["eta"] = eta
+    if "generator" in params and generator is not None:
+        step_kwargs["generator"] = generator
+    steps = list(timesteps)
+    for i, t in enumerate(progress(steps) if progress else steps):
+        model_input = scheduler.scale_model_input(latents, t)
+        prediction = guided_prediction(unet, model_input, t, class_labels, guidance_scale, null_class)
+        latents = scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
+        if after_step is not None:
+            latents = after_step(i, t, latents)
+    return latents
