@@ -43,9 +43,11 @@ from .quantizer import QuantizerConfig
 from .runtime import (
     NonFiniteGuard,
     RunLogger,
+    Timer,
     StopSignals,
     TrainLoopConfig,
     make_accelerator,
+    lr_lambda,
     make_grid,
     prepare_run_dir,
     save_png,
@@ -81,17 +83,23 @@ def train_autoencoder(
 ) -> dict:
     """Train, export ``out/vqvae`` and return the final metrics (also written to ``out/metrics.json``)."""
     if max_steps is not None:
+        if max_steps < 1:
+            raise UserError(f"--max-steps must be >= 1, got {max_steps}")
         cfg.train.max_steps = max_steps
     tc = cfg.train
     source = data or cfg.data.source
     acc = make_accelerator(tc)
     is_main = acc.is_main_process
     log = (lambda msg: tqdm.write(msg)) if is_main else (lambda msg: None)
-    run_dir = prepare_run_dir(out, resume, is_main)
+    # Check every input before writing anything: a failed start leaves no (half-)run folder behind.
+    prepare_run_dir(out, resume, is_main, create=False)
+    torch.manual_seed(tc.seed)
+    vqmodel = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)  # rejects impossible sizes
 
     # ---------------------------------------------------------------- data
     datasets = load_datasets(source, cfg.data, log=log, progress=is_main and tc.progress)
     cfg.data.source = datasets.source
+    run_dir = prepare_run_dir(out, resume, is_main)
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
         if datasets.skipped:
@@ -99,8 +107,6 @@ def train_autoencoder(
     sampler = BatchSampler(len(datasets.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
 
     # ---------------------------------------------------------------- model, losses, optimizers
-    torch.manual_seed(tc.seed)
-    vqmodel = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)
     model = VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
@@ -111,6 +117,7 @@ def train_autoencoder(
 
     # ---------------------------------------------------------------- resume
     step = 0
+    seconds_before = 0.0  # training time of earlier sessions of this run (resume)
     ckpt = latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None:
         log(f"no checkpoint in {run_dir}; starting a new run")
@@ -127,6 +134,7 @@ def train_autoencoder(
         model.quantizer.generator.set_state(files["rng"]["quantizer"])
         torch.set_rng_state(files["rng"]["torch_cpu"])
         step = int(state["step"])
+        seconds_before = float(state.get("train_seconds", 0.0))
         log(f"resumed from {ckpt} at step {step}")
 
     device = acc.device
@@ -149,7 +157,7 @@ def train_autoencoder(
             "optimizer": otensors,
             "rng": {"quantizer": raw.quantizer.generator.get_state(), "torch_cpu": torch.get_rng_state()},
         }
-        state = {"step": at_step, "optimizer": ometa, "config": to_dict(cfg)}
+        state = {"step": at_step, "optimizer": ometa, "config": to_dict(cfg), "train_seconds": seconds_before + timer.elapsed()}
         if use_disc:
             dt, dmeta = optimizer_state_to_tensors(dopt.state_dict())
             tensors["disc"] = raw_disc.state_dict()
@@ -167,12 +175,16 @@ def train_autoencoder(
     fixed_batch, _ = datasets.holdout.batch(torch.arange(min(16, len(datasets.holdout))))
     last_ckpt = latest_checkpoint(run_dir)
     batches = sampler.batches(step)
+    warmup = lr_lambda(tc.warmup_steps)
+    timer = Timer()
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-autoencoder", disable=not (is_main and tc.progress), dynamic_ncols=True)
     with StopSignals() as signals:
         while step < tc.max_steps:
             x, _ = datasets.train.batch(next(batches))
             x = x.to(device, non_blocking=True)
             model.train()
+            for group in opt.param_groups:  # linear warm-up; a function of the step, so resume needs no state
+                group["lr"] = tc.lr * warmup(step)
             with acc.accumulate(model):
                 with acc.autocast():
                     rec, q, h = model(x)
@@ -240,6 +252,7 @@ def train_autoencoder(
                 logger.close()
                 raise UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
     bar.close()
+    train_seconds = seconds_before + timer.elapsed()
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/rec_loss", "train/psnr", "train/perplexity", "train/codebook_usage_epoch_so_far"])
 
@@ -254,6 +267,7 @@ def train_autoencoder(
             vq.save_pretrained(tmp, safe_serialization=True)
         metrics = {
             "step": step,
+            "train_seconds": train_seconds,
             "scaling_factor": scaling,
             "holdout": result,
             "train_images": len(datasets.train),

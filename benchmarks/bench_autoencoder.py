@@ -1,0 +1,119 @@
+"""Stage 1 benchmark: vqldm's autoencoder vs a plain-diffusers baseline, same architecture, steps, batch.
+
+The baseline is what a diffusers user writes today: ``VQModel`` trained with its own loss
+(``decode(...).commit_loss``, i.e. the legacy VectorQuantizer: beta on the codebook side, codebook
+initialised in a tiny uniform ball, no EMA, no restarts) plus the same L1 reconstruction loss, AdamW with
+the same learning rate, warm-up and betas, and the same data order. Both are evaluated on the whole
+held-out split by the same function (``autoencoder.evaluate.evaluate_reconstruction``).
+
+    python benchmarks/bench_autoencoder.py --ours runs/ae            # evaluate a finished vqldm run
+    python benchmarks/bench_autoencoder.py                           # train both here (same budget)
+    python benchmarks/bench_autoencoder.py --max-steps 50 --max-images 2000   # smoke run
+
+Prints a table: PSNR, SSIM, codebook usage %, perplexity, dead codes, training seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autoencoder.data import BatchSampler, load_datasets  # noqa: E402
+from autoencoder.evaluate import evaluate_reconstruction  # noqa: E402
+from autoencoder.losses import reconstruction_loss  # noqa: E402
+from autoencoder.model import build_vqmodel  # noqa: E402
+from autoencoder.runtime import lr_lambda  # noqa: E402
+from autoencoder.train import load_autoencoder_config, train_autoencoder  # noqa: E402
+from diffusers import VQModel  # noqa: E402
+
+
+def train_baseline(cfg, datasets, steps: int) -> tuple[VQModel, float]:
+    """The plain-diffusers loop: VQModel's own forward and commit loss, nothing else."""
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    model = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps))
+    batches = BatchSampler(len(datasets.train), tc.batch_size, tc.seed).batches(0)
+    start = time.perf_counter()
+    model.train()
+    for _ in tqdm(range(steps), desc="baseline (plain diffusers)"):
+        x, _ = datasets.train.batch(next(batches))
+        out = model(x)
+        loss = reconstruction_loss(out.sample, x, cfg.loss.reconstruction) + out.commit_loss.mean()
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return model.eval(), time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="fashion-mnist")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--ours", default=None, help="a finished vqldm run folder (with vqvae/ and metrics.json); trained here if omitted")
+    p.add_argument("--max-steps", type=int, default=None, help="steps for both (default: the config's)")
+    p.add_argument("--max-images", type=int, default=None, help="limit the training images (smoke runs)")
+    p.add_argument("--eval-images", type=int, default=None, help="limit the held-out images (default: all)")
+    p.add_argument("--out", default="bench_out/autoencoder")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    overrides = [f"data.max_images={args.max_images}"] if args.max_images else []
+    cfg = load_autoencoder_config(args.config, overrides)
+    if args.max_steps:
+        cfg.train.max_steps = args.max_steps
+    out = Path(args.out)
+
+    ours_seconds = None
+    if args.ours:
+        run = Path(args.ours)
+        saved = json.loads((run / "metrics.json").read_text())
+        cfg = load_autoencoder_config(run / "config.yaml", overrides)
+        cfg.train.max_steps = saved["step"]
+        ours_seconds = saved.get("train_seconds")
+    else:
+        run = out / "vqldm"
+        start = time.perf_counter()
+        train_autoencoder(cfg, run, data=args.data, resume=False) if not (run / "vqvae").is_dir() else None
+        ours_seconds = time.perf_counter() - start
+    ours = VQModel.from_pretrained(run / "vqvae", use_safetensors=True).eval()
+
+    datasets = load_datasets(args.data, cfg.data, progress=False)
+    steps = cfg.train.max_steps
+    baseline, base_seconds = train_baseline(cfg, datasets, steps)
+
+    rows = {}
+    for name, model in (("vqldm", ours), ("plain diffusers", baseline)):
+        rows[name] = evaluate_reconstruction(model, datasets.holdout, 256, "cpu", args.eval_images, progress=False)
+    rows["vqldm"]["train_seconds"] = ours_seconds
+    rows["plain diffusers"]["train_seconds"] = base_seconds
+
+    n = rows["vqldm"]["images"]
+    print(f"\nStage-1 autoencoder, {args.data} held-out split ({n} images), {steps} steps x batch "
+          f"{cfg.train.batch_size}, same architecture ({cfg.model.block_out_channels}, {cfg.model.codebook_size} codes); "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| model | PSNR (dB) | SSIM | codebook usage | perplexity | dead codes | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "n/a"
+        print(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['codebook_usage']:.1f}% | {r['perplexity']:.1f} | {r['dead_codes']} | {secs} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
