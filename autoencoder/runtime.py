@@ -59,19 +59,32 @@ def make_accelerator(cfg: TrainLoopConfig):
     from accelerate.utils import set_seed
 
     mp = cfg.mixed_precision if torch.cuda.is_available() else "no"
-    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accumulation)
+    # Several processes started by torchrun / `accelerate launch --multi_gpu` on a machine without CUDA:
+    # accelerate only forms a gloo (MULTI_CPU) group when told cpu=True; otherwise each process would
+    # silently train alone. (`accelerate launch --cpu` starts several processes only through mpirun.)
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accumulation, cpu=multi_cpu)
     set_seed(cfg.seed, device_specific=False)
     return acc
 
 
-def prepare_run_dir(out: str | os.PathLike, resume: bool, is_main: bool) -> Path:
-    """Create the run folder; refuse to mix a new run into an old one unless --resume is given."""
+def prepare_run_dir(out: str | os.PathLike, resume: bool, is_main: bool, create: bool = True) -> Path:
+    """Create the run folder; refuse to mix a new run into an old one unless --resume is given.
+
+    ``create=False`` only checks (no side effects), so a trainer can reject a bad ``--out`` before its
+    slow data scan and still create nothing until the inputs are known to be good.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; choose a folder path")
+    for parent in out.absolute().parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create output folder {str(out)!r} ({str(parent)!r} is a file); choose a writable --out")
+            break
     if not resume and latest_checkpoint(out) is not None:
         raise UserError(f"{str(out)!r} already holds a run with checkpoints; pass --resume to continue it or choose another --out")
-    if is_main:
+    if is_main and create:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -103,8 +116,12 @@ class RunLogger:
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, **values}) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": step, **values}) + "\n")
+        except OSError as err:
+            raise UserError(f"could not write {str(path)!r} ({err.strerror}); free disk space or choose another --out") from None
 
     def loss_curves(self, keys: list[str], name: str = "loss_curves.png") -> None:
         """Plot the logged scalars ``keys`` against step, next to the TensorBoard logs."""
@@ -133,9 +150,14 @@ class RunLogger:
                 ax.set_yscale("log")
         fig.tight_layout()
         tmp = self.run_dir / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.run_dir / name)
+        try:
+            fig.savefig(tmp, dpi=100)
+            os.replace(tmp, self.run_dir / name)
+        except OSError as err:  # a plot is not worth stopping for; the next write reports a full disk
+            tmp.unlink(missing_ok=True)
+            print(f"warning: could not write {self.run_dir / name} ({err.strerror})")
+        finally:
+            plt.close(fig)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -60,6 +60,8 @@ def denoise(
     for i, t in enumerate(progress(steps) if progress else steps):
         model_input = scheduler.scale_model_input(latents, t)
         prediction = guided_prediction(unet, model_input, t, class_labels, guidance_scale, null_class)
+        # under fp16/bf16 autocast the UNet returns half precision; the scheduler math stays in the latents' dtype
+        prediction = prediction.to(latents.dtype)
         latents = scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
         if after_step is not None:
             latents = after_step(i, t, latents)

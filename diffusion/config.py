@@ -1,0 +1,155 @@
+"""Typed configuration of a stage-2 run: ``data``, ``model``, ``objective``, ``cache``, ``train``.
+
+YAML presets live in ``configs/diffusion/``; ``--set section.key=value`` overrides one key. The latent
+shape is never typed here: channels and size come from the autoencoder (its ``vqvae`` config and, for a
+vqldm run folder, its ``config.yaml``), so the two stages cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from autoencoder.data import DataConfig
+from autoencoder.runtime import TrainLoopConfig
+
+
+@dataclass
+class DiffusionDataConfig(DataConfig):
+    """:class:`DataConfig` whose image geometry defaults to the autoencoder's.
+
+    ``image_size``, ``channels`` and ``fit`` are ``None`` (= take them from the autoencoder run's
+    ``config.yaml``, or from the ``vqvae`` config for a bare VQModel folder). Setting one that disagrees
+    with the autoencoder is an error: the latents only mean something for the images the autoencoder saw.
+    """
+
+    image_size: int | None = None
+    channels: int | None = None
+    fit: Literal["pad", "resize", "crop"] | None = None
+
+    def __post_init__(self):
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of the latent ``diffusers.UNet2DModel``.
+
+    ``sample_size`` and in/out channels are not here: they are the autoencoder's latent size and
+    ``latent_channels``. One entry of ``block_out_channels`` per resolution level (level 0 = the full
+    latent grid, each next level halves it); ``attention[i]`` puts self-attention in level ``i``.
+    """
+
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    attention: list[bool] = field(default_factory=lambda: [False, True, True])
+    layers_per_block: int = 2
+    attention_head_dim: int = 32  # channels per attention head (LDM: num_head_channels = 32)
+    mid_block_attention: bool = True
+    norm_num_groups: int = 32
+    dropout: float = 0.0
+    class_conditional: bool = False  # needs labels; adds a null class for classifier-free guidance
+
+    def __post_init__(self):
+        if not self.block_out_channels:
+            raise ValueError("model.block_out_channels must list at least one width")
+        if len(self.attention) != len(self.block_out_channels):
+            raise ValueError(
+                f"model.attention has {len(self.attention)} entries but model.block_out_channels has "
+                f"{len(self.block_out_channels)}; give one true/false per level"
+            )
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"model.block_out_channels {bad} must be divisible by model.norm_num_groups={self.norm_num_groups}")
+        if self.layers_per_block < 1:
+            raise ValueError(f"model.layers_per_block must be >= 1, got {self.layers_per_block}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the UNet predicts, the noise schedule (diffusers' names), loss weighting, label dropout."""
+
+    prediction_type: PredictionType = "epsilon"
+    beta_schedule: BetaSchedule = "scaled_linear"
+    # LDM (Rombach et al. 2022) trains every latent model with scaled_linear betas from 0.0015 to 0.0195
+    # over 1000 steps (linear_start / linear_end in its configs); ignored by squaredcos_cap_v2 (cosine,
+    # Nichol & Dhariwal 2021).
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    num_train_timesteps: int = 1000
+    # Min-SNR-γ loss weighting (Hang et al. 2023): None = off (uniform weights); γ = 5 is the paper's value.
+    min_snr_gamma: float | None = None
+    # Classifier-free guidance (Ho & Salimans 2022): drop the label to the null class with probability p;
+    # p = 0.1 as in the paper and in DiT.
+    label_dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.num_train_timesteps < 2:
+            raise ValueError(f"objective.num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+            raise ValueError(f"need 0 < objective.beta_start < objective.beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"objective.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"objective.label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+@dataclass
+class CacheConfig:
+    """The latent cache: the dataset encoded once through the autoencoder (see ``diffusion.latent_cache``)."""
+
+    folder: str | None = None  # default: <autoencoder run>/latent_cache if writable, else <out>/latent_cache
+    shard_size: int = 16384  # latents per safetensors shard
+    hflip: bool = False  # also store the latents of horizontally flipped images (a second view)
+    encode_batch_size: int = 256
+    holdout_max_images: int | None = None  # encode at most this many held-out images (None = all)
+    dtype: Literal["float32", "float16"] = "float32"  # float16 halves disk and memory for large latents
+
+    def __post_init__(self):
+        if self.shard_size < 1 or self.encode_batch_size < 1:
+            raise ValueError("cache.shard_size and cache.encode_batch_size must be >= 1")
+
+
+@dataclass
+class DiffusionTrainConfig(TrainLoopConfig):
+    """Loop settings; ``image_every`` is how often a grid of EMA samples is written to ``RUN/images``."""
+
+    lr: float = 1e-4
+    adam_betas: list[float] = (0.9, 0.999)
+    # EMA of the weights (LDM/DiT use 0.9999); with ema_warmup the decay is min(decay, (1+n)/(10+n)) at
+    # update n, so short runs are not dominated by the random initialisation.
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    num_sample_images: int = 16
+    sample_steps: int = 50  # DDIM steps for the periodic sample grids
+    sample_guidance: float = 2.0  # classifier-free guidance scale of the grids (class-conditional models)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.num_sample_images < 1 or self.sample_steps < 1:
+            raise ValueError("train.num_sample_images and train.sample_steps must be >= 1")
+
+
+@dataclass
+class DiffusionRunConfig:
+    data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)

@@ -1,0 +1,83 @@
+"""Write a diffusers pipeline folder from a vqvae, a UNet and a scheduler.
+
+Layout of ``out_dir`` (written atomically: a temporary folder renamed into place)::
+
+    model_index.json   {"_class_name": "LDMPipeline", "vqvae": ["diffusers", "VQModel"],
+                        "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "<Scheduler>"]}
+    vqvae/             VQModel config + diffusion_pytorch_model.safetensors (scaling_factor explicit)
+    unet/              UNet2DModel config + safetensors
+    scheduler/         scheduler_config.json (DDIM on the training schedule, from the trainer)
+    vqldm.json         class names, null class, image geometry, scaling factor, plus ``extra``
+
+``_class_name`` is ``LDMPipeline`` (component names as in diffusers' LDM pipeline) so that both
+``diffusers.DiffusionPipeline.from_pretrained(dir)`` and ``diffusers.LDMPipeline.from_pretrained(dir)``
+load the folder with no vqldm code; ``pipelines.VQLatentDiffusionPipeline.from_pretrained(dir)`` loads
+the same folder and reads ``vqldm.json`` for class conditioning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import diffusers
+
+from autoencoder.checkpoint import AtomicDir
+
+from .model import check_latent_shape, unet_num_classes
+
+PIPELINE_CLASS_NAME = "LDMPipeline"
+VQLDM_JSON = "vqldm.json"
+
+
+def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Save ``vqvae`` (VQModel), ``unet`` (UNet2DModel) and ``scheduler`` as a pipeline folder at ``out_dir``.
+
+    ``vqldm.json`` gets, derived from the models unless ``extra`` gives them: ``num_classes`` (from the
+    UNet's ``num_class_embeds`` minus the null class; 0 = unconditional), ``null_class`` (= num_classes,
+    or None), ``class_names`` (default "0", "1", ...), ``image_size`` (UNet sample_size x the vqvae's
+    downsampling factor), ``channels`` (vqvae in_channels), ``autoencoder_scaling_factor``; every other
+    key of ``extra`` (JSON-serialisable: training step, config, metrics, ...) is stored as given.
+    Raises UserError if the UNet does not take the vqvae's latents. Returns ``Path(out_dir)``.
+    """
+    extra = dict(extra or {})
+    f = 2 ** (len(vqvae.config.block_out_channels) - 1)
+    sample_size = unet.config.sample_size
+    sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
+    image_size = int(extra.pop("image_size", sample_size * f))
+    check_latent_shape(vqvae.config, unet.config, image_size)
+    num_classes = int(extra.pop("num_classes", unet_num_classes(unet.config)))
+    class_names = [str(c) for c in extra.pop("class_names", None) or [str(i) for i in range(num_classes)]]
+    info = {
+        "class_names": class_names,
+        "num_classes": num_classes,
+        "null_class": extra.pop("null_class", num_classes if num_classes else None),
+        "image_size": image_size,
+        "channels": int(extra.pop("channels", vqvae.config.in_channels)),
+        "autoencoder_scaling_factor": float(vqvae.config.scaling_factor),
+        **extra,
+    }
+    model_index = {
+        "_class_name": PIPELINE_CLASS_NAME,
+        "_diffusers_version": diffusers.__version__,
+        "vqvae": ["diffusers", type(vqvae).__name__],
+        "unet": ["diffusers", type(unet).__name__],
+        "scheduler": ["diffusers", type(scheduler).__name__],
+    }
+    out_dir = Path(out_dir)
+    with AtomicDir(out_dir) as tmp:
+        vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        scheduler.save_pretrained(tmp / "scheduler")
+        (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n", encoding="utf-8")
+        (tmp / VQLDM_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def read_vqldm_json(folder: str | os.PathLike) -> dict:
+    """The ``vqldm.json`` of a pipeline folder ({} when absent, e.g. a folder written by diffusers)."""
+    path = Path(folder) / VQLDM_JSON
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))

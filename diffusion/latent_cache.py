@@ -1,0 +1,277 @@
+"""The latent cache: the dataset encoded once through the frozen autoencoder, reused by every run.
+
+What is stored is what the UNet trains on: the *pre-quantization* latents h = ``vqvae.encode(x).latents``
+times ``scaling_factor`` (LDM convention, DESIGN.md), as N x C x h x w tensors, plus the labels (int64,
+-1 = none). With ``hflip`` a second view holds the latents of the horizontally flipped images (the
+encoder is not flip-equivariant, so the flip is applied to the image, not to the latent).
+
+Layout (one folder per key, so runs with different autoencoders or data never overwrite each other)::
+
+    <root>/<key[:16]>/index.json                  format, key, shapes, shard names, class names
+    <root>/<key[:16]>/train-00000.safetensors     "latents" [, "latents_hflip"], "labels"
+    <root>/<key[:16]>/holdout-00000.safetensors   "latents", "labels"   (for evaluation / FID)
+
+The key is a hash of the vqvae (config + every weight), the data fingerprints, the image geometry,
+``hflip`` and the stored dtype: anything that changes the latents changes the key, and a cache is reused
+only when the key in its ``index.json`` matches. Folders are built under a temporary name and renamed
+into place, so a half-written cache is never read. In a distributed run the main process builds it while
+the others wait at a barrier, then every process reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import VQModel
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from autoencoder.checkpoint import AtomicDir, load_safetensors
+from autoencoder.data import Datasets, ImageData
+from autoencoder.errors import UserError
+
+from .config import CacheConfig
+
+FORMAT = "vqldm-latent-cache"
+VERSION = 1
+
+
+@dataclass
+class LatentSplit:
+    """Cached latents of one split.
+
+    ``latents``: N x C x h x w (scaled pre-quantization latents); ``labels``: N int64 (-1 = none);
+    ``flipped``: N x C x h x w latents of the mirrored images, or None. Item ``i`` of the training set
+    is image ``i`` for ``i < N`` and the mirrored image ``i - N`` for ``N <= i < 2N``.
+    """
+
+    latents: torch.Tensor
+    labels: torch.Tensor
+    flipped: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.latents.shape[0] * (2 if self.flipped is not None else 1)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 latents B x C x h x w and labels B for item ``indices`` (views included)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        n = self.latents.shape[0]
+        src = idx % n
+        out = self.latents[src].float()
+        if self.flipped is not None:
+            mirrored = idx >= n
+            if mirrored.any():
+                out[mirrored] = self.flipped[src[mirrored]].float()
+        return out, self.labels[src]
+
+
+@dataclass
+class LatentCache:
+    folder: Path
+    key: str
+    train: LatentSplit
+    holdout: LatentSplit
+    class_names: list[str] = field(default_factory=list)
+    scaling_factor: float = 1.0
+    built: bool = False  # this call encoded the data (False: an existing cache was reused)
+    seconds: float = 0.0  # time spent building or loading
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.latents.shape[1:])
+
+
+# ----------------------------------------------------------------------------- keys
+def vqvae_hash(vqvae: VQModel) -> str:
+    """sha256 of the vqvae's config (public keys) and every weight, in name order."""
+    h = hashlib.sha256()
+    config = {k: v for k, v in dict(vqvae.config).items() if not k.startswith("_")}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(vqvae.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(vqvae: VQModel, datasets: Datasets, cfg: CacheConfig, image_size: int, channels: int, fit: str) -> str:
+    """The identity of a cache: everything that changes the stored latents."""
+    parts = {
+        "format": FORMAT,
+        "version": VERSION,
+        "vqvae": vqvae_hash(vqvae),
+        "train": datasets.train.fingerprint(),
+        "holdout": datasets.holdout.fingerprint(),
+        "image_size": image_size,
+        "channels": channels,
+        "fit": fit,
+        "hflip": cfg.hflip,
+        "dtype": cfg.dtype,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- encoding
+@torch.inference_mode()
+def encode_latents(
+    vqvae: VQModel,
+    data: ImageData,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    hflip: bool = False,
+    progress: bool = False,
+    desc: str = "encoding latents",
+) -> torch.Tensor:
+    """N x C x h x w float32: ``vqvae.encode(x).latents * scaling_factor`` for every image (mirrored
+    first when ``hflip``), in dataset order."""
+    vqvae.eval()
+    sf = float(vqvae.config.scaling_factor)
+    chunks = []
+    for start in tqdm(range(0, len(data), batch_size), desc=desc, disable=not progress, leave=False):
+        x, _ = data.batch(torch.arange(start, min(len(data), start + batch_size)))
+        if hflip:
+            x = x.flip(-1)
+        h = vqvae.encode(x.to(device)).latents
+        chunks.append((h.float() * sf).cpu())
+    return torch.cat(chunks)
+
+
+def _write_split(tmp: Path, name: str, tensors: dict[str, torch.Tensor], shard_size: int) -> list[str]:
+    n = tensors["labels"].shape[0]
+    shards = []
+    for i, start in enumerate(range(0, max(n, 1), shard_size)):
+        fname = f"{name}-{i:05d}.safetensors"
+        save_file({k: v[start : start + shard_size].contiguous() for k, v in tensors.items()}, str(tmp / fname))
+        shards.append(fname)
+    return shards
+
+
+def build_latent_cache(
+    folder: str | os.PathLike,
+    vqvae: VQModel,
+    datasets: Datasets,
+    cfg: CacheConfig,
+    key: str,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> None:
+    """Encode both splits and write the cache folder atomically (temporary folder, then rename)."""
+    folder = Path(folder)
+    dtype = getattr(torch, cfg.dtype)
+    start = time.perf_counter()
+    train = {
+        "latents": encode_latents(vqvae, datasets.train, cfg.encode_batch_size, device, progress=progress, desc="encoding train latents").to(dtype),
+        "labels": datasets.train.labels.clone(),
+    }
+    if cfg.hflip:
+        train["latents_hflip"] = encode_latents(
+            vqvae, datasets.train, cfg.encode_batch_size, device, hflip=True, progress=progress, desc="encoding mirrored latents"
+        ).to(dtype)
+    holdout = {
+        "latents": encode_latents(vqvae, datasets.holdout, cfg.encode_batch_size, device, progress=progress, desc="encoding holdout latents").to(dtype),
+        "labels": datasets.holdout.labels.clone(),
+    }
+    with AtomicDir(folder) as tmp:
+        index = {
+            "format": FORMAT,
+            "version": VERSION,
+            "key": key,
+            "latent_shape": list(train["latents"].shape[1:]),
+            "dtype": cfg.dtype,
+            "hflip": cfg.hflip,
+            "scaling_factor": float(vqvae.config.scaling_factor),
+            "class_names": list(datasets.train.class_names),
+            "source": datasets.source,
+            "splits": {
+                "train": {"count": len(datasets.train), "shards": _write_split(tmp, "train", train, cfg.shard_size)},
+                "holdout": {"count": len(datasets.holdout), "shards": _write_split(tmp, "holdout", holdout, cfg.shard_size)},
+            },
+            "build_seconds": round(time.perf_counter() - start, 3),
+        }
+        (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    log(f"latent cache: encoded {len(datasets.train)} train + {len(datasets.holdout)} holdout images into {folder} "
+        f"in {index['build_seconds']:.1f}s")
+
+
+def read_index(folder: str | os.PathLike) -> dict | None:
+    try:
+        index = json.loads((Path(folder) / "index.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return index if isinstance(index, dict) and index.get("format") == FORMAT else None
+
+
+def load_latent_cache(folder: str | os.PathLike, key: str | None = None) -> LatentCache:
+    """Read a cache folder into memory; with ``key``, refuse a cache built for something else."""
+    folder = Path(folder)
+    start = time.perf_counter()
+    index = read_index(folder)
+    if index is None:
+        raise UserError(f"{str(folder)!r} is not a latent cache (no valid index.json); delete it to rebuild")
+    if key is not None and index.get("key") != key:
+        raise UserError(f"latent cache {str(folder)!r} was built for another autoencoder or data; delete it to rebuild")
+
+    def split(name: str) -> LatentSplit:
+        parts = [load_safetensors(folder / s) for s in index["splits"][name]["shards"]]
+        cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return LatentSplit(cat["latents"], cat["labels"], cat.get("latents_hflip"))
+
+    return LatentCache(
+        folder=folder,
+        key=index["key"],
+        train=split("train"),
+        holdout=split("holdout"),
+        class_names=list(index.get("class_names", [])),
+        scaling_factor=float(index["scaling_factor"]),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def prepare_latent_cache(
+    root: str | os.PathLike,
+    vqvae: VQModel,
+    datasets: Datasets,
+    cfg: CacheConfig,
+    image_size: int,
+    channels: int,
+    fit: str,
+    accelerator=None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> LatentCache:
+    """Reuse the cache under ``root`` whose key matches, or build it (main process only), then load it.
+
+    With an ``accelerate.Accelerator``, the main process builds on its device while the others wait at
+    ``wait_for_everyone``; afterwards every process reads the same folder (shared storage for multi-node).
+    """
+    if cfg.holdout_max_images is not None and len(datasets.holdout) > cfg.holdout_max_images:
+        h = datasets.holdout
+        n = cfg.holdout_max_images
+        datasets = Datasets(datasets.train, ImageData(h.images[:n], h.labels[:n], h.class_names), datasets.skipped, datasets.source)
+    key = cache_key(vqvae, datasets, cfg, image_size, channels, fit)
+    folder = Path(root) / key[:16]
+    is_main = accelerator is None or accelerator.is_main_process
+    built = False
+    start = time.perf_counter()
+    if is_main:
+        index = read_index(folder)
+        if index is None or index.get("key") != key:
+            device = accelerator.device if accelerator is not None else next(vqvae.parameters()).device
+            build_latent_cache(folder, vqvae, datasets, cfg, key, device=device, log=log, progress=progress)
+            built = True
+        else:
+            log(f"latent cache: reusing {folder}")
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    cache = load_latent_cache(folder, key)
+    cache.built = built
+    cache.seconds = time.perf_counter() - start
+    return cache

@@ -1,0 +1,87 @@
+"""The stage-2 network: a plain ``diffusers.UNet2DModel`` on the autoencoder's latent grid.
+
+Latent shape (C, h, w): C = ``vqvae.config.latent_channels``, h = w = image_size / f with
+f = 2^(len(vqvae.config.block_out_channels) - 1) (each encoder block but the last halves the size).
+Class conditioning uses ``num_class_embeds = num_classes + 1``; the last index is the "null" class of
+classifier-free guidance (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+from diffusers import UNet2DModel
+
+from autoencoder.errors import UserError
+
+from .config import UNetConfig
+
+
+def latent_shape(vqvae_config, image_size: int) -> tuple[int, int, int]:
+    """(latent_channels, h, w) of the pre-quantization latents for ``image_size`` images."""
+    f = 2 ** (len(vqvae_config.block_out_channels) - 1)
+    if image_size % f:
+        raise UserError(f"image size {image_size} is not divisible by the autoencoder's downsampling factor {f}; use a multiple of {f}")
+    return int(vqvae_config.latent_channels), image_size // f, image_size // f
+
+
+def build_unet(cfg: UNetConfig, latent: tuple[int, int, int], num_classes: int = 0) -> UNet2DModel:
+    """A UNet2DModel for latents of shape ``latent`` = (C, h, w); class-conditional iff ``num_classes > 0``."""
+    c, h, w = latent
+    if h != w:
+        raise UserError(f"latents are {h}x{w}; vqldm trains square latent grids only")
+    if cfg.class_conditional and num_classes < 1:
+        raise UserError(
+            "model.class_conditional is true but the data has no class labels; pass --labels folders, use a "
+            "labelled dataset, or --set model.class_conditional=false"
+        )
+    if h % cfg.downsampling_factor:
+        raise UserError(
+            f"latent size {h} is not divisible by the UNet's downsampling factor {cfg.downsampling_factor} "
+            f"({len(cfg.block_out_channels)} levels); use fewer model.block_out_channels entries"
+        )
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
+    return UNet2DModel(
+        sample_size=h,
+        in_channels=c,
+        out_channels=c,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        dropout=cfg.dropout,
+        add_attention=cfg.mid_block_attention,
+        num_class_embeds=num_classes + 1 if cfg.class_conditional else None,
+    )
+
+
+def unet_num_classes(unet_config) -> int:
+    """Real classes of a vqldm UNet (``num_class_embeds`` minus the null class); 0 if unconditional."""
+    n = getattr(unet_config, "num_class_embeds", None) if not isinstance(unet_config, dict) else unet_config.get("num_class_embeds")
+    return int(n) - 1 if n else 0
+
+
+def check_latent_shape(vqvae_config, unet_config, image_size: int | None = None) -> None:
+    """Raise a one-line UserError if the UNet does not take the autoencoder's latents.
+
+    Compares channels (``unet in/out_channels`` vs ``vqvae latent_channels``) and, when ``image_size``
+    is known, the latent size (``unet sample_size`` vs image_size / f). Accepts config objects or dicts.
+    """
+    get = (lambda cfg, k: cfg.get(k)) if isinstance(unet_config, dict) else getattr
+    c = int(vqvae_config.latent_channels)
+    uin, uout, usize = get(unet_config, "in_channels"), get(unet_config, "out_channels"), get(unet_config, "sample_size")
+    if uin != c or uout != c:
+        raise UserError(
+            f"latent shape mismatch: the autoencoder makes {c}-channel latents but the UNet takes {uin} and "
+            f"predicts {uout} channels; use the autoencoder the UNet was trained with (or retrain the UNet)"
+        )
+    if image_size is not None:
+        _, h, _ = latent_shape(vqvae_config, image_size)
+        if isinstance(usize, (list, tuple)):
+            usize = usize[0]
+        if usize != h:
+            raise UserError(
+                f"latent shape mismatch: the autoencoder makes {h}x{h} latents for {image_size}px images but "
+                f"the UNet's sample_size is {usize}; use the autoencoder the UNet was trained with (or retrain the UNet)"
+            )

@@ -1,0 +1,375 @@
+"""``vqldm train-diffusion``: one flat training loop for the latent UNet (stage 2).
+
+build (autoencoder, data geometry, latent cache, UNet, EMA, optimizer) -> resume -> loop (cached
+latents, noise + timesteps, label dropout, forward, loss, NaN guard, backward, clip, step, EMA, log,
+sample grids, checkpoints) -> export ``OUT/pipeline`` with the EMA UNet -> ``OUT/metrics.json``.
+
+Reproducibility: the batch order comes from :class:`BatchSampler` (a function of seed and step), and
+the noise, timesteps and label-dropout coins of step ``s`` on process ``r`` come from a CPU generator
+seeded with a hash of (seed, s, r). A resumed run therefore draws exactly what an uninterrupted run
+would, on every process, with no generator state to carry between processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from diffusers import VQModel
+from tqdm.auto import tqdm
+
+from autoencoder.checkpoint import (
+    atomic_write_json,
+    latest_checkpoint,
+    load_training_checkpoint,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    save_training_checkpoint,
+)
+from autoencoder.config import load_config, read_yaml, save_config, to_dict
+from autoencoder.data import BatchSampler, DataConfig, load_datasets
+from autoencoder.errors import UserError
+from autoencoder.runtime import (
+    NonFiniteGuard,
+    RunLogger,
+    StopSignals,
+    make_accelerator,
+    make_grid,
+    prepare_run_dir,
+    save_png,
+)
+
+from .config import DiffusionDataConfig, DiffusionRunConfig
+from .ema import EMA, ema_decay_at
+from .export import export_pipeline_folder
+from .latent_cache import prepare_latent_cache
+from .model import build_unet, check_latent_shape, latent_shape
+from .objective import (
+    diffusion_loss,
+    drop_labels,
+    make_sampling_scheduler,
+    make_train_scheduler,
+    min_snr_weights,
+    sample_noise_and_timesteps,
+    training_target,
+)
+from .sampling import denoise
+
+
+def load_diffusion_config(path, overrides=()) -> DiffusionRunConfig:
+    """A YAML path or preset name from ``configs/diffusion/``, with ``--set`` overrides applied."""
+    return load_config(DiffusionRunConfig, path, overrides, stage="diffusion")
+
+
+# ----------------------------------------------------------------------------- autoencoder
+def load_autoencoder(path: str | os.PathLike) -> tuple[VQModel, dict | None, Path | None]:
+    """Load a frozen VQModel from a vqldm autoencoder run (holding ``vqvae/``) or a VQModel folder.
+
+    Returns (vqvae in eval mode, the run's ``data`` config section or None, the run folder or None).
+    Safetensors only; anything else is a UserError naming the fix.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"--autoencoder {str(path)!r} not found; pass an autoencoder run folder (holding vqvae/) or a VQModel folder")
+    if (p / "vqvae" / "config.json").is_file():
+        run_dir, model_dir = p, p / "vqvae"
+    elif (p / "config.json").is_file():
+        model_dir = p
+        run_dir = p.parent if (p.parent / "config.yaml").is_file() else None
+    else:
+        raise UserError(f"--autoencoder {str(path)!r} holds no vqvae/ folder or config.json; pass the --out folder of `vqldm train-autoencoder`")
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{str(model_dir / 'config.json')!r} is not readable JSON; re-export the autoencoder") from None
+    if config.get("_class_name") != "VQModel":
+        raise UserError(f"{str(model_dir)!r} holds a {config.get('_class_name')!r}, not a VQModel; pass a VQ autoencoder folder")
+    if not any(model_dir.glob("*.safetensors")):
+        raise UserError(f"{str(model_dir)!r} has no safetensors weights; convert them with `vqldm convert` first")
+    try:
+        vqvae = VQModel.from_pretrained(model_dir, use_safetensors=True)
+    except Exception as err:  # diffusers raises several types for bad folders
+        raise UserError(f"could not load the VQModel in {str(model_dir)!r} ({str(err).splitlines()[0][:160]}); re-export the autoencoder") from None
+    vqvae.eval().requires_grad_(False)
+    ae_data = None
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        ae_data = read_yaml(run_dir / "config.yaml").get("data") or None
+    return vqvae, ae_data, run_dir
+
+
+def resolve_data_config(cfg: DiffusionDataConfig, ae_data: dict | None, vqvae: VQModel) -> DataConfig:
+    """The data section with image_size / channels / fit taken from the autoencoder.
+
+    Source of truth: the autoencoder run's ``config.yaml``, else the vqvae config (``sample_size``,
+    ``in_channels``). A value set in the diffusion config that disagrees is a UserError.
+    """
+    if ae_data:
+        theirs = {k: ae_data.get(k) for k in ("image_size", "channels", "fit")}
+    else:
+        size = vqvae.config.sample_size
+        theirs = {"image_size": size[0] if isinstance(size, (list, tuple)) else size, "channels": vqvae.config.in_channels, "fit": None}
+    values = {}
+    for key, theirs_value in theirs.items():
+        mine = getattr(cfg, key)
+        if mine is not None and theirs_value is not None and mine != theirs_value:
+            raise UserError(
+                f"data.{key} is {mine!r} but the autoencoder was trained with {theirs_value!r}; remove data.{key} "
+                f"from the diffusion config (it is taken from the autoencoder)"
+            )
+        values[key] = mine if mine is not None else theirs_value
+    if values["image_size"] is None or values["channels"] is None:
+        raise UserError("cannot tell the autoencoder's image size or channels; set data.image_size and data.channels")
+    return DataConfig(
+        source=cfg.source,
+        image_size=int(values["image_size"]),
+        channels=int(values["channels"]),
+        fit=values["fit"] or "pad",
+        labels=cfg.labels,
+        holdout_fraction=cfg.holdout_fraction,
+        max_images=cfg.max_images,
+        num_workers=cfg.num_workers,
+    )
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The CPU generator for the noise, timesteps and label dropout of one (step, process)."""
+    digest = hashlib.sha256(f"vqldm-noise:{seed}:{step}:{rank}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+@torch.no_grad()
+def generate_samples(
+    unet,
+    vqvae: VQModel,
+    scheduler,
+    num_images: int,
+    num_classes: int,
+    guidance_scale: float,
+    steps: int,
+    seed: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Images in [-1, 1] (B x C x H x W, float32 on CPU) sampled with DDIM and decoded (quantized) by the vqvae.
+
+    Class-conditional models cycle through the classes (image i has class i mod num_classes).
+    """
+    cfg = unet.config
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn((num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=g).to(device)
+    latents = latents * scheduler.init_noise_sigma
+    labels = torch.arange(num_images, device=device) % num_classes if num_classes else None
+    scheduler.set_timesteps(steps, device=device)
+    latents = denoise(unet, scheduler, latents, scheduler.timesteps, class_labels=labels,
+                      guidance_scale=guidance_scale if num_classes else 1.0, null_class=num_classes if num_classes else None)
+    images = vqvae.decode(latents / vqvae.config.scaling_factor).sample
+    return images.float().cpu().clamp(-1, 1)
+
+
+# ----------------------------------------------------------------------------- training
+def train_diffusion(
+    cfg: DiffusionRunConfig,
+    out: str | Path,
+    autoencoder: str | Path,
+    data: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train the latent UNet, export ``out/pipeline`` (EMA weights) and return the final metrics
+    (also written to ``out/metrics.json``; empty on non-main processes)."""
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    tc, oc = cfg.train, cfg.objective
+    acc = make_accelerator(tc)
+    is_main = acc.is_main_process
+    log = (lambda msg: tqdm.write(msg)) if is_main else (lambda msg: None)
+    progress = is_main and tc.progress
+    vqvae, ae_data, ae_run = load_autoencoder(autoencoder)
+    run_dir = prepare_run_dir(out, resume, is_main)
+    acc.wait_for_everyone()
+
+    # ---------------------------------------------------------------- data -> latent cache
+    data_cfg = resolve_data_config(cfg.data, ae_data, vqvae)
+    source = data or cfg.data.source or (ae_data or {}).get("source")
+    datasets = load_datasets(source, data_cfg, log=log, progress=progress)
+    cfg.data.source, cfg.data.image_size, cfg.data.channels, cfg.data.fit = datasets.source, data_cfg.image_size, data_cfg.channels, data_cfg.fit
+    latent = latent_shape(vqvae.config, data_cfg.image_size)
+    num_classes = 0
+    if cfg.model.class_conditional:
+        num_classes = datasets.train.num_classes
+        if num_classes == 0 or bool((datasets.train.labels < 0).any()):
+            raise UserError(
+                "model.class_conditional is true but the training images have no class labels; pass --labels folders "
+                "(one subfolder per class), use a labelled dataset, or --set model.class_conditional=false"
+            )
+    class_names = list(datasets.train.class_names) if num_classes else []
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    device = acc.device
+    vqvae.to(device)
+    if cfg.cache.folder:
+        cache_root = Path(cfg.cache.folder)
+    elif ae_run is not None and os.access(ae_run, os.W_OK):
+        cache_root = ae_run / "latent_cache"
+    else:
+        cache_root = run_dir / "latent_cache"
+    cache = prepare_latent_cache(cache_root, vqvae, datasets, cfg.cache, data_cfg.image_size, data_cfg.channels, data_cfg.fit,
+                                 accelerator=acc, log=log, progress=progress)
+    del datasets  # the images are not needed any more: training reads latents only
+    sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
+
+    # ---------------------------------------------------------------- model, EMA, optimizer, schedules
+    torch.manual_seed(tc.seed)
+    unet = build_unet(cfg.model, latent, num_classes)
+    check_latent_shape(vqvae.config, unet.config, data_cfg.image_size)
+    ema = EMA(unet, tc.ema_decay, tc.ema_warmup)
+    opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    noise_scheduler = make_train_scheduler(oc)
+    sample_scheduler = make_sampling_scheduler(oc)
+    null_class = num_classes if num_classes else None
+
+    # ---------------------------------------------------------------- resume
+    step = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        log(f"no checkpoint in {run_dir}; starting a new run")
+    if ckpt is not None:
+        files, state = load_training_checkpoint(ckpt)
+        check_latent_shape(vqvae.config, state.get("unet_config", dict(unet.config)), data_cfg.image_size)
+        try:
+            unet.load_state_dict(files["unet"])
+            ema.load_state_dict(files["ema"], int(state["ema_updates"]))
+            opt.load_state_dict(optimizer_state_from_tensors(files["optimizer"], state["optimizer"]))
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise UserError(f"checkpoint {ckpt} does not match this config ({str(err).splitlines()[0][:120]}); resume with the config it was trained with") from None
+        torch.set_rng_state(files["rng"]["torch_cpu"])
+        step = int(state["step"])
+        log(f"resumed from {ckpt} at step {step}")
+
+    unet, opt = acc.prepare(unet, opt)
+    raw = acc.unwrap_model(unet)
+    ema.to(device)
+    n_params = sum(p.numel() for p in raw.parameters())
+    log(f"train-diffusion: {n_params / 1e6:.2f}M-parameter UNet on {tuple(latent)} latents, {len(cache.train)} training items, "
+        f"{num_classes or 'no'} classes, {acc.num_processes} process(es), global batch {tc.batch_size * acc.num_processes}")
+
+    def save_checkpoint(at_step: int) -> Path | None:
+        acc.wait_for_everyone()
+        if not is_main:
+            return None
+        otensors, ometa = optimizer_state_to_tensors(opt.state_dict())
+        tensors = {"unet": raw.state_dict(), "ema": ema.state_dict(), "optimizer": otensors, "rng": {"torch_cpu": torch.get_rng_state()}}
+        state = {"step": at_step, "ema_updates": ema.num_updates, "optimizer": ometa, "config": to_dict(cfg),
+                 "unet_config": dict(raw.config), "cache_key": cache.key}
+        return save_training_checkpoint(run_dir, at_step, tensors, state, keep=tc.keep_checkpoints)
+
+    def sample_grid(at_step: int) -> None:
+        images = generate_samples(ema.model, vqvae, sample_scheduler, tc.num_sample_images, num_classes,
+                                  tc.sample_guidance, tc.sample_steps, tc.seed, device)
+        save_png(make_grid(images, nrow=min(num_classes, tc.num_sample_images) if num_classes else None),
+                 run_dir / "images" / f"samples_{at_step:08d}.png")
+
+    # ---------------------------------------------------------------- loop
+    logger = RunLogger(run_dir, is_main)
+    guard = NonFiniteGuard(tc.skip_nonfinite_once, log=log)
+    last_ckpt = latest_checkpoint(run_dir)
+    batches = sampler.batches(step)
+    window_loss, window_n, final_loss = 0.0, 0, float("nan")
+    steps_done, train_seconds = 0, 0.0
+    bar = tqdm(total=tc.max_steps, initial=step, desc="train-diffusion", disable=not progress, dynamic_ncols=True)
+    with StopSignals() as signals:
+        while step < tc.max_steps:
+            t0 = time.perf_counter()
+            x0, labels = cache.train.batch(next(batches))  # B x C x h x w scaled latents, B labels
+            x0 = x0.to(device, non_blocking=True)
+            g = step_generator(tc.seed, step, acc.process_index)
+            noise, timesteps = sample_noise_and_timesteps(x0, oc.num_train_timesteps, g)
+            class_labels = drop_labels(labels, oc.label_dropout, null_class, g).to(device) if num_classes else None
+            lr_scale = min(1.0, (step // tc.grad_accumulation + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else 1.0
+            for group in opt.param_groups:
+                group["lr"] = tc.lr * lr_scale  # linear warm-up, then constant (LDM)
+            unet.train()
+            with acc.accumulate(unet):
+                z_t = noise_scheduler.add_noise(x0, noise, timesteps)  # α_t·x0 + σ_t·ε
+                with acc.autocast():
+                    prediction = unet(z_t, timesteps, class_labels=class_labels).sample
+                target = training_target(oc.prediction_type, x0, noise, timesteps, noise_scheduler)
+                weights = min_snr_weights(noise_scheduler, timesteps, oc.prediction_type, oc.min_snr_gamma)
+                loss = diffusion_loss(prediction, target, weights)
+                if not guard.check(loss, step, last_ckpt):
+                    opt.zero_grad(set_to_none=True)
+                    step += 1  # the batch and its noise are consumed, so a resumed run stays in step
+                    bar.update(1)
+                    continue
+                acc.backward(loss)
+                if tc.grad_clip and acc.sync_gradients:
+                    acc.clip_grad_norm_(unet.parameters(), tc.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if acc.sync_gradients:
+                ema.update(raw)
+            step += 1
+            steps_done += 1
+            train_seconds += time.perf_counter() - t0
+            bar.update(1)
+
+            # -------------------------------------------------------- logging, grids, checkpoints
+            window_loss += float(loss.detach())
+            window_n += 1
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                mean_loss = float(acc.reduce(torch.tensor(window_loss / window_n, device=device), "mean"))
+                final_loss = mean_loss
+                logger.scalars(step, {"train/loss": mean_loss, "train/lr": opt.param_groups[0]["lr"],
+                                      "train/ema_decay": ema_decay_at(ema.num_updates, ema.decay, ema.warmup)})
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                window_loss, window_n = 0.0, 0
+            if is_main and (step % tc.image_every == 0 or step == tc.max_steps):
+                sample_grid(step)
+            if step % tc.checkpoint_every == 0 and step < tc.max_steps:
+                last_ckpt = save_checkpoint(step) or last_ckpt
+            if signals.requested:
+                path = save_checkpoint(step)
+                bar.close()
+                logger.close()
+                raise UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+    bar.close()
+    save_checkpoint(step)
+    logger.loss_curves(["train/loss", "train/lr"])
+
+    # ---------------------------------------------------------------- export + final metrics
+    done = acc.gather(torch.tensor([steps_done], device=device)).cpu().tolist()
+    metrics: dict = {}
+    if is_main:
+        images_per_s = steps_done * tc.batch_size * acc.num_processes / train_seconds if train_seconds > 0 else None
+        metrics = {
+            "step": step,
+            "steps_this_session": steps_done,
+            "steps_per_process": done,
+            "processes": acc.num_processes,
+            "final_loss": final_loss,
+            "images_per_s": images_per_s,
+            "steps_per_s": steps_done / train_seconds if train_seconds > 0 else None,
+            "train_seconds": train_seconds,
+            "global_batch": tc.batch_size * acc.num_processes,
+            "parameters": n_params,
+            "latent_shape": list(latent),
+            "train_items": len(cache.train),
+            "num_classes": num_classes,
+            "latent_cache": {"folder": str(cache.folder), "key": cache.key, "built": cache.built, "seconds": cache.seconds},
+            "torch_threads": torch.get_num_threads(),
+        }
+        export_pipeline_folder(
+            vqvae.cpu(), ema.model.cpu(), sample_scheduler, run_dir / "pipeline",
+            extra={"class_names": class_names, "num_classes": num_classes, "image_size": data_cfg.image_size,
+                   "step": step, "prediction_type": oc.prediction_type, "training_config": to_dict(cfg)},
+        )
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        log(f"done: {step} steps, loss {final_loss:.4f}, {images_per_s or 0:.0f} images/s on {acc.num_processes} process(es); "
+            f"pipeline in {run_dir / 'pipeline'}")
+    logger.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return metrics
