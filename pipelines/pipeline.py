@@ -1,0 +1,577 @@
+"""``VQLatentDiffusionPipeline``: noise -> UNet denoising in the VQ latent space -> VQ decoder -> images.
+
+A ``diffusers.DiffusionPipeline`` with the components of diffusers' ``LDMPipeline`` (``vqvae``, ``unet``,
+``scheduler``). Compared with ``LDMPipeline`` it adds class conditioning with classifier-free guidance,
+any scheduler, decoding with or without quantization, image-to-image (SDEdit), inpainting, latent
+interpolation, tensor/latent outputs and non-square latents, and it reads a VQ config that lacks
+``scaling_factor`` correctly (1.0, not the KL default 0.18215; diffusers issue #6725).
+
+Shapes: latents ``B x C x h x w`` (C = ``unet.config.in_channels``, h x w = ``unet.config.sample_size``);
+images ``B x c x H x W`` in [-1, 1] internally, returned like diffusers pipelines: PIL images, numpy
+``B x H x W x c`` in [0, 1], torch ``B x c x H x W`` in [0, 1], or the raw latents.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    ImagePipelineOutput,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from autoencoder.checkpoint import AtomicDir, atomic_write_json
+from autoencoder.errors import UserError
+from diffusion.sampling import denoise
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_INFO_FILE = "vqldm.json"  # vqldm metadata next to model_index.json (class names, defaults)
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_STEPS = 50  # diffusers' LDMPipeline default; a folder may override it with vqldm.json "default_steps"
+
+# name -> (scheduler class, extra config); "dpm" is DPM-Solver++ (Lu et al. 2022), 2nd order multistep.
+SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler": (EulerDiscreteScheduler, {}),
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_scheduler(name: str, base_config):
+    """A scheduler of kind ``name`` carrying the training schedule (betas, prediction type) of ``base_config``."""
+    key = str(name).lower()
+    if key not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls, extra = SCHEDULERS[key]
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    # keep only keys the target understands (a DDIM config has clip_sample etc. that DPM/Euler would warn about)
+    config = {k: v for k, v in dict(base_config).items() if k in accepted}
+    config.update(extra)
+    return cls.from_config(config)
+
+
+def scheduler_name(scheduler) -> str:
+    for name, (cls, _) in SCHEDULERS.items():
+        if type(scheduler) is cls:
+            return name
+    return type(scheduler).__name__
+
+
+def latent_shape(vqvae) -> tuple[int, int, int]:
+    """(channels, height, width) of the latent grid the vqvae produces for its configured image size."""
+    f = 2 ** (len(vqvae.config.block_out_channels) - 1)
+    size = vqvae.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return vqvae.config.latent_channels, h // f, w // f
+
+
+def unet_latent_shape(unet) -> tuple[int, int, int]:
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return unet.config.in_channels, h, w
+
+
+def check_components(vqvae, unet) -> None:
+    """Raise a one-line UserError when the UNet cannot denoise this vqvae's latents."""
+    vc, vh, vw = latent_shape(vqvae)
+    uc, uh, uw = unet_latent_shape(unet)
+    if uc != vc or unet.config.out_channels != vc:
+        raise UserError(
+            f"the UNet works on {uc} latent channels but the vqvae produces {vc}; "
+            f"use a UNet trained on this autoencoder's latents (unet in_channels/out_channels = {vc})"
+        )
+    if (uh, uw) != (vh, vw):
+        raise UserError(
+            f"the UNet's sample_size is {uh}x{uw} but the vqvae's latent grid is {vh}x{vw} "
+            f"(image {vqvae.config.sample_size} / 2^{len(vqvae.config.block_out_channels) - 1}); "
+            f"use a UNet trained on this autoencoder's latents"
+        )
+
+
+def fix_missing_scaling_factor(vqvae) -> bool:
+    """A VQ config without ``scaling_factor`` means 1.0 (CompVis LDM never scaled VQ latents); diffusers would
+    silently use the KL autoencoder's 0.18215 instead (issue #6725). Writes 1.0 into the config; True if fixed."""
+    if "scaling_factor" not in vqvae.config.get("_use_default_values", []):
+        return False
+    logger.warning(
+        "vqvae config has no scaling_factor; using 1.0 for this VQ model "
+        "(diffusers' default %s belongs to KL autoencoders)", vqvae.config.scaling_factor
+    )
+    vqvae.register_to_config(scaling_factor=1.0)
+    remaining = [k for k in vqvae.config.get("_use_default_values", []) if k != "scaling_factor"]
+    vqvae.register_to_config(_use_default_values=remaining)
+    return True
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between two Gaussian noise tensors (keeps the norm typical of N(0, I);
+    linear interpolation would shrink it mid-way). Exact endpoints at t = 0 and t = 1."""
+    if t <= 0:
+        return a.clone()
+    if t >= 1:
+        return b.clone()
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
+    theta = torch.arccos(cos.clamp(-1, 1))
+    if theta.abs() < 1e-4:  # nearly parallel: linear is exact enough
+        out = (1 - t) * a64 + t * b64
+    else:
+        out = (torch.sin((1 - t) * theta) * a64 + torch.sin(t * theta) * b64) / torch.sin(theta)
+    return out.view_as(a).to(a.dtype)
+
+
+def _to_image_tensor(image, channels: int, size: tuple[int, int], what: str) -> torch.Tensor:
+    """PIL image / list of PIL / numpy HWC or BHWC in [0,1] / torch BCHW in [-1,1] -> float B x C x H x W in [-1, 1]."""
+    if isinstance(image, torch.Tensor):
+        x = image.float()
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise UserError(f"{what} tensor must be B x {channels} x H x W in [-1, 1], got shape {tuple(x.shape)}")
+    else:
+        items = image if isinstance(image, (list, tuple)) else [image]
+        arrays = []
+        for item in items:
+            if isinstance(item, Image.Image):
+                item = item.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BICUBIC)
+                arr = np.asarray(item, dtype=np.float32) / 255.0
+            else:
+                arr = np.asarray(item, dtype=np.float32)
+            if arr.ndim == 2:
+                arr = arr[:, :, None]
+            arrays.append(arr)
+        arr = np.stack(arrays) if arrays[0].ndim == 3 else np.concatenate(arrays)
+        if arr.shape[-1] != channels:
+            raise UserError(f"{what} has {arr.shape[-1]} channels but the model expects {channels}")
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2) * 2 - 1
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(-1, 1)
+
+
+def _to_mask_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
+    """Mask (PIL / numpy / torch; 1 or white = regenerate, 0 or black = keep) -> float B x 1 x H x W in {0, 1}."""
+    if isinstance(mask, torch.Tensor):
+        m = mask.float()
+        while m.ndim < 4:
+            m = m[None]
+        if m.shape[1] != 1:
+            m = m.amax(dim=1, keepdim=True)
+    else:
+        items = mask if isinstance(mask, (list, tuple)) else [mask]
+        arrays = []
+        for item in items:
+            if isinstance(item, Image.Image):
+                arr = np.asarray(item.convert("L").resize((size[1], size[0]), Image.NEAREST), dtype=np.float32) / 255.0
+            else:
+                arr = np.asarray(item, dtype=np.float32)
+                arr = arr.max(axis=-1) if arr.ndim == 3 else arr
+            arrays.append(arr)
+        m = torch.from_numpy(np.stack(arrays))[:, None]
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m, size=size, mode="nearest")
+    return (m > 0.5).float()
+
+
+# ----------------------------------------------------------------------------- the pipeline
+class VQLatentDiffusionPipeline(DiffusionPipeline):
+    """Latent diffusion on a VQ autoencoder's pre-quantization latents (components as in ``LDMPipeline``).
+
+    ``pipe(batch_size=4, class_labels=[7]*4, guidance_scale=3.0, num_inference_steps=25, generator=g)``.
+    Saved folders say ``"_class_name": "LDMPipeline"`` so plain diffusers can load them; load them in vqldm
+    with ``VQLatentDiffusionPipeline.from_pretrained(dir)`` or :func:`load_pipeline`.
+    """
+
+    model_cpu_offload_seq = "unet->vqvae"
+
+    def __init__(self, vqvae, unet, scheduler):
+        super().__init__()
+        if vqvae is not None and unet is not None:
+            fix_missing_scaling_factor(vqvae)
+            check_components(vqvae, unet)
+        self.register_modules(vqvae=vqvae, unet=unet, scheduler=scheduler)
+        self.info: dict = {}  # vqldm.json: class_names, num_classes, null_class, default_scheduler, default_steps
+        self.autocast_dtype: torch.dtype | None = None  # fp16/bf16 autocast, applied on CUDA only
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a pipeline folder (vqldm's, or a diffusers ``LDMPipeline`` folder); safetensors only."""
+        path = Path(pretrained_model_name_or_path)
+        if not path.exists():
+            raise UserError(f"model folder {str(path)!r} not found; pass a pipeline folder (holding model_index.json)")
+        if path.is_dir() and not (path / "model_index.json").is_file() and (path / "pipeline" / "model_index.json").is_file():
+            path = path / "pipeline"  # a train-diffusion run folder
+        if not (path / "model_index.json").is_file():
+            raise UserError(
+                f"{str(path)!r} is not a pipeline folder (no model_index.json); pass the pipeline/ folder "
+                f"written by `vqldm train-diffusion`"
+            )
+        for part in ("vqvae", "unet", "scheduler"):
+            if not (path / part).is_dir():
+                raise UserError(f"pipeline folder {str(path)!r} has no {part}/ subfolder; re-export the pipeline")
+        for part in ("vqvae", "unet"):
+            if not any((path / part).glob("*.safetensors")):
+                raise UserError(
+                    f"{str(path / part)!r} holds no .safetensors weights; vqldm does not load pickles: convert them with "
+                    f"`vqldm convert FILE --trust-pickle` if you trust their source"
+                )
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            pipe = super().from_pretrained(str(path), **kwargs)
+        except UserError:
+            raise
+        except Exception as err:  # diffusers raises many kinds (OSError, ValueError, JSON errors, ...)
+            raise UserError(f"could not load pipeline {str(path)!r} ({type(err).__name__}: {err}); re-export it") from None
+        info_path = path / PIPELINE_INFO_FILE
+        if info_path.is_file():
+            try:
+                pipe.info = json.loads(info_path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as err:
+                raise UserError(f"{str(info_path)!r} is not readable JSON ({err}); re-export the pipeline") from None
+        return pipe
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Write a pipeline folder atomically: components as safetensors, ``model_index.json`` naming
+        ``LDMPipeline`` (loads in plain diffusers), and ``vqldm.json``."""
+        target = Path(save_directory)
+        if target.is_dir() and any(target.iterdir()) and not (target / "model_index.json").is_file():
+            raise UserError(f"{str(target)!r} exists and is not a pipeline folder; choose an empty or new folder")
+        try:  # the stage-2 exporter owns the folder format; fall back to our own writer if it is absent
+            from diffusion.export import export_pipeline_folder
+        except ImportError:
+            export_pipeline_folder = None
+        if export_pipeline_folder is not None:
+            extra = {k: v for k, v in self.info.items() if k not in ("autoencoder_scaling_factor", "latent_shape")}
+            export_pipeline_folder(self.vqvae, self.unet, self.scheduler, target, extra)
+            return
+        kwargs["safe_serialization"] = True
+        with AtomicDir(target) as tmp:
+            super().save_pretrained(tmp, **kwargs)
+            index_path = Path(tmp) / "model_index.json"
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+            index["_class_name"] = "LDMPipeline"  # a class diffusers knows; vqldm reads vqldm.json for the rest
+            atomic_write_json(index_path, index)
+            atomic_write_json(Path(tmp) / PIPELINE_INFO_FILE, self.describe())
+
+    def describe(self) -> dict:
+        """The vqldm.json content for this pipeline."""
+        c, h, w = unet_latent_shape(self.unet)
+        size = self.vqvae.config.sample_size
+        info = dict(self.info)
+        info.update(
+            num_classes=self.num_classes,
+            null_class=self.null_class,
+            image_size=size,
+            channels=self.vqvae.config.in_channels,
+            latent_shape=[c, h, w],
+        )
+        if self.num_classes and "class_names" not in info:
+            info["class_names"] = [str(i) for i in range(self.num_classes)]
+        return info
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes (0 for an unconditional model); the null class is index num_classes."""
+        if self.info.get("num_classes") is not None:
+            return int(self.info["num_classes"])
+        n = self.unet.config.get("num_class_embeds")
+        return int(n) - 1 if n else 0
+
+    @property
+    def null_class(self) -> int | None:
+        if not self.num_classes:
+            return None
+        if self.info.get("null_class") is not None:
+            return int(self.info["null_class"])
+        return self.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.info.get("class_names")
+        return [str(n) for n in names] if names else [str(i) for i in range(self.num_classes)]
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """A class given as an index or a name from vqldm.json -> its index; UserError if unknown."""
+        if not self.num_classes:
+            raise UserError("this model is unconditional; drop --class (and --guidance)")
+        text = str(name_or_index).strip()
+        names = self.class_names
+        if text.lstrip("-").isdigit():
+            idx = int(text)
+        elif text.lower() in [n.lower() for n in names]:
+            idx = [n.lower() for n in names].index(text.lower())
+        else:
+            raise UserError(f"unknown class {text!r}; use an index 0..{self.num_classes - 1} or one of: {', '.join(names)}")
+        if not 0 <= idx < self.num_classes:
+            raise UserError(f"class {idx} is out of range; this model has classes 0..{self.num_classes - 1}")
+        return idx
+
+    def use_channels_last(self, enabled: bool = True) -> "VQLatentDiffusionPipeline":
+        """Store conv weights NHWC (oneDNN / cuDNN pick faster kernels; results agree to ~1e-6, not bitwise)."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        self.unet.to(memory_format=fmt)
+        self.vqvae.to(memory_format=fmt)
+        return self
+
+    def set_scheduler(self, name: str) -> None:
+        """Switch to ``ddim`` / ``ddpm`` / ``dpm`` / ``euler`` keeping the training schedule."""
+        self.scheduler = make_scheduler(name, self.scheduler.config)
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def latent_scaling_factor(self) -> float:
+        return float(self.vqvae.config.scaling_factor)
+
+    def prepare_noise(self, batch_size: int, generator=None) -> torch.Tensor:
+        """Initial N(0, I) latents, drawn on the CPU like ``LDMPipeline`` (same seed -> same images anywhere)."""
+        c, h, w = unet_latent_shape(self.unet)
+        return randn_tensor((batch_size, c, h, w), generator=generator).to(self.device)
+
+    def encode_image(self, image) -> torch.Tensor:
+        """Images -> scaled pre-quantization latents ``h * scaling_factor`` (the space the UNet works in)."""
+        c = self.vqvae.config.in_channels
+        size = self.vqvae.config.sample_size
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        x = _to_image_tensor(image, c, hw, "init image").to(self.device)
+        h = self.vqvae.encode(x).latents
+        return h * self.latent_scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor, quantize: bool = True, decode_batch_size: int | None = None) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1]; quantize to the nearest codes first unless ``quantize=False``."""
+        h = latents / self.latent_scaling_factor
+        n = decode_batch_size or h.shape[0]
+        chunks = [self.vqvae.decode(part, force_not_quantize=not quantize).sample for part in h.split(n)]
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+
+    def _class_tensor(self, class_labels, batch_size: int) -> torch.Tensor | None:
+        if class_labels is None:
+            if self.num_classes:  # unconditional samples from a class-conditional model: the null class
+                return torch.full((batch_size,), self.null_class, dtype=torch.long, device=self.device)
+            return None
+        if not self.num_classes:
+            raise UserError("this model is unconditional; it takes no class labels (drop --class)")
+        labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
+        if labels.numel() == 1 and batch_size > 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size:
+            raise UserError(f"got {labels.numel()} class labels for {batch_size} images; pass one label or one per image")
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if bad.numel():
+            raise UserError(f"class {int(bad[0])} is out of range; this model has classes 0..{self.num_classes - 1}")
+        return labels.to(self.device)
+
+    def _autocast(self):
+        if self.autocast_dtype in (None, torch.float32) or self.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.inference_mode()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        quantize: bool = True,
+        latents: torch.Tensor | None = None,
+        image=None,
+        strength: float | None = None,
+        mask_image=None,
+        decode_batch_size: int | None = None,
+        return_dict: bool = True,
+    ):
+        """Generate images.
+
+        - ``class_labels``: one label or one per image (class-conditional models; None = unconditional via the
+          null class). ``guidance_scale`` s: eps = eps_null + s (eps_class - eps_null); s = 1 is plain conditional.
+        - ``latents``: initial noise ``B x C x h x w`` (else drawn from ``generator`` on the CPU, as LDMPipeline).
+        - ``image`` (+ ``strength`` in [0, 1], default 0.6): SDEdit image-to-image — encode, noise to the step
+          that ``strength`` selects, denoise from there (strength 0 = the reconstruction, 1 = a fresh sample).
+        - ``mask_image`` with ``image``: inpainting; white/1 = regenerate, black/0 = keep (default strength 1).
+        - ``quantize``: snap latents to the codebook before decoding (the VQ decoder was trained on codes).
+        - ``output_type``: "pil", "np" (B x H x W x c in [0, 1]), "pt" (B x c x H x W in [0, 1]) or "latent".
+        """
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise UserError(f"unknown output_type {output_type!r}; choose pil, np, pt or latent")
+        if mask_image is not None and image is None:
+            raise UserError("inpainting needs the image to inpaint as well as the mask (pass --init-image)")
+        if guidance_scale != 1.0 and not self.num_classes:
+            raise UserError("classifier-free guidance needs a class-conditional model; this one is unconditional: drop --guidance")
+        if guidance_scale != 1.0 and class_labels is None:
+            raise UserError("guidance needs class labels (pass --class)")
+        steps = int(num_inference_steps or self.info.get("default_steps") or DEFAULT_STEPS)
+        if steps < 1:
+            raise UserError(f"the number of steps must be >= 1, got {steps}")
+        known = None
+        if image is not None:
+            strength = (1.0 if mask_image is not None else 0.6) if strength is None else float(strength)
+            if not 0.0 <= strength <= 1.0:
+                raise UserError(f"strength must be in [0, 1], got {strength}")
+            with self._autocast():
+                known = self.encode_image(image).float()  # B_img x C x h x w, scaled
+            if batch_size == 1 and latents is None:
+                batch_size = known.shape[0]  # a batch of init images sets the batch size
+        if latents is not None:
+            batch_size = latents.shape[0]
+        if known is not None:
+            if known.shape[0] == 1 and batch_size > 1:
+                known = known.expand(batch_size, -1, -1, -1)
+            if known.shape[0] != batch_size:
+                raise UserError(f"got {known.shape[0]} init images for {batch_size} outputs; pass one or one per output")
+        labels = self._class_tensor(class_labels, batch_size)
+
+        self.scheduler.set_timesteps(steps)
+        timesteps = self.scheduler.timesteps
+        noise = latents.to(self.device) if latents is not None else self.prepare_noise(batch_size, generator)
+
+        after_step = None
+        with self._autocast():
+            if known is None:
+                x = noise * self.scheduler.init_noise_sigma
+            else:
+                timesteps, x = self._noised_start(known, noise, timesteps, strength)
+                if mask_image is not None:
+                    after_step = self._inpaint_step(known, noise, timesteps, mask_image, batch_size)
+
+            null = self.null_class
+            x = denoise(
+                self.unet, self.scheduler, x, timesteps, class_labels=labels, guidance_scale=guidance_scale,
+                null_class=null, generator=generator[0] if isinstance(generator, list) else generator, eta=eta,
+                after_step=after_step, progress=self.progress_bar,
+            )
+            if output_type == "latent":
+                images = x
+            else:
+                images = self.decode_latents(x, quantize=quantize, decode_batch_size=decode_batch_size)
+
+        if output_type != "latent":
+            images = (images.float() / 2 + 0.5).clamp(0, 1)
+            if output_type in ("np", "pil"):
+                images = images.cpu().permute(0, 2, 3, 1).numpy()
+                if output_type == "pil":
+                    images = self.numpy_to_pil(images)
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    def _noised_start(self, known: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, strength: float):
+        """SDEdit (Meng et al. 2022): keep the last ``strength`` fraction of the schedule and start from the
+        known latents noised to its first timestep."""
+        order = getattr(self.scheduler, "order", 1)
+        n = len(timesteps) // order
+        skip = n - min(int(round(n * strength)), n)
+        timesteps = timesteps[skip * order:]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(skip * order)
+        if len(timesteps) == 0:
+            return timesteps, known.clone()
+        if strength >= 1.0:  # a full-strength start is pure noise (add_noise at t_max would leak a trace of x0)
+            return timesteps, noise * self.scheduler.init_noise_sigma
+        t0 = timesteps[:1].repeat(known.shape[0])
+        return timesteps, self.scheduler.add_noise(known, noise, t0)
+
+    def _inpaint_step(self, known, noise, timesteps, mask_image, batch_size):
+        """After each step, overwrite the kept region with the known latents noised to the next timestep, so
+        the model only invents the masked region and blends it with its surroundings."""
+        c, h, w = unet_latent_shape(self.unet)
+        size = self.vqvae.config.sample_size
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        mask = _to_mask_tensor(mask_image, hw)
+        # a latent cell is kept only if every pixel it covers is kept (max-pool of the "regenerate" mask)
+        repaint = F.adaptive_max_pool2d(mask, (h, w)).to(self.device)
+        if repaint.shape[0] == 1 and batch_size > 1:
+            repaint = repaint.expand(batch_size, -1, -1, -1)
+        keep = 1.0 - repaint
+        steps = list(timesteps)
+
+        def after_step(i, t, latents):
+            if i + 1 < len(steps):
+                level = self.scheduler.add_noise(known, noise, steps[i + 1].repeat(latents.shape[0]))
+            else:
+                level = known
+            return keep * level.to(latents.dtype) + repaint * latents
+
+        return after_step
+
+    def interpolate(self, seed_a: int, seed_b: int, frames: int = 8, **kwargs):
+        """Images along the spherical path between the initial noise of two seeds; frame 0 is seed_a's
+        image, the last frame seed_b's. Other arguments as in ``__call__`` (class_labels, steps, ...)."""
+        if frames < 2:
+            raise UserError(f"interpolation needs at least 2 frames, got {frames}")
+        a = self.prepare_noise(1, torch.Generator().manual_seed(int(seed_a)))
+        b = self.prepare_noise(1, torch.Generator().manual_seed(int(seed_b)))
+        noise = torch.cat([slerp(a, b, i / (frames - 1)) for i in range(frames)])
+        kwargs.pop("batch_size", None)
+        return self(latents=noise, **kwargs)
+
+
+# ----------------------------------------------------------------------------- loading for users
+def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
+                  channels_last: bool = True):
+    """The pipeline at ``path`` (None: the model shipped in ``pipelines/default_model``) on ``device``.
+
+    ``dtype`` fp16/bf16 turns on autocast on CUDA; weights stay fp32 and CPU runs stay fp32.
+    ``channels_last`` (default on; benchmarks/bench_sampling.py, 2 threads on a loaded 2-core machine: 0.95x
+    LDMPipeline's time at equal work on the issue-sized model, 0.79x on full CompVis widths where the VQ decoder
+    ran 1.85x faster) changes images by ~4e-6, so compare bitwise with LDMPipeline only with it off.
+    """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if dtype != torch.float32 and device.type != "cuda":
+        raise UserError(f"--dtype {str(dtype).replace('torch.', '')} is for CUDA GPUs; use --dtype fp32 on {device.type}")
+    if path is None:
+        folder = DEFAULT_MODEL_DIR
+        if not (folder / "model_index.json").is_file() or not any(folder.glob("*/*.safetensors")):
+            raise UserError(
+                "the shipped model is missing from this install (pipelines/default_model has no weights); "
+                "pass --model PIPELINE_DIR or reinstall vqldm"
+            )
+    else:
+        folder = Path(path)
+    from diffusers.utils import logging as diffusers_logging
+
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar on the user's terminal
+    try:
+        pipe = VQLatentDiffusionPipeline.from_pretrained(folder)
+    finally:
+        if was_enabled:
+            diffusers_logging.enable_progress_bar()
+    pipe.to(device)
+    if channels_last:
+        pipe.use_channels_last()
+    pipe.autocast_dtype = dtype
+    return pipe

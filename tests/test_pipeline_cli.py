@@ -1,0 +1,128 @@
+"""``vqldm generate`` end to end on tiny random-weight pipeline folders, and its one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines import cli
+from test_pipeline_helpers import tiny_pipeline, tiny_unet
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipes")
+    cond = tiny_pipeline(num_classes=3)
+    cond.info = {"class_names": ["shirt", "bag", "boot"]}
+    cond.save_pretrained(root / "cond")
+    tiny_pipeline().save_pretrained(root / "uncond")
+    # mismatched UNets: wrong latent channels, wrong latent size
+    for name, unet in (("bad_channels", tiny_unet(latent_channels=4)), ("bad_size", tiny_unet(latent_size=4))):
+        shutil.copytree(root / "uncond", root / name)
+        shutil.rmtree(root / name / "unet")
+        unet.save_pretrained(root / name / "unet", safe_serialization=True)
+    (root / "not_an_image.png").write_text("hello")
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(root / "init.png")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, :8] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    (root / "empty").mkdir()
+    return root
+
+
+def run(capsys, *argv):
+    code = cli.main(["generate", "--no-progress", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_grid_and_folder_outputs(folders, tmp_path, capsys):
+    code, out, err = run(capsys, "--model", folders / "cond", "--num-images", 3, "--batch-size", 2, "--steps", 2,
+                         "--out", tmp_path / "grid.png")
+    assert code == 0, err
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (2 + 2 * 18, 2 + 2 * 18)  # 3 images of 16x16 in a 2x2 grid, padding 2
+    code, out, err = run(capsys, "--model", folders / "cond", "--num-images", 3, "--steps", 2, "--class", "boot",
+                         "--guidance", 2, "--scheduler", "dpm", "--out", f"{tmp_path / 'imgs'}/")
+    assert code == 0, err
+    files = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    assert files == ["0000.png", "0001.png", "0002.png"]
+    assert not [p for p in tmp_path.rglob(".*tmp*")]  # atomic writes leave no temporaries
+
+
+def test_same_seed_same_file_bytes(folders, tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        code, _, err = run(capsys, "--model", folders / "uncond", "--num-images", 2, "--steps", 2, "--seed", 9,
+                           "--out", tmp_path / name)
+        assert code == 0, err
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_img2img_inpaint_and_interpolation(folders, tmp_path, capsys):
+    code, _, err = run(capsys, "--model", folders / "uncond", "--init-image", folders / "init.png", "--strength", 0.3,
+                       "--steps", 4, "--num-images", 2, "--out", tmp_path / "i2i.png")
+    assert code == 0, err
+    code, _, err = run(capsys, "--model", folders / "uncond", "--init-image", folders / "init.png", "--mask",
+                       folders / "mask.png", "--steps", 3, "--num-images", 1, "--out", tmp_path / "inpaint.png")
+    assert code == 0, err
+    code, _, err = run(capsys, "--model", folders / "cond", "--seed", 1, "--interpolate", 2, "--frames", 3, "--steps", 2,
+                       "--class", 0, "--out", tmp_path / "walk.png")
+    assert code == 0, err
+    assert Image.open(tmp_path / "walk.png").size == (2 + 3 * 18, 2 + 18)  # one row of 3 frames
+
+
+def _assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vqldm: error:")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["--model", "{root}/empty"], ["not a pipeline folder"]),
+        (["--model", "{root}/does_not_exist"], ["not found"]),
+        (["--model", "{root}/bad_channels"], ["latent channels"]),
+        (["--model", "{root}/bad_size"], ["sample_size"]),
+        (["--model", "{root}/cond", "--class", "3"], ["out of range"]),
+        (["--model", "{root}/cond", "--class", "hat"], ["unknown class"]),
+        (["--model", "{root}/uncond", "--guidance", "3"], ["unconditional"]),
+        (["--model", "{root}/uncond", "--class", "1"], ["unconditional"]),
+        (["--model", "{root}/uncond", "--scheduler", "plms"], ["unknown scheduler", "dpm"]),
+        (["--model", "{root}/uncond", "--init-image", "{root}/not_an_image.png"], ["not a readable image"]),
+        (["--model", "{root}/uncond", "--init-image", "{root}/missing.png"], ["not found"]),
+        (["--model", "{root}/uncond", "--mask", "{root}/mask.png"], ["--mask needs --init-image"]),
+        (["--model", "{root}/uncond", "--steps", "0"], ["--steps"]),
+        (["--model", "{root}/uncond", "--dtype", "fp8"], ["--dtype"]),
+        (["--model", "{root}/uncond", "--out", "{root}/x.jpg"], [".png"]),
+    ],
+)
+def test_errors_are_one_line_exit_2(folders, capsys, argv, needles):
+    argv = [a.format(root=folders) for a in argv]
+    code, _, err = run(capsys, "--steps", 1, *argv) if "--steps" not in argv else run(capsys, *argv)
+    _assert_one_line_error(code, err, *needles)
+
+
+def test_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import pipelines.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "DEFAULT_MODEL_DIR", tmp_path)
+    code, _, err = run(capsys, "--steps", 1, "--out", tmp_path / "x.png")
+    _assert_one_line_error(code, err, "shipped model is missing")
+
+
+def test_load_pipeline_rejects_half_precision_on_cpu(folders):
+    from autoencoder.errors import UserError
+    from pipelines.pipeline import load_pipeline
+
+    with pytest.raises(UserError, match="CUDA"):
+        load_pipeline(str(folders / "uncond"), device="cpu", dtype="fp16")
+    pipe = load_pipeline(str(folders / "uncond"), device="cpu", dtype="fp32")
+    assert pipe.device == torch.device("cpu")
