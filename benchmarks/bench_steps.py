@@ -1,0 +1,99 @@
+"""Benchmark 2: sampling steps vs quality — FID / KID and seconds per image for DDIM and DPM-Solver++ at
+10 / 20 / 50 steps, for one pipeline (default: the model shipped with vqldm).
+
+    python benchmarks/bench_steps.py --num-samples 1000 --plot docs/fid_vs_steps.png
+    python benchmarks/bench_steps.py --model RUN/pipeline --steps 2,4 --num-samples 100   # smoke run
+
+FID and KID use domain features (``--features``) against the same held-out real images for every row;
+the sample counts are printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from autoencoder.errors import UserError  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="pipeline folder (default: the shipped model)")
+    p.add_argument("--data", default="fashion-mnist", help="dataset whose held-out split is the reference")
+    p.add_argument("--features", default="fashion-mnist-classifier")
+    p.add_argument("--schedulers", default="ddim,dpm", help="comma-separated: ddim, dpm (DPM-Solver++), euler, ddpm")
+    p.add_argument("--steps", default="10,20,50", help="comma-separated step counts")
+    p.add_argument("--num-samples", type=int, default=1000, help="generated images per row (and real images)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (class-conditional models)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, help="write the FID-vs-steps plot to this PNG")
+    p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from autoencoder.checkpoint import atomic_write_json
+    from pipelines.evaluate import (
+        _device,
+        _load_pipeline,
+        _parse_ints,
+        format_sweep_table,
+        load_reference_data,
+        pipeline_data_fit,
+        pipeline_num_classes,
+        plot_steps_sweep,
+        real_images,
+        sweep_steps,
+    )
+    from pipelines.features import load_feature_extractor
+
+    progress = not args.no_progress
+    steps = _parse_ints(args.steps, "--steps")
+    schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip()]
+    device = _device(args.device)
+    extractor = load_feature_extractor(args.features, args.batch_size, device)
+    pipe = _load_pipeline(args.model, device)
+    num_classes = pipeline_num_classes(pipe)
+    size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
+    ds = load_reference_data(args.data, size, channels, pipeline_data_fit(pipe), progress)
+    real, _ = real_images(ds.holdout, args.num_samples, args.seed)
+    real_f = extractor(real, progress, "features (real)")
+    rows = sweep_steps(pipe, real_f, extractor, schedulers, steps, args.num_samples, args.batch_size, args.guidance,
+                       args.seed, num_classes, progress=progress)
+
+    print(f"sampling steps vs quality: {args.model or 'shipped model'}; {ds.source} {size}x{size}; "
+          f"{extractor.name} features; {args.num_samples} generated vs {real_f.shape[0]} held-out real images per row; "
+          f"{'guidance ' + str(args.guidance) + '; ' if num_classes else ''}{device}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}")
+    print(format_sweep_table(rows))
+    if args.plot:
+        plot_steps_sweep(rows, Path(args.plot), f"FID vs sampling steps ({args.num_samples} samples, {extractor.name})")
+        print(f"plot: {args.plot}")
+    if args.json:
+        atomic_write_json(args.json, {"model": args.model or "shipped", "data": ds.source, "features": extractor.name,
+                                      "num_real": int(real_f.shape[0]), "torch_threads": torch.get_num_threads(),
+                                      "device": str(device), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows})
+        print(f"rows: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

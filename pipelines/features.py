@@ -1,0 +1,291 @@
+"""Feature extractors for FID / KID / precision-recall, and the class-accuracy classifier.
+
+Two kinds, one interface (:class:`FeatureExtractor`: images in [-1, 1] NCHW -> N x D features):
+
+* a small domain classifier (3 conv blocks, 128-d penultimate layer) trained on the evaluation dataset
+  with ``vqldm evaluate train-features``. Its penultimate activations are the features; its logits give
+  ``classify``. Saved as ``model.safetensors`` + ``config.json``. The package ships one trained on
+  Fashion-MNIST in ``pipelines/default_model/features/``, found by the name ``fashion-mnist-classifier``.
+  Numbers measured with it are comparable only with numbers measured with the *same* classifier file.
+* Inception-v3 with the standard FID weights (pool3, 2048-d), through torchmetrics / torch-fidelity, when
+  torch-fidelity is installed and its weights are in the torch hub cache or downloadable. Offline without
+  them it is a one-line error — never a silent switch to other features.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from autoencoder.checkpoint import AtomicDir, load_safetensors
+from autoencoder.errors import UserError
+
+DEFAULT_FEATURES_DIR = Path(__file__).resolve().parent / "default_model" / "features"
+DOMAIN_NAMES = ("fashion-mnist-classifier", "domain", "default")
+INCEPTION_NAMES = ("inception", "inception-v3")
+FID_INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception weights
+
+
+# ----------------------------------------------------------------------------- domain classifier
+@dataclass
+class DomainClassifierConfig:
+    """Shape of the domain classifier; saved beside its weights."""
+
+    image_size: int = 32
+    channels: int = 1
+    num_classes: int = 10
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    feature_dim: int = 128
+    class_names: list[str] = field(default_factory=list)
+
+
+class DomainClassifier(nn.Module):
+    """conv-BN-ReLU x2 + 2x2 max-pool per block, global average pool, 128-d feature layer, class logits."""
+
+    def __init__(self, cfg: DomainClassifierConfig):
+        super().__init__()
+        self.cfg = cfg
+        blocks, c_in = [], cfg.channels
+        for width in cfg.widths:
+            blocks += [
+                nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            c_in = width
+        self.body = nn.Sequential(*blocks)
+        self.embed = nn.Linear(c_in, cfg.feature_dim)
+        self.head = nn.Linear(cfg.feature_dim, cfg.num_classes)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images of any size / channel count -> the classifier's size and channels."""
+        x = images.float()
+        if x.shape[1] != self.cfg.channels:
+            if self.cfg.channels == 1:  # ITU-R 601 luma
+                x = (x[:, :3] * torch.tensor([0.299, 0.587, 0.114], device=x.device)[None, :, None, None]).sum(1, keepdim=True)
+            else:
+                x = x.repeat(1, self.cfg.channels, 1, 1)
+        if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
+            x = F.interpolate(x, size=(self.cfg.image_size, self.cfg.image_size), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.prepare(images))  # B x C x s x s
+        return F.relu(self.embed(h.mean(dim=(2, 3))))  # B x feature_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))  # B x num_classes
+
+
+class FeatureExtractor:
+    """Batched, no-grad wrapper: ``extractor(images) -> N x D`` for [-1, 1] NCHW images (any N)."""
+
+    name: str = ""
+    dim: int = 0
+    num_classes: int | None = None
+
+    def __init__(self, batch_size: int = 250, device: torch.device | str = "cpu"):
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, progress: bool = False, desc: str = "features") -> torch.Tensor:
+        out = []
+        for start in tqdm(range(0, images.shape[0], self.batch_size), desc=desc, disable=not progress, leave=False):
+            out.append(self._features(images[start : start + self.batch_size].to(self.device)).double().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim, dtype=torch.float64)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        raise UserError(f"the {self.name} features have no class head; pass --features with a domain classifier folder")
+
+
+class DomainFeatures(FeatureExtractor):
+    def __init__(self, model: DomainClassifier, name: str, batch_size: int = 250, device="cpu"):
+        super().__init__(batch_size, device)
+        self.model = model.to(self.device).eval()
+        self.name = name
+        self.dim = model.cfg.feature_dim
+        self.num_classes = model.cfg.num_classes
+        self.class_names = list(model.cfg.class_names)
+
+    def _features(self, x):
+        return self.model.features(x)
+
+    @torch.inference_mode()
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted class per image (LongTensor N) for [-1, 1] images."""
+        out = []
+        for start in range(0, images.shape[0], self.batch_size):
+            out.append(self.model(images[start : start + self.batch_size].to(self.device)).argmax(dim=1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def save_domain_classifier(model: DomainClassifier, out: str | Path, extra: dict | None = None) -> Path:
+    """Write ``out/model.safetensors`` + ``out/config.json`` as one atomic folder swap."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    with AtomicDir(out) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        meta = {"kind": "vqldm-domain-classifier", "config": asdict(model.cfg), **(extra or {})}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def load_domain_classifier(folder: str | Path) -> DomainClassifier:
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file() or not (folder / "model.safetensors").is_file():
+        raise UserError(f"{str(folder)!r} is not a feature-extractor folder (needs config.json + model.safetensors); create one with `vqldm evaluate train-features --data fashion-mnist --out DIR`")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg = DomainClassifierConfig(**meta["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{str(cfg_path)!r} is not a valid classifier config ({err}); retrain with `vqldm evaluate train-features`") from None
+    model = DomainClassifier(cfg)
+    try:
+        model.load_state_dict(load_safetensors(folder / "model.safetensors"))
+    except RuntimeError as err:
+        raise UserError(f"weights in {str(folder)!r} do not match its config.json ({str(err).splitlines()[0][:100]}); retrain it") from None
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- Inception (FID standard)
+class InceptionFeatures(FeatureExtractor):
+    name = "inception-v3-fid"
+    dim = 2048
+
+    def __init__(self, module: nn.Module, batch_size: int = 100, device="cpu"):
+        super().__init__(batch_size, device)
+        self.module = module.to(self.device).eval()
+
+    def _features(self, x):
+        x = x.float()
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # the FID network expects uint8 RGB
+        return self.module(uint8).reshape(x.shape[0], -1)
+
+
+def load_inception(batch_size: int = 100, device="cpu") -> InceptionFeatures:
+    """torchmetrics' FID Inception-v3 (torch-fidelity weights); a UserError when unavailable."""
+    hint = "or use --features fashion-mnist-classifier (or a folder from `vqldm evaluate train-features`)"
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        raise UserError(f"--features inception needs torch-fidelity (pip install torch-fidelity) and the FID Inception weights; {hint}") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / FID_INCEPTION_WEIGHTS
+    try:
+        module = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+    except Exception as err:  # offline: the weights cannot be downloaded
+        raise UserError(f"FID Inception weights unavailable ({type(err).__name__}); put {FID_INCEPTION_WEIGHTS} in {cached.parent} (downloaded once when online), {hint}") from None
+    return InceptionFeatures(module, batch_size, device)
+
+
+# ----------------------------------------------------------------------------- entry point
+def load_feature_extractor(name_or_path: str | None = None, batch_size: int = 250, device="cpu") -> FeatureExtractor:
+    """``None`` / ``fashion-mnist-classifier``: the classifier shipped in the package; ``inception``: FID
+    Inception-v3; otherwise a folder written by ``vqldm evaluate train-features``."""
+    name = (name_or_path or "fashion-mnist-classifier").strip()
+    if name.lower() in INCEPTION_NAMES:
+        return load_inception(min(batch_size, 100), device)
+    if name.lower() in DOMAIN_NAMES:
+        if not (DEFAULT_FEATURES_DIR / "config.json").is_file():
+            raise UserError(f"no shipped domain classifier in {DEFAULT_FEATURES_DIR}; train one with `vqldm evaluate train-features --data fashion-mnist --out DIR` and pass --features DIR")
+        return DomainFeatures(load_domain_classifier(DEFAULT_FEATURES_DIR), "fashion-mnist-classifier", batch_size, device)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise UserError(f"--features {name!r} not found; pass fashion-mnist-classifier, inception, or a folder from `vqldm evaluate train-features`")
+    return DomainFeatures(load_domain_classifier(path), f"domain-classifier:{path.resolve()}", batch_size, device)
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class FeatureTrainConfig:
+    image_size: int = 32
+    channels: int = 1
+    fit: str = "pad"
+    epochs: int = 2
+    max_steps: int | None = None  # stop earlier (quick runs / tests)
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    max_images: int | None = None
+    seed: int = 0
+    augment: bool = True  # random horizontal flips and +-2 px shifts
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+
+
+@torch.inference_mode()
+def classifier_accuracy(model: DomainClassifier, data, batch_size: int = 500, max_images: int | None = None) -> float:
+    model.eval()
+    n = len(data) if max_images is None else min(len(data), max_images)
+    correct = 0
+    for start in range(0, n, batch_size):
+        x, y = data.batch(torch.arange(start, min(n, start + batch_size)))
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    return correct / max(n, 1)
+
+
+def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfig, progress: bool = True, log=print) -> dict:
+    """Train the domain classifier on ``source``'s training split; report held-out accuracy; save to ``out``."""
+    from autoencoder.data import DataConfig, load_datasets
+
+    data_cfg = DataConfig(image_size=cfg.image_size, channels=cfg.channels, fit=cfg.fit, max_images=cfg.max_images,
+                          labels="folders" if Path(source).expanduser().is_dir() else "none")
+    ds = load_datasets(source, data_cfg, log=log, progress=progress)
+    if ds.num_classes < 2 or bool((ds.train.labels < 0).any()):
+        raise UserError(f"train-features needs labelled data with at least 2 classes; {source!r} has {ds.num_classes} (use a named dataset or class subfolders)")
+    torch.manual_seed(cfg.seed)
+    model = DomainClassifier(DomainClassifierConfig(cfg.image_size, cfg.channels, ds.num_classes, class_names=list(ds.train.class_names)))
+    steps_per_epoch = max(1, len(ds.train) // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.15)
+    g = torch.Generator().manual_seed(cfg.seed)
+    start_time = time.perf_counter()
+    step = 0
+    bar = tqdm(total=total, desc="train-features", disable=not progress, dynamic_ncols=True)
+    model.train()
+    while step < total:
+        order = torch.randperm(len(ds.train), generator=g)
+        for i in range(steps_per_epoch):
+            if step >= total:
+                break
+            x, y = ds.train.batch(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+            if cfg.augment:
+                x = _augment(x, g)
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    bar.close()
+    seconds = time.perf_counter() - start_time
+    accuracy = classifier_accuracy(model, ds.holdout)
+    info = {"source": ds.source, "train_images": len(ds.train), "steps": step, "train_seconds": round(seconds, 1),
+            "test_images": len(ds.holdout), "test_accuracy": accuracy, "train_config": asdict(cfg)}
+    save_domain_classifier(model, out, info)
+    log(f"done: {step} steps in {seconds:.0f} s; test accuracy {100 * accuracy:.2f}% on {len(ds.holdout)} held-out images; saved to {out}")
+    return info
