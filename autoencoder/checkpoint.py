@@ -11,8 +11,10 @@ Design rules (issue: reliability and safety):
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
@@ -32,6 +35,47 @@ CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 # ----------------------------------------------------------------------------- atomic writes
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def write_error_reason(err: BaseException) -> str | None:
+    """The OS reason for a failed write ("No space left on device"), or None if ``err`` is not an I/O error.
+
+    safetensors reports I/O failures as ``SafetensorError("... I/O error: <reason> (os error N)")``, not
+    ``OSError``; both mean the disk (or a file-size limit) refused the write.
+    """
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    if isinstance(err, SafetensorError):
+        msg = str(err)
+        if "I/O error" in msg:
+            return msg.split("I/O error:", 1)[1].split(" (os error")[0].strip() or msg
+    return None
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` (and the folders themselves) to disk before it is renamed into place."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename: fsync the folder holding it (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _check_writable_dir(directory: Path) -> None:
@@ -55,7 +99,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {str(path)!r} ({err.strerror}); free disk space or choose another --out") from None
+        raise UserError(f"could not write {str(path)!r} ({write_error_reason(err)}); free disk space or choose another --out") from None
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -81,15 +126,21 @@ class AtomicDir:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
         return self.tmp
 
+    def _fail(self, exc: BaseException) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        reason = write_error_reason(exc)
+        if reason is not None:
+            raise UserError(f"could not write {str(self.target)!r} ({reason}); free disk space or choose another --out") from None
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise UserError(
-                    f"could not write {str(self.target)!r} ({exc.strerror}); free disk space or choose another --out"
-                ) from None
+            self._fail(exc)
             return False
-        os.chmod(self.tmp, 0o755)
+        try:
+            os.chmod(self.tmp, 0o755)
+            _fsync_tree(self.tmp)  # the contents are on disk before the name says the folder is complete
+        except OSError as err:
+            self._fail(err)
         if self.target.exists():
             # Two renames: a crash between them leaves the old copy under .old, the new one complete.
             old = self.target.with_name(f".{self.target.name}.old-{uuid.uuid4().hex[:8]}")
@@ -98,6 +149,10 @@ class AtomicDir:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.target)
+        _fsync_dir(self.target.parent)
+        # old copies left by a replace that was killed between its two renames (never a write in progress)
+        for stale in self.target.parent.glob(f".{glob.escape(self.target.name)}.old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         return False
 
 
@@ -129,18 +184,34 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     tmp = _tmp_sibling(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {str(path)!r} ({err.strerror}); free disk space or choose another --out") from None
+        reason = write_error_reason(err)
+        if reason is None:
+            raise
+        raise UserError(f"could not write {str(path)!r} ({reason}); free disk space or choose another --out") from None
+    _fsync_dir(path.parent)
 
 
 def convert_pickle_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Explicit, user-requested conversion; loads with ``weights_only=True`` (no code execution)."""
     try:
         obj = torch.load(str(src), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"could not read {str(src)!r} as a weights-only torch file ({err}); it may need code to load") from None
+    except pickle.UnpicklingError as err:  # weights_only refused a global: the file wants to run code
+        found = re.search(r"unsupported GLOBAL ([\w.]+)", str(err))
+        what = f"it asks to call {found.group(1)}" if found else "it holds Python objects, not only tensors"
+        raise UserError(
+            f"{str(src)!r} is not a plain weights file ({what}); vqldm never runs code from a pickle, so it cannot convert it"
+        ) from None
+    except Exception as err:  # not a torch file, truncated zip, ...
+        detail = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"could not read {str(src)!r} as a torch weights file ({type(err).__name__}: {detail})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -150,6 +221,25 @@ def convert_pickle_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike
         raise UserError(f"{str(src)!r} holds no tensors; nothing to convert")
     save_safetensors(tensors, dst)
     return len(tensors)
+
+
+def describe_load_error(err: BaseException, limit: int = 160) -> str:
+    """The informative line of a ``load_state_dict`` error ("size mismatch for ...: ... torch.Size([64, 3]) ...").
+
+    PyTorch's message starts with "Error(s) in loading state_dict for X:", which says nothing; the
+    first line naming a key is what a user needs.
+    """
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        m = re.match(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from checkpoint, "
+                     r"the shape in current model is torch\.Size\((\[.*?\])\)", ln)
+        if m:
+            return f"{m.group(1)} has shape {m.group(2)} in the checkpoint, {m.group(3)} in this config"[:limit]
+        if ln.startswith(("size mismatch", "Missing key", "Unexpected key")):
+            return ln[:limit]
+    if isinstance(err, KeyError):
+        return f"missing {err}"[:limit]
+    return (lines[0] if lines else type(err).__name__)[:limit]
 
 
 # ----------------------------------------------------------------------------- optimizer state <-> tensors
@@ -221,10 +311,17 @@ def save_training_checkpoint(
             fh.flush()
             os.fsync(fh.fileno())
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    # leftovers of killed writes
-    for stale in root.glob(".step-*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        # Rename first: a kill during rmtree must not leave a half-deleted folder under a checkpoint name.
+        doomed = old.with_name(f".{old.name}.del-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(old, doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+    # leftovers of killed writes and deletions
+    for pattern in (".step-*.tmp-*", ".step-*.old-*", ".step-*.del-*"):
+        for stale in root.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
     return target
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,33 @@ from .errors import UserError
 T = TypeVar("T")
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loading, except that ``1e-4`` is the float people mean, not the string YAML 1.1 reads.
+
+    PyYAML's float pattern requires a dot in the mantissa (``1.0e-4``); learning rates written ``1e-4``
+    in a preset or in ``--set train.lr=1e-4`` would otherwise fail the type check as strings.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader
 
 
 def resolve_config_path(config: str | os.PathLike, stage: str) -> Path:
@@ -88,6 +116,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise UserError(f"config key {key!r} must be a string, got {value!r}")
     if dataclasses.is_dataclass(tp):
+        if value is None:  # a section whose keys are all commented out
+            value = {}
         if not isinstance(value, dict):
             raise UserError(f"config section {key!r} must be a mapping of keys, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
@@ -135,7 +165,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
         if not keys:
             raise UserError(f"--set expects section.key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = result
@@ -160,7 +190,7 @@ def deep_merge(base: dict, update: dict) -> dict:
 def read_yaml(path: str | os.PathLike) -> dict:
     try:
         with open(path, "r", encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = _yaml_load(fh)
     except FileNotFoundError:
         raise UserError(f"config file {str(path)!r} not found; check the path") from None
     except yaml.YAMLError as err:

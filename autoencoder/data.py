@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 
@@ -113,6 +113,14 @@ def fit_array(arr: np.ndarray, size: int, fit: str, pad_value: int = 0) -> np.nd
     return arr
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (photos from phones/cameras), as diffusers' ``load_image`` does."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # a malformed EXIF block is not worth losing the image over
+        return img
+
+
 def load_image(path: str | os.PathLike, channels: int, size: int, fit: str) -> np.ndarray:
     """Decode one file fully; raises ValueError with a short reason for anything unusable."""
     path = Path(path)
@@ -131,7 +139,7 @@ def load_image(path: str | os.PathLike, channels: int, size: int, fit: str) -> n
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise ValueError(f"too large ({img.width}x{img.height} pixels, limit {MAX_IMAGE_PIXELS})")
                 img.load()
-                arr = pil_to_array(img, channels)
+                arr = pil_to_array(_upright(img), channels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(f"too large (over {MAX_IMAGE_PIXELS} pixels; decompression-bomb limit)") from None
     except UnidentifiedImageError:
@@ -140,6 +148,10 @@ def load_image(path: str | os.PathLike, channels: int, size: int, fit: str) -> n
         msg = str(err).lower()
         reason = "truncated" if "truncat" in msg or "incomplete" in msg or "eof" in msg else "corrupt"
         raise ValueError(f"{reason} ({err})") from None
+    except MemoryError:
+        raise ValueError("too large (out of memory while decoding)") from None
+    except Exception as err:  # PIL's decoders raise many types on malformed files (ValueError, IndexError, ...)
+        raise ValueError(f"corrupt ({type(err).__name__}: {err})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     return fit_array(arr, size, fit)
@@ -277,8 +289,19 @@ def load_named(name: str, cfg: DataConfig) -> Datasets:
 
 
 def scan_folder(root: Path) -> list[Path]:
+    """All non-hidden files under ``root``, sorted; symlinked folders are followed once (no loops)."""
     files = []
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a symlink back into an already scanned folder
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
     return files
@@ -328,7 +351,7 @@ def load_folder(root: Path, cfg: DataConfig, log: Callable[[str], None] = print,
         counts = Counter(s.reason for s in skipped)
         log(f"warning: skipped {len(skipped)} of {len(files)} files in {root}: " + ", ".join(f"{n} {r}" for r, n in counts.most_common()))
     if not arrays["train"] and not arrays["holdout"]:
-        raise UserError(f"no usable image in {str(root)!r} ({len(skipped)} files skipped: corrupt, truncated or not images); add valid PNG/JPEG/WebP files")
+        raise UserError(f"no usable image in {str(root)!r} ({len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped: corrupt, truncated, too large or not images); add valid PNG/JPEG/WebP files")
     if not arrays["train"]:  # tiny folders: keep at least one training image
         arrays["train"].append(arrays["holdout"].pop())
         labels["train"].append(labels["holdout"].pop())

@@ -146,12 +146,17 @@ class VectorQuantizerEMA(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> bool:
+        """One EMA step; returns False (and changes nothing) when the batch holds NaN/inf latents."""
         counts = torch.bincount(indices, minlength=self.num_codes).float()
         sums = torch.zeros(self.num_codes, self.dim, device=flat.device).index_add_(0, indices, flat.detach().float())
         if _distributed():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
+        # A non-finite batch (every rank sees it through the all-reduce) must not poison the codebook: the
+        # trainer's NaN guard skips such a batch, and skipping only works if nothing was updated here.
+        if not bool(torch.isfinite(sums).all()):
+            return False
         g = self.cfg.ema_decay
         self.cluster_size.mul_(g).add_(counts, alpha=1 - g)
         self.embed_sum.mul_(g).add_(sums, alpha=1 - g)
@@ -159,6 +164,7 @@ class VectorQuantizerEMA(nn.Module):
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + 1e-5) / (n + self.num_codes * 1e-5) * n
         self.codebook.data.copy_(self.embed_sum / smoothed[:, None])
+        return True
 
     @torch.no_grad()
     def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> int:
@@ -201,9 +207,10 @@ class VectorQuantizerEMA(nn.Module):
             counts = torch.bincount(indices, minlength=self.num_codes).float()
             if self.training:
                 self.steps.add_(1)
+                finite = True
                 if self.cfg.codebook_update == "ema":
-                    self._ema_update(flat, indices)
-                if self.cfg.restart_dead_codes and int(self.steps) % self.cfg.restart_every == 0:
+                    finite = self._ema_update(flat, indices)
+                if finite and self.cfg.restart_dead_codes and int(self.steps) % self.cfg.restart_every == 0:
                     if _distributed() and self.cfg.codebook_update == "gradient":
                         dist.all_reduce(counts)
                     self._restart_dead(flat, counts)

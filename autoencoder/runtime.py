@@ -81,6 +81,8 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool, is_main: bool, create:
         if parent.exists():
             if not parent.is_dir():
                 raise UserError(f"cannot create output folder {str(out)!r} ({str(parent)!r} is a file); choose a writable --out")
+            if not out.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"cannot create output folder {str(out)!r} ({str(parent)!r} is not writable); choose a writable --out")
             break
     if not resume and latest_checkpoint(out) is not None:
         raise UserError(f"{str(out)!r} already holds a run with checkpoints; pass --resume to continue it or choose another --out")

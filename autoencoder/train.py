@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     AtomicDir,
     atomic_write_json,
+    describe_load_error,
     latest_checkpoint,
     load_training_checkpoint,
     optimizer_state_from_tensors,
@@ -130,7 +131,7 @@ def train_autoencoder(
                 disc.load_state_dict(files["disc"])
                 dopt.load_state_dict(optimizer_state_from_tensors(files["disc_optimizer"], state["disc_optimizer"]))
         except (KeyError, RuntimeError, ValueError) as err:
-            raise UserError(f"checkpoint {ckpt} does not match this config ({str(err).splitlines()[0][:120]}); resume with the config it was trained with") from None
+            raise UserError(f"checkpoint {ckpt} does not match this config ({describe_load_error(err)}); resume with the config it was trained with") from None
         model.quantizer.generator.set_state(files["rng"]["quantizer"])
         torch.set_rng_state(files["rng"]["torch_cpu"])
         step = int(state["step"])

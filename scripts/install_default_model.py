@@ -48,6 +48,8 @@ def main() -> None:
     shutil.copy2(args.pipeline / "model_index.json", TARGET / "model_index.json")
     if args.features:
         copy_folder(args.features, TARGET / "features")
+    for f in TARGET.rglob("*"):  # readable by everyone, like any installed package file
+        f.chmod(0o755 if f.is_dir() else 0o644)
     total = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
     print(f"installed {args.pipeline} into {TARGET} ({total / 1e6:.1f} MB)")
 

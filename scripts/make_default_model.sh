@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 vqldm train-autoencoder --config configs/autoencoder/fashion-mnist.yaml --data fashion-mnist --out "$RUNS/ae"
 vqldm train-diffusion --config configs/diffusion/fashion-mnist.yaml --autoencoder "$RUNS/ae" --data fashion-mnist --out "$RUNS/ldm"
-vqldm evaluate train-features --data fashion-mnist --out "$RUNS/features"
+vqldm evaluate train-features --data fashion-mnist --max-steps 250 --out "$RUNS/features"
 python scripts/install_default_model.py "$RUNS/ldm/pipeline" "$RUNS/features"

@@ -1,0 +1,111 @@
+"""Stage-1 loss pieces and metrics: reconstruction, hinge losses, adaptive weight, PatchGAN, LPIPS fallback."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from autoencoder.losses import (
+    LossConfig,
+    PatchDiscriminator,
+    adaptive_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    load_lpips,
+    perceptual_loss,
+    reconstruction_loss,
+)
+from autoencoder.metrics import codebook_stats, psnr, ssim
+
+
+def test_reconstruction_loss_l1_and_l2():
+    x = torch.zeros(2, 1, 4, 4)
+    rec = torch.full_like(x, 0.5)
+    rec[0, 0, 0, 0] = 2.5
+    n = x.numel()
+    assert float(reconstruction_loss(rec, x, "l1")) == pytest.approx((0.5 * (n - 1) + 2.5) / n)
+    assert float(reconstruction_loss(rec, x, "l2")) == pytest.approx((0.25 * (n - 1) + 6.25) / n)
+    assert float(reconstruction_loss(x, x, "l1")) == 0.0
+
+
+def test_hinge_discriminator_loss():
+    # confident and right on both sides: beyond the margin, no loss
+    assert float(hinge_d_loss(torch.full((2, 1, 3, 3), 2.0), torch.full((2, 1, 3, 3), -2.0))) == 0.0
+    # undecided (logits 0): 0.5 * (relu(1) + relu(1)) = 1
+    assert float(hinge_d_loss(torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3, 3))) == pytest.approx(1.0)
+    real, fake = torch.randn(4, 1, 5, 5), torch.randn(4, 1, 5, 5)
+    expected = 0.5 * (torch.clamp(1 - real, min=0).mean() + torch.clamp(1 + fake, min=0).mean())
+    torch.testing.assert_close(hinge_d_loss(real, fake), expected)
+
+
+def test_hinge_generator_loss():
+    fake = torch.randn(3, 1, 4, 4)
+    torch.testing.assert_close(hinge_g_loss(fake), -fake.mean())
+    fake.requires_grad_(True)
+    hinge_g_loss(fake).backward()
+    torch.testing.assert_close(fake.grad, torch.full_like(fake, -1.0 / fake.numel()))
+
+
+def test_adaptive_weight_is_ratio_of_last_layer_gradient_norms():
+    last = nn.Parameter(torch.randn(4, 3))
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    nll = (a * last).sum()  # d nll / d last = a
+    g = (b * last).sum()  # d g / d last = b
+    w = adaptive_weight(nll, g, last)
+    assert float(w) == pytest.approx(float(a.norm() / (b.norm() + 1e-4)), rel=1e-5)
+    assert not w.requires_grad  # a weight, not a path for gradients
+    # clamped to [0, max]
+    tiny_g = (1e-9 * b * last).sum()
+    assert float(adaptive_weight(nll, tiny_g, last, max_weight=50.0)) == 50.0
+    # the graph is kept: the caller still back-propagates the losses afterwards
+    (nll + g).backward()
+    torch.testing.assert_close(last.grad, a + b)
+
+
+@pytest.mark.parametrize("channels,size,layers,expected", [(1, 32, 3, 2), (3, 32, 3, 2), (1, 16, 2, 2), (3, 64, 3, 6)])
+def test_patchgan_output_shape(channels, size, layers, expected):
+    disc = PatchDiscriminator(channels, channels=8, n_layers=layers)
+    x = torch.randn(2, channels, size, size)
+    out = disc(x)
+    assert out.shape == (2, 1, expected, expected)  # one logit per overlapping patch
+    x.requires_grad_(True)
+    disc(x).mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_lpips_disabled_by_weight_zero_and_missing_package_warns(monkeypatch):
+    messages = []
+    assert load_lpips(LossConfig(perceptual_weight=0.0), log=messages.append) is None
+    assert messages == []
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
+    assert load_lpips(LossConfig(perceptual_weight=1.0), log=messages.append) is None
+    assert len(messages) == 1 and messages[0].startswith("warning:") and "lpips" in messages[0]
+
+
+def test_perceptual_loss_feeds_rgb_to_lpips():
+    seen = []
+
+    class FakeLPIPS(nn.Module):
+        def forward(self, a, b):
+            seen.append((a.shape, b.shape))
+            return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+    x, rec = torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8)
+    assert float(perceptual_loss(FakeLPIPS(), rec, x)) == 1.0
+    assert seen == [((2, 3, 8, 8), (2, 3, 8, 8))]
+
+
+def test_psnr_ssim_and_codebook_stats():
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert torch.all(psnr(x, x) >= 99.0)
+    torch.testing.assert_close(ssim(x, x), torch.ones(2))
+    noisy = (x + 0.2 * torch.randn_like(x)).clamp(-1, 1)
+    assert torch.all(psnr(noisy, x) < 30) and torch.all(ssim(noisy, x) < 1)
+    # [-1, 1] images, data range 1 after mapping to [0, 1]: an error of 0.1 in [0,1] everywhere is 20 dB
+    torch.testing.assert_close(psnr(torch.full((1, 1, 4, 4), 0.2), torch.zeros(1, 1, 4, 4)), torch.tensor([20.0]))
+    stats = codebook_stats(torch.tensor([5, 5, 0, 0]))
+    assert stats["codebook_usage"] == 50.0 and stats["dead_codes"] == 2 and stats["codes_used"] == 2
+    assert stats["perplexity"] == pytest.approx(2.0)
