@@ -248,6 +248,8 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
                 pipe.info = json.loads(info_path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as err:
                 raise UserError(f"{str(info_path)!r} is not readable JSON ({err}); re-export the pipeline") from None
+        if pipe.info.get("default_scheduler"):  # the sampler chosen for this model by measurement
+            pipe.set_scheduler(pipe.info["default_scheduler"])
         return pipe
 
     def save_pretrained(self, save_directory, **kwargs):

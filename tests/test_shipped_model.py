@@ -1,0 +1,45 @@
+"""The model shipped inside the package: loads with no arguments, and guidance gives the asked class."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from pipelines.cli import main
+from pipelines.features import load_feature_extractor
+from pipelines.pipeline import DEFAULT_MODEL_DIR, load_pipeline
+
+
+def test_shipped_model_defaults_and_files():
+    info = json.loads((DEFAULT_MODEL_DIR / "vqldm.json").read_text())
+    assert info["num_classes"] == 10 and info["class_names"][7] == "sneaker"
+    # weights are safetensors only, and small enough to ship
+    weights = list(DEFAULT_MODEL_DIR.rglob("*.safetensors"))
+    assert weights and not list(DEFAULT_MODEL_DIR.rglob("*.bin"))
+    assert sum(w.stat().st_size for w in weights) < 20e6
+    pipe = load_pipeline(None)
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"  # info["default_scheduler"] == "dpm"
+    assert pipe.vqvae.config.scaling_factor == info["autoencoder_scaling_factor"] != 0.18215
+
+
+def test_class_7_with_guidance_3_gives_sneakers(capsys):
+    pipe = load_pipeline(None)
+    n = 40
+    g = torch.Generator().manual_seed(123)
+    images = pipe(batch_size=n, class_labels=torch.full((n,), 7), guidance_scale=3.0, generator=g, output_type="pt").images
+    classifier = load_feature_extractor("fashion-mnist-classifier")
+    predicted = classifier.classify(images * 2 - 1)  # the classifier takes [-1, 1]
+    accuracy = float((predicted == 7).float().mean())
+    with capsys.disabled():
+        print(f"\nshipped model, --class 7 --guidance 3: {accuracy:.1%} of {n} images classified as 'sneaker'")
+    assert accuracy >= 0.8
+
+
+def test_generate_with_no_model_writes_a_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--num-images", "4", "--steps", "5", "--out", str(out), "--no-progress"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as img:
+        assert img.size[0] > 32 and img.mode == "L"
