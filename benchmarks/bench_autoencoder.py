@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--eval-images", type=int, default=None, help="limit the held-out images (default: all)")
     p.add_argument("--out", default="bench_out/autoencoder")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--only-baseline", action="store_true", help="train and save the baseline only (reused by the next run with the same steps)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,7 +80,9 @@ def main() -> None:
     out = Path(args.out)
 
     ours_seconds = None
-    if args.ours:
+    if args.only_baseline:
+        pass
+    elif args.ours:
         run = Path(args.ours)
         saved = json.loads((run / "metrics.json").read_text())
         cfg = load_autoencoder_config(run / "config.yaml", overrides)
@@ -90,12 +93,22 @@ def main() -> None:
         start = time.perf_counter()
         train_autoencoder(cfg, run, data=args.data, resume=False) if not (run / "vqvae").is_dir() else None
         ours_seconds = time.perf_counter() - start
-    ours = VQModel.from_pretrained(run / "vqvae", use_safetensors=True).eval()
 
     datasets = load_datasets(args.data, cfg.data, progress=False)
     steps = cfg.train.max_steps
-    baseline, base_seconds = train_baseline(cfg, datasets, steps)
+    saved_baseline = out / f"baseline-{steps}-steps"
+    if (saved_baseline / "vqvae").is_dir():  # trained by an earlier run of this script (--only-baseline)
+        baseline = VQModel.from_pretrained(saved_baseline / "vqvae", use_safetensors=True).eval()
+        base_seconds = json.loads((saved_baseline / "train.json").read_text())["train_seconds"]
+    else:
+        baseline, base_seconds = train_baseline(cfg, datasets, steps)
+        baseline.save_pretrained(saved_baseline / "vqvae", safe_serialization=True)
+        (saved_baseline / "train.json").write_text(json.dumps({"train_seconds": base_seconds, "steps": steps}))
+    if args.only_baseline:
+        print(f"baseline trained ({steps} steps, {base_seconds:.0f} s) and saved to {saved_baseline}")
+        return
 
+    ours = VQModel.from_pretrained(run / "vqvae", use_safetensors=True).eval()
     rows = {}
     for name, model in (("vqldm", ours), ("plain diffusers", baseline)):
         rows[name] = evaluate_reconstruction(model, datasets.holdout, 256, "cpu", args.eval_images, progress=False)
