@@ -28,6 +28,7 @@ from autoencoder.checkpoint import (
     load_training_checkpoint,
     optimizer_state_from_tensors,
     optimizer_state_to_tensors,
+    refuse_pickle,
     save_training_checkpoint,
 )
 from autoencoder.config import load_config, read_yaml, save_config, to_dict
@@ -73,6 +74,7 @@ def load_autoencoder(path: str | os.PathLike) -> tuple[VQModel, dict | None, Pat
     Safetensors only; anything else is a UserError naming the fix.
     """
     p = Path(path)
+    refuse_pickle(p)  # a .ckpt/.bin/.pt handed as the autoencoder: name the conversion, never unpickle
     if not p.is_dir():
         raise UserError(f"--autoencoder {str(path)!r} not found; pass an autoencoder run folder (holding vqvae/) or a VQModel folder")
     if (p / "vqvae" / "config.json").is_file():

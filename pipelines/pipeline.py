@@ -35,7 +35,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from autoencoder.checkpoint import AtomicDir, atomic_write_json
+from autoencoder.checkpoint import AtomicDir, atomic_write_json, refuse_pickle
 from autoencoder.errors import UserError
 from diffusion.sampling import denoise
 
@@ -217,6 +217,7 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a pipeline folder (vqldm's, or a diffusers ``LDMPipeline`` folder); safetensors only."""
         path = Path(pretrained_model_name_or_path)
+        refuse_pickle(path)  # a .ckpt/.bin/.pt handed as the model: name the conversion, never unpickle
         if not path.exists():
             raise UserError(f"model folder {str(path)!r} not found; pass a pipeline folder (holding model_index.json)")
         if path.is_dir() and not (path / "model_index.json").is_file() and (path / "pipeline" / "model_index.json").is_file():
