@@ -223,6 +223,16 @@ class StopSignals:
         return False
 
 
+def stop_if_signalled(signals: "StopSignals", step: int, save_checkpoint, bar, logger: "RunLogger", run_dir: Path) -> None:
+    """After a SIGINT/SIGTERM: save a checkpoint, close the bar and logs, and stop with one line."""
+    if not signals.requested:
+        return
+    path = save_checkpoint(step)
+    bar.close()
+    logger.close()
+    raise UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+
+
 class NonFiniteGuard:
     """Stops a run on a NaN/inf loss with a message naming the step; may skip one bad batch first."""
 

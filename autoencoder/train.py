@@ -7,7 +7,6 @@ backward, step, log, grids, checkpoints) -> export ``OUT/vqvae`` with the measur
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from .runtime import (
     make_grid,
     prepare_run_dir,
     save_png,
+    stop_if_signalled,
 )
 
 
@@ -247,11 +247,7 @@ def train_autoencoder(
                 save_png(make_grid(torch.cat([fixed_batch, r.float().cpu()]), nrow=len(fixed_batch)), run_dir / "images" / f"reconstructions_{step:08d}.png")
             if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 last_ckpt = save_checkpoint(step) or last_ckpt
-            if signals.requested:
-                path = save_checkpoint(step)
-                bar.close()
-                logger.close()
-                raise UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir)
     bar.close()
     train_seconds = seconds_before + timer.elapsed()
     save_checkpoint(step)

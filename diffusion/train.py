@@ -42,6 +42,7 @@ from autoencoder.runtime import (
     make_grid,
     prepare_run_dir,
     save_png,
+    stop_if_signalled,
 )
 
 from .config import DiffusionDataConfig, DiffusionRunConfig
@@ -332,11 +333,7 @@ def train_diffusion(
                 sample_grid(step)
             if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 last_ckpt = save_checkpoint(step) or last_ckpt
-            if signals.requested:
-                path = save_checkpoint(step)
-                bar.close()
-                logger.close()
-                raise UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir)
     bar.close()
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/lr"])
