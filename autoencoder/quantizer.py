@@ -40,6 +40,7 @@ class QuantizerConfig:
     restart_dead_codes: bool = True
     dead_code_threshold: float = 1.0  # EMA count of assignments per step below which a code is dead
     restart_every: int = 1  # steps between dead-code checks
+    restart_until: int = 0  # last training step with restarts (0 = never stop); lets the decoder settle at the end
 
     def __post_init__(self):
         if not 0.0 < self.ema_decay < 1.0:
@@ -210,7 +211,9 @@ class VectorQuantizerEMA(nn.Module):
                 finite = True
                 if self.cfg.codebook_update == "ema":
                     finite = self._ema_update(flat, indices)
-                if finite and self.cfg.restart_dead_codes and int(self.steps) % self.cfg.restart_every == 0:
+                restarting = self.cfg.restart_dead_codes and (
+                    self.cfg.restart_until <= 0 or int(self.steps) <= self.cfg.restart_until)
+                if finite and restarting and int(self.steps) % self.cfg.restart_every == 0:
                     if _distributed() and self.cfg.codebook_update == "gradient":
                         dist.all_reduce(counts)
                     self._restart_dead(flat, counts)

@@ -32,6 +32,8 @@ class TrainLoopConfig:
     adam_betas: list[float] = (0.5, 0.9)
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine decays to lr x min_lr_ratio
+    min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
     grad_accumulation: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast on GPU; CPU runs stay fp32
@@ -49,6 +51,10 @@ class TrainLoopConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.adam_betas) != 2:
             raise ValueError("train.adam_betas must be two numbers")
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
@@ -254,13 +260,24 @@ class NonFiniteGuard:
         raise UserError(f"loss became {value} at step {step} ({where}); lower train.lr, enable train.grad_clip, or check the data, then --resume")
 
 
-def lr_lambda(warmup_steps: int):
-    """Linear warm-up to the base learning rate, then constant."""
+def lr_lambda(warmup_steps: int, schedule: str = "constant", max_steps: int = 0, min_ratio: float = 0.0):
+    """Learning-rate multiplier for an optimizer step: linear warm-up, then constant or a cosine decay that
+    reaches ``min_ratio`` at ``max_steps``. A pure function of the step, so resuming needs no state."""
 
     def f(step: int) -> float:
-        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant" or max_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
+
+
+def schedule_for(tc: TrainLoopConfig, optimizer_steps: int | None = None):
+    """``lr_lambda`` configured from a trainer's loop settings."""
+    return lr_lambda(tc.warmup_steps, tc.lr_schedule, optimizer_steps or tc.max_steps, tc.min_lr_ratio)
 
 
 class Timer:

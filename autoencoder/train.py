@@ -47,7 +47,7 @@ from .runtime import (
     StopSignals,
     TrainLoopConfig,
     make_accelerator,
-    lr_lambda,
+    schedule_for,
     make_grid,
     prepare_run_dir,
     save_png,
@@ -176,7 +176,7 @@ def train_autoencoder(
     fixed_batch, _ = datasets.holdout.batch(torch.arange(min(16, len(datasets.holdout))))
     last_ckpt = latest_checkpoint(run_dir)
     batches = sampler.batches(step)
-    warmup = lr_lambda(tc.warmup_steps)
+    lr_at = schedule_for(tc)
     timer = Timer()
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-autoencoder", disable=not (is_main and tc.progress), dynamic_ncols=True)
     with StopSignals() as signals:
@@ -184,8 +184,8 @@ def train_autoencoder(
             x, _ = datasets.train.batch(next(batches))
             x = x.to(device, non_blocking=True)
             model.train()
-            for group in opt.param_groups:  # linear warm-up; a function of the step, so resume needs no state
-                group["lr"] = tc.lr * warmup(step)
+            for group in opt.param_groups:  # warm-up + schedule; a function of the step, so resume needs no state
+                group["lr"] = tc.lr * lr_at(step)
             with acc.accumulate(model):
                 with acc.autocast():
                     rec, q, h = model(x)

@@ -42,6 +42,7 @@ from autoencoder.runtime import (
     make_grid,
     prepare_run_dir,
     save_png,
+    schedule_for,
     stop_if_signalled,
 )
 
@@ -282,6 +283,7 @@ def train_diffusion(
     batches = sampler.batches(step)
     window_loss, window_n, final_loss = 0.0, 0, float("nan")
     steps_done, train_seconds = 0, 0.0
+    lr_at = schedule_for(tc, max(1, tc.max_steps // tc.grad_accumulation))
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-diffusion", disable=not progress, dynamic_ncols=True)
     with StopSignals() as signals:
         while step < tc.max_steps:
@@ -291,9 +293,8 @@ def train_diffusion(
             g = step_generator(tc.seed, step, acc.process_index)
             noise, timesteps = sample_noise_and_timesteps(x0, oc.num_train_timesteps, g)
             class_labels = drop_labels(labels, oc.label_dropout, null_class, g).to(device) if num_classes else None
-            lr_scale = min(1.0, (step // tc.grad_accumulation + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else 1.0
-            for group in opt.param_groups:
-                group["lr"] = tc.lr * lr_scale  # linear warm-up, then constant (LDM)
+            for group in opt.param_groups:  # warm-up, then constant (LDM) or cosine; a function of the step
+                group["lr"] = tc.lr * lr_at(step // tc.grad_accumulation)
             unet.train()
             with acc.accumulate(unet):
                 z_t = noise_scheduler.add_noise(x0, noise, timesteps)  # α_t·x0 + σ_t·ε

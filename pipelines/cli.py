@@ -113,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = HANDLERS[args.command]
+    if args.command in ("train-autoencoder", "train-diffusion"):
+        from .launch import requested_cpu_processes, spawn_cpu_workers
+
+        n = requested_cpu_processes()
+        if n > 1:
+            return spawn_cpu_workers(n, list(sys.argv[1:] if argv is None else argv))
     try:
         code = handler(args)
     except UserError as err:
