@@ -177,6 +177,22 @@ def test_no_restart_when_disabled():
     assert int(q.restarts) == 0
 
 
+def test_restarts_stop_after_restart_until():
+    q = make_quantizer(restart_until=2)
+    q.train()
+    q(latents(0))  # step 1: initialise
+    with torch.no_grad():
+        q.cluster_size[5] = 0.0
+    q(latents(1))  # step 2: still restarting
+    after_two = int(q.restarts)
+    assert after_two > 0
+    with torch.no_grad():
+        q.codebook[5] = 1e6  # never nearest again, so it stays dead
+        q.cluster_size[5] = 0.0
+    q(latents(2))  # step 3: past the cut-off
+    assert int(q.restarts) == after_two and float(q.codebook[5, 0]) > 1e3  # not replaced by an encoder output
+
+
 def test_codebook_is_initialised_from_encoder_outputs():
     h = latents(0, b=8, hw=8) / 2.0 + 3.0  # encoder outputs away from the origin, as they usually are
     rows = flat_rows(h)

@@ -7,6 +7,7 @@ import yaml
 
 from autoencoder.config import from_dict, load_config, parse_overrides, save_config, to_dict
 from autoencoder.errors import UserError
+from autoencoder.runtime import TrainLoopConfig
 from autoencoder.train import AutoencoderRunConfig, load_autoencoder_config
 
 
@@ -134,3 +135,22 @@ def test_from_dict_directly():
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     with pytest.raises(UserError, match="'quantizer.beta'"):
         from_dict(AutoencoderRunConfig, {"quantizer": {"beta": "big"}})
+
+
+def test_learning_rate_schedules():
+    from autoencoder.runtime import lr_lambda
+
+    const = lr_lambda(10)
+    assert const(0) == pytest.approx(0.1) and const(9) == 1.0 and const(500) == 1.0
+    cos = lr_lambda(10, "cosine", max_steps=110, min_ratio=0.1)
+    assert cos(4) == pytest.approx(0.5)  # warm-up is shared
+    assert cos(10) == pytest.approx(1.0)
+    assert cos(60) == pytest.approx(0.55)  # half way: mean of 1 and min_ratio
+    assert cos(110) == pytest.approx(0.1) and cos(10_000) == pytest.approx(0.1)
+    values = [cos(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_bad_lr_schedule_is_rejected():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainLoopConfig(lr_schedule="linear")
