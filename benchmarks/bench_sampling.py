@@ -130,6 +130,8 @@ def speed(args) -> int:
     if not args.no_channels_last:
         cl = VQLatentDiffusionPipeline(copy.deepcopy(vqvae), copy.deepcopy(unet), copy.deepcopy(scheduler))
         variants["vqldm+channels_last"] = cl.use_channels_last()
+    if not args.no_frozen_unet:
+        variants["vqldm+frozen_unet"] = VQLatentDiffusionPipeline(vqvae, unet, copy.deepcopy(scheduler)).use_frozen_unet()
     for p in [ldm, *variants.values()]:
         p.set_progress_bar_config(disable=True)
 
@@ -155,7 +157,12 @@ def speed(args) -> int:
     print(f"threads: {torch.get_num_threads()} (torch), cpu_count {os.cpu_count()}, torch {torch.__version__}")
 
     reference = run_ldm()  # also a warm-up
-    outputs = {name: fn() for name, fn in runs.items() if name != "diffusers LDMPipeline"}
+    outputs, first_call = {}, {}
+    for name, fn in runs.items():
+        if name != "diffusers LDMPipeline":
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            first_call[name] = time.perf_counter() - t0
     ok = True
     for name, out in outputs.items():
         diff = float(np.abs(out - reference).max())
@@ -173,6 +180,10 @@ def speed(args) -> int:
     for name, ts in times.items():
         per = statistics.median(ts) / args.batch
         print(f"  {name:<45s} {per:8.3f} s/image   ratio {per / base:5.3f}   (runs: {', '.join(f'{t:.2f}' for t in ts)} s)")
+    for name in runs:
+        if "frozen_unet" in name:
+            once = first_call[name] - statistics.median(times[name])
+            print(f"  one-time cost of {name}: {once:.2f} s on its first call (trace + freeze, once per batch shape)")
 
     peak = matmul_gflops()
     print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s")
@@ -183,6 +194,17 @@ def speed(args) -> int:
         print(f"  {label}: UNet {r['unet_gflop_per_image_step']:.2f} GFLOP/image/step at {r['unet_gflops']:.1f} GFLOP/s "
               f"({r['unet_gflops'] / peak:.0%} of matmul); decoder {r['decoder_gflop_per_image']:.2f} GFLOP/image at "
               f"{r['decoder_gflops']:.1f} GFLOP/s ({r['decoder_gflops'] / peak:.0%})")
+    if "vqldm+frozen_unet" in variants:
+        from pipelines.fast import FrozenUNet
+
+        frozen = FrozenUNet(unet)
+        x = torch.randn(args.batch, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        t = torch.tensor(500)
+        with torch.no_grad():
+            flops = count_flops(lambda: unet(x, t))  # the eager graph's FLOPs: the same maths
+            sec = median_seconds(lambda: frozen(x, t), max(3, args.repeats))
+        print(f"  frozen UNet: {flops / args.batch / 1e9:.2f} GFLOP/image/step at {flops / sec / 1e9:.1f} GFLOP/s "
+              f"({flops / sec / 1e9 / peak:.0%} of matmul)")
     return 0 if ok else 1
 
 
@@ -216,7 +238,7 @@ def quality(args) -> int:
     from autoencoder.data import DataConfig, load_datasets
     from pipelines.pipeline import DEFAULT_STEPS, load_pipeline
 
-    pipe = load_pipeline(args.model, device="cpu")
+    pipe = load_pipeline(args.model, device="cpu", channels_last=False)
     pipe.set_progress_bar_config(disable=True)
     default_sched = pipe.info.get("default_scheduler", "dpm")
     default_steps = int(pipe.info.get("default_steps", 20))
@@ -226,8 +248,11 @@ def quality(args) -> int:
     labels_for = (lambda lo, hi: [i % pipe.num_classes for i in range(lo, hi)]) if pipe.num_classes else (lambda lo, hi: None)
 
     results = {}
+    # diffusers' default runs the eager UNet (as LDMPipeline does: same speed, see the speed mode);
+    # vqldm's default adds the frozen UNet unless --no-frozen-unet.
     for name, sched, steps in (("diffusers default", "ddim", DEFAULT_STEPS), ("vqldm default", default_sched, default_steps)):
         pipe.set_scheduler(sched)
+        pipe.use_frozen_unet(name == "vqldm default" and not args.no_frozen_unet)
         fake, spi = generate_images(pipe, args.samples, args.batch, args.seed, steps, labels_for, args.guidance)
         fid = fid_against(real, fake, args.features)
         results[name] = (spi, fid)
@@ -250,6 +275,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch threads (the acceptance number uses 2)")
+    p.add_argument("--no-frozen-unet", action="store_true", help="skip the frozen TorchScript UNet variant")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--decode-batch-size", type=int, default=None, help="also time this decoder batch size")
     p.add_argument("--quality", action="store_true", help="default sampler vs DDIM-50 at equal FID (needs --model, --data)")

@@ -379,7 +379,7 @@ def _load_pipeline(model: str | None, device: torch.device | str = "cpu"):
         from .pipeline import load_pipeline
     except ImportError as err:
         raise UserError(f"generation evaluation needs the stage-3 pipeline (pipelines/pipeline.py): {err}") from None
-    return load_pipeline(model, device=device)
+    return load_pipeline(model, device=device, freeze_unet=True)  # many batches: the frozen UNet pays off
 
 
 def pipeline_data_fit(pipe, default: str = "pad") -> str:
