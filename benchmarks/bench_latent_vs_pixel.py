@@ -3,8 +3,9 @@
 A pixel-space DDPM — a diffusers ``UNet2DModel`` with about as many parameters as vqldm's latent UNet — is
 trained on the same data, at the same image size, for the same wall-clock training time (same torch thread
 count) as vqldm's autoencoder + latent diffusion together. Both then sample the same number of images with
-the same scheduler (DDIM), step count, class labels and guidance; the script reports FID / KID in domain
-features against the same held-out real images, and seconds per generated image.
+the same scheduler (DDIM), step count, class labels and guidance, both through the frozen CPU UNet of
+``pipelines/fast.py``; the script reports FID / KID in domain features against the same held-out real
+images, and seconds per generated image.
 
     python benchmarks/bench_latent_vs_pixel.py --model RUN/pipeline \\
         --autoencoder-run AE_RUN --diffusion-run DIFFUSION_RUN --num-samples 1000 --steps 50
@@ -136,6 +137,15 @@ def train_pixel(unet, data, seconds: float, batch_size: int, lr: float, num_clas
     return scheduler, steps, time.perf_counter() - start
 
 
+def _frozen(unet):
+    """One frozen copy per UNet, kept across calls so the warm-up builds the graph the timed run uses."""
+    from pipelines.fast import FrozenUNet
+
+    if getattr(unet, "_vqldm_frozen", None) is None:
+        unet._vqldm_frozen = FrozenUNet(unet)
+    return unet._vqldm_frozen
+
+
 @torch.inference_mode()
 def sample_pixel(unet, train_scheduler, num_images: int, batch_size: int, steps: int, guidance: float, seed: int,
                  num_classes: int | None, progress: bool):
@@ -144,6 +154,7 @@ def sample_pixel(unet, train_scheduler, num_images: int, batch_size: int, steps:
 
     from diffusion.sampling import denoise
 
+    model = _frozen(unet)  # the same CPU fast path the vqldm pipeline samples with in this benchmark
     scheduler = DDIMScheduler.from_config(train_scheduler.config)
     labels = torch.arange(num_images) % num_classes if num_classes else None
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
@@ -154,7 +165,7 @@ def sample_pixel(unet, train_scheduler, num_images: int, batch_size: int, steps:
         x = torch.randn((n, *shape), generator=g)
         scheduler.set_timesteps(steps)
         lab = labels[s : s + n] if labels is not None else None
-        x = denoise(unet, scheduler, x, scheduler.timesteps, class_labels=lab, guidance_scale=guidance if lab is not None else 1.0,
+        x = denoise(model, scheduler, x, scheduler.timesteps, class_labels=lab, guidance_scale=guidance if lab is not None else 1.0,
                     null_class=num_classes, generator=g)
         out.append(x.clamp(-1, 1))
     return torch.cat(out), labels, (time.perf_counter() - start) / num_images
@@ -191,9 +202,7 @@ def main(argv=None) -> int:
     pipe = None
     if not args.pixel_only:
         pipe = _load_pipeline(args.model)
-        from pipelines.pipeline import make_scheduler
-
-        pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
+        pipe.set_scheduler("ddim")
         size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
         num_classes = pipeline_num_classes(pipe)
         fit = pipeline_data_fit(pipe)
@@ -221,7 +230,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     unet, n_pixel = pick_pixel_unet(target, size, channels, num_classes)
     train_sched, steps, spent = train_pixel(unet, ds.train, budget, args.batch_size, args.lr, num_classes, args.seed, progress)
-    sample_pixel(unet, train_sched, min(args.sample_batch_size, 16), args.sample_batch_size, 2, args.guidance, args.seed, num_classes, False)  # warm-up
+    warm = min(args.sample_batch_size, args.num_samples)  # warm-up at the timed batch shape (vqldm gets the same)
+    sample_pixel(unet, train_sched, warm, args.sample_batch_size, 2, args.guidance, args.seed, num_classes, False)
     fake, _, spi = sample_pixel(unet, train_sched, args.num_samples, args.sample_batch_size, args.steps, args.guidance, args.seed, num_classes, progress)
     m = distribution_metrics(real_f, extractor(fake, progress, "features"), seed=args.seed)
     rows.append({"model": "pixel DDPM", "params": n_pixel, "unet_params": n_pixel, "train_seconds": spent, "train_steps": steps,

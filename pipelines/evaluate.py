@@ -45,7 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-images", type=int, default=2000, help="autoencoder: held-out images reconstructed (default 2000)")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 100; train-features 128)")
     p.add_argument("--steps", type=int, default=20, help="generation: sampling steps (default 20)")
-    p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpm", "euler"], default=None, help="generation: sampler (default: the pipeline's)")
+    p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpm", "euler", "unipc"], default=None, help="generation: sampler (default: the pipeline's)")
     p.add_argument("--guidance", type=float, default=1.0, help="generation: classifier-free guidance scale (class-conditional models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps-sweep", default=None, metavar="K1,K2,...", help="generation: also measure FID at these step counts")
@@ -426,23 +426,20 @@ def generate_images(pipe, num_images: int, batch_size: int, steps: int, guidance
 
 
 def warm_up(pipe, batch_size: int, guidance: float, num_classes: int | None) -> None:
-    """One untimed 2-step batch, so that one-off costs (allocator, kernels, caches) stay out of s/image."""
-    generate_images(pipe, min(batch_size, 16), batch_size, 2, guidance, 0, num_classes, progress=False)
+    """One untimed 2-step batch at the timed batch shape, so that one-off costs (allocator, kernels, the
+    frozen UNet's graph) stay out of s/image."""
+    generate_images(pipe, batch_size, batch_size, 2, guidance, 0, num_classes, progress=False)
 
 
 def sweep_steps(pipe, real_f: torch.Tensor, extractor: FeatureExtractor, schedulers: list[str], steps_list: list[int],
                 num_samples: int, batch_size: int, guidance: float, seed: int, num_classes: int | None,
                 kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = True) -> list[dict]:
     """FID / KID and seconds per image for each (scheduler, steps); restores the pipeline's scheduler."""
-    try:
-        from .pipeline import make_scheduler
-    except ImportError as err:
-        raise UserError(f"the steps sweep needs pipelines.pipeline.make_scheduler (stage 3): {err}") from None
     original = pipe.scheduler
     rows = []
     try:
         for name in schedulers:
-            pipe.scheduler = make_scheduler(name, original.config)
+            pipe.set_scheduler(name)
             warm_up(pipe, batch_size, guidance, num_classes)
             for steps in steps_list:
                 fake, _, spi = generate_images(pipe, num_samples, batch_size, steps, guidance, seed, num_classes, progress, f"{name} {steps} steps")
@@ -493,9 +490,7 @@ def cmd_generation(args) -> int:
     extractor = load_feature_extractor(args.features, args.batch_size, device)
     pipe = _load_pipeline(args.model, device)
     if args.scheduler:
-        from .pipeline import make_scheduler
-
-        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+        pipe.set_scheduler(args.scheduler)
     num_classes = pipeline_num_classes(pipe)
     size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
     fit = args.fit or pipeline_data_fit(pipe)

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, metavar="K",
                    help="denoising steps (default: the model's default_steps, else 50)")
     p.add_argument("--scheduler", default=None, metavar="NAME",
-                   help="ddim | ddpm | dpm (DPM-Solver++) | euler (default: the model's default_scheduler, else its own)")
+                   help="ddim | ddpm | dpm (DPM-Solver++) | euler | unipc (default: the model's default_scheduler, else its own)")
     p.add_argument("--class", dest="class_", default=None, metavar="C",
                    help="class index or name (class-conditional models; default: cycle through all classes)")
     p.add_argument("--guidance", type=float, default=1.0, metavar="G",

@@ -30,6 +30,7 @@ from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
     ImagePipelineOutput,
 )
 from diffusers.utils.torch_utils import randn_tensor
@@ -45,27 +46,42 @@ PIPELINE_INFO_FILE = "vqldm.json"  # vqldm metadata next to model_index.json (cl
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_STEPS = 50  # diffusers' LDMPipeline default; a folder may override it with vqldm.json "default_steps"
 
-# name -> (scheduler class, extra config); "dpm" is DPM-Solver++ (Lu et al. 2022), 2nd order multistep.
+# name -> (scheduler class, extra config); "dpm" is DPM-Solver++ (Lu et al. 2022), 2nd order multistep;
+# "unipc" is UniPC (Zhao et al. 2023), 2nd order multistep with the B(h) = e^h - 1 variant.
 SCHEDULERS: dict[str, tuple[type, dict]] = {
     "ddim": (DDIMScheduler, {}),
     "ddpm": (DDPMScheduler, {}),
     "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "euler": (EulerDiscreteScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {"solver_type": "bh2", "solver_order": 2}),
 }
+# Sampler settings a latent model needs whatever the source config says by omission: never clip the
+# latents to [-1, 1] (they are scaled to unit variance, not bounded), and LDM's last alpha (not 1).
+# Without this, converting a DPM-Solver config (which has no clip_sample key) to DDIM switched clipping on.
+SAMPLER_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ----------------------------------------------------------------------------- helpers
-def make_scheduler(name: str, base_config):
-    """A scheduler of kind ``name`` carrying the training schedule (betas, prediction type) of ``base_config``."""
+def make_scheduler(name: str, base_config, **options):
+    """A scheduler of kind ``name`` carrying the training schedule (betas, prediction type) of ``base_config``.
+
+    ``options`` set sampler settings such as ``timestep_spacing="trailing"`` (keys the class does not
+    take are an error)."""
     key = str(name).lower()
     if key not in SCHEDULERS:
         raise UserError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls, extra = SCHEDULERS[key]
     accepted = set(inspect.signature(cls.__init__).parameters)
+    base = dict(base_config)
     # keep only keys the target understands (a DDIM config has clip_sample etc. that DPM/Euler would warn about)
-    config = {k: v for k, v in dict(base_config).items() if k in accepted}
+    config = {k: v for k, v in base.items() if k in accepted}
+    config.update({k: v for k, v in SAMPLER_DEFAULTS.items() if k in accepted and k not in base})
     config.update(extra)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UserError(f"scheduler {key!r} has no option {', '.join(map(repr, unknown))}; check vqldm.json default_scheduler_options")
+    config.update(options)
     return cls.from_config(config)
 
 
@@ -209,6 +225,7 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
             fix_missing_scaling_factor(vqvae)
             check_components(vqvae, unet)
         self.register_modules(vqvae=vqvae, unet=unet, scheduler=scheduler)
+        self._schedule_config = dict(scheduler.config) if scheduler is not None else None  # the training schedule
         self.info: dict = {}  # vqldm.json: class_names, num_classes, null_class, default_scheduler, default_steps
         self.autocast_dtype: torch.dtype | None = None  # fp16/bf16 autocast, applied on CUDA only
         self.freeze_unet = False  # CPU fp32 sampling through a frozen TorchScript UNet (pipelines/fast.py)
@@ -360,9 +377,16 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
             self._frozen = FrozenUNet(self.unet)
         return self._frozen
 
-    def set_scheduler(self, name: str) -> None:
-        """Switch to ``ddim`` / ``ddpm`` / ``dpm`` / ``euler`` keeping the training schedule."""
-        self.scheduler = make_scheduler(name, self.scheduler.config)
+    def set_scheduler(self, name: str, **options) -> None:
+        """Switch to ``ddim`` / ``ddpm`` / ``dpm`` / ``euler`` / ``unipc`` keeping the training schedule.
+
+        Built from the scheduler config the pipeline was loaded with (not from the current scheduler, so
+        switching back and forth loses nothing). The model's measured default sampler options
+        (vqldm.json ``default_scheduler_options``) apply when ``name`` is its ``default_scheduler``.
+        """
+        if name == self.info.get("default_scheduler") and not options:
+            options = dict(self.info.get("default_scheduler_options") or {})
+        self.scheduler = make_scheduler(name, self._schedule_config or self.scheduler.config, **options)
 
     # ------------------------------------------------------------------ building blocks
     @property
