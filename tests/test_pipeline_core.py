@@ -40,7 +40,7 @@ def test_same_seed_gives_bit_identical_images(cond):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "dpm", "euler"])
+@pytest.mark.parametrize("name", ["ddpm", "dpm", "euler", "unipc"])
 def test_every_scheduler_is_deterministic(name):
     pipe = tiny_pipeline()
     pipe.set_scheduler(name)
@@ -54,6 +54,32 @@ def test_dpm_is_dpmsolver_plus_plus():
     s = make_scheduler("dpm", DDIMScheduler(prediction_type="v_prediction").config)
     assert type(s).__name__ == "DPMSolverMultistepScheduler"
     assert s.config.algorithm_type == "dpmsolver++" and s.config.prediction_type == "v_prediction"
+
+
+def test_switching_schedulers_keeps_the_sampler_settings():
+    """DPM-Solver configs have no clip_sample key: going DPM -> DDIM must not switch clipping on (the
+    latents are unit-variance, clipping them to [-1, 1] ruins samples) nor change the final alpha."""
+    pipe = tiny_pipeline()
+    ddim = dict(pipe.scheduler.config)
+    pipe.set_scheduler("dpm")
+    pipe.set_scheduler("ddim")
+    for key in ("clip_sample", "set_alpha_to_one", "steps_offset", "beta_schedule", "prediction_type"):
+        assert pipe.scheduler.config[key] == ddim[key], key
+    from_dpm = make_scheduler("ddim", make_scheduler("dpm", ddim).config)  # no pipeline: the defaults apply
+    assert from_dpm.config.clip_sample is False and from_dpm.config.set_alpha_to_one is False
+
+
+def test_default_scheduler_options_apply_to_the_default_scheduler(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.info.update(default_scheduler="unipc", default_scheduler_options={"timestep_spacing": "trailing"})
+    pipe.set_scheduler("unipc")
+    assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and pipe.scheduler.config.timestep_spacing == "trailing"
+    pipe.set_scheduler("dpm")
+    assert pipe.scheduler.config.timestep_spacing != "trailing"
+    from autoencoder.errors import UserError
+
+    with pytest.raises(UserError, match="no option 'nonsense'"):
+        pipe.set_scheduler("unipc", nonsense=1)
 
 
 def test_guidance_one_is_the_conditional_prediction_and_skips_the_null_half(cond):
