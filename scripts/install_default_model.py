@@ -1,6 +1,7 @@
 """Copy a trained pipeline folder (and a trained feature classifier) into ``pipelines/default_model``.
 
-    python scripts/install_default_model.py runs/ldm/pipeline runs/features [--scheduler dpm --steps 20]
+    python scripts/install_default_model.py runs/ldm/pipeline runs/features \
+        [--scheduler unipc --steps 10 --scheduler-option timestep_spacing=trailing]
 
 The scheduler and step count written into ``vqldm.json`` become ``vqldm generate``'s defaults; choose
 them from ``benchmarks/bench_steps.py``.
@@ -33,6 +34,8 @@ def main() -> None:
     p.add_argument("features", type=Path, nargs="?")
     p.add_argument("--scheduler", default=None, help="default sampler written into vqldm.json")
     p.add_argument("--steps", type=int, default=None, help="default step count written into vqldm.json")
+    p.add_argument("--scheduler-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="default sampler option written into vqldm.json (repeatable), e.g. timestep_spacing=trailing")
     args = p.parse_args()
     if not (args.pipeline / "model_index.json").is_file():
         sys.exit(f"error: {args.pipeline} is not a pipeline folder (no model_index.json)")
@@ -44,6 +47,14 @@ def main() -> None:
         info["default_scheduler"] = args.scheduler
     if args.steps:
         info["default_steps"] = args.steps
+    if args.scheduler_option:
+        options = {}
+        for item in args.scheduler_option:
+            key, sep, value = item.partition("=")
+            if not sep:
+                sys.exit(f"error: --scheduler-option {item!r} is not KEY=VALUE")
+            options[key] = json.loads(value) if value in ("true", "false") or value.lstrip("-").isdigit() else value
+        info["default_scheduler_options"] = options
     atomic_write_json(TARGET / "vqldm.json", info)
     shutil.copy2(args.pipeline / "model_index.json", TARGET / "model_index.json")
     if args.features:

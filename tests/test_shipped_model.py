@@ -19,7 +19,9 @@ def test_shipped_model_defaults_and_files():
     assert weights and not list(DEFAULT_MODEL_DIR.rglob("*.bin"))
     assert sum(w.stat().st_size for w in weights) < 20e6
     pipe = load_pipeline(None)
-    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"  # info["default_scheduler"] == "dpm"
+    # the measured default sampler (docs/results.md): UniPC, 10 steps, trailing timestep spacing
+    assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and info["default_steps"] == 10
+    assert pipe.scheduler.config.timestep_spacing == "trailing" and pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.vqvae.config.scaling_factor == info["autoencoder_scaling_factor"] != 0.18215
 
 
