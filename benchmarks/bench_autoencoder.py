@@ -3,8 +3,11 @@
 The baseline is what a diffusers user writes today: ``VQModel`` trained with its own loss
 (``decode(...).commit_loss``, i.e. the legacy VectorQuantizer: beta on the codebook side, codebook
 initialised in a tiny uniform ball, no EMA, no restarts) plus the same L1 reconstruction loss, AdamW with
-the same learning rate, warm-up and betas, and the same data order. Both are evaluated on the whole
-held-out split by the same function (``autoencoder.evaluate.evaluate_reconstruction``).
+the same peak learning rate, warm-up and betas, and the same data order. After warm-up its rate stays
+constant (the default of diffusers' training scripts); vqldm's trainer follows its preset
+(``train.lr_schedule``, cosine decay in ``fashion-mnist``). ``--baseline-lr-schedule constant,cosine``
+adds a baseline with the same cosine decay, to separate the schedule from the quantizer. All models are
+evaluated on the whole held-out split by the same function (``autoencoder.evaluate.evaluate_reconstruction``).
 
     python benchmarks/bench_autoencoder.py --ours runs/ae            # evaluate a finished vqldm run
     python benchmarks/bench_autoencoder.py                           # train both here (same budget)
@@ -35,13 +38,13 @@ from autoencoder.train import load_autoencoder_config, train_autoencoder  # noqa
 from diffusers import VQModel  # noqa: E402
 
 
-def train_baseline(cfg, datasets, steps: int) -> tuple[VQModel, float]:
+def train_baseline(cfg, datasets, steps: int, lr_schedule: str = "constant") -> tuple[VQModel, float]:
     """The plain-diffusers loop: VQModel's own forward and commit loss, nothing else."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     model = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, lr_schedule, steps, tc.min_lr_ratio))
     batches = BatchSampler(len(datasets.train), tc.batch_size, tc.seed).batches(0)
     start = time.perf_counter()
     model.train()
@@ -68,7 +71,9 @@ def main() -> None:
     p.add_argument("--eval-images", type=int, default=None, help="limit the held-out images (default: all)")
     p.add_argument("--out", default="bench_out/autoencoder")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--only-baseline", action="store_true", help="train and save the baseline only (reused by the next run with the same steps)")
+    p.add_argument("--only-baseline", action="store_true", help="train and save the baseline(s) only (reused by the next run with the same steps)")
+    p.add_argument("--baseline-lr-schedule", default="constant", metavar="constant[,cosine]",
+                   help="learning-rate schedule(s) of the baseline after warm-up; one baseline row each (default constant)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,24 +101,32 @@ def main() -> None:
 
     datasets = load_datasets(args.data, cfg.data, progress=False)
     steps = cfg.train.max_steps
-    saved_baseline = out / f"baseline-{steps}-steps"
-    if (saved_baseline / "vqvae").is_dir():  # trained by an earlier run of this script (--only-baseline)
-        baseline = VQModel.from_pretrained(saved_baseline / "vqvae", use_safetensors=True).eval()
-        base_seconds = json.loads((saved_baseline / "train.json").read_text())["train_seconds"]
-    else:
-        baseline, base_seconds = train_baseline(cfg, datasets, steps)
-        baseline.save_pretrained(saved_baseline / "vqvae", safe_serialization=True)
-        (saved_baseline / "train.json").write_text(json.dumps({"train_seconds": base_seconds, "steps": steps}))
+    schedules = [x.strip() for x in args.baseline_lr_schedule.split(",") if x.strip()]
+    if not schedules or any(x not in ("constant", "cosine") for x in schedules):
+        sys.exit(f"error: --baseline-lr-schedule takes constant and/or cosine, got {args.baseline_lr_schedule!r}")
+    baselines = {}
+    for schedule in schedules:
+        suffix = "" if schedule == "constant" else f"-{schedule}"
+        saved_baseline = out / f"baseline-{steps}-steps{suffix}"
+        if (saved_baseline / "vqvae").is_dir():  # trained by an earlier run of this script (--only-baseline)
+            baseline = VQModel.from_pretrained(saved_baseline / "vqvae", use_safetensors=True).eval()
+            base_seconds = json.loads((saved_baseline / "train.json").read_text())["train_seconds"]
+        else:
+            baseline, base_seconds = train_baseline(cfg, datasets, steps, schedule)
+            baseline.save_pretrained(saved_baseline / "vqvae", safe_serialization=True)
+            (saved_baseline / "train.json").write_text(json.dumps({"train_seconds": base_seconds, "steps": steps}))
+        baselines["plain diffusers" + ("" if schedule == "constant" else f" ({schedule} lr)")] = (baseline, base_seconds)
+        if args.only_baseline:
+            print(f"baseline ({schedule} lr) trained ({steps} steps, {base_seconds:.0f} s) and saved to {saved_baseline}")
     if args.only_baseline:
-        print(f"baseline trained ({steps} steps, {base_seconds:.0f} s) and saved to {saved_baseline}")
         return
 
     ours = VQModel.from_pretrained(run / "vqvae", use_safetensors=True).eval()
-    rows = {}
-    for name, model in (("vqldm", ours), ("plain diffusers", baseline)):
-        rows[name] = evaluate_reconstruction(model, datasets.holdout, 256, "cpu", args.eval_images, progress=False)
+    rows = {"vqldm": evaluate_reconstruction(ours, datasets.holdout, 256, "cpu", args.eval_images, progress=False)}
     rows["vqldm"]["train_seconds"] = ours_seconds
-    rows["plain diffusers"]["train_seconds"] = base_seconds
+    for name, (model, seconds) in baselines.items():
+        rows[name] = evaluate_reconstruction(model, datasets.holdout, 256, "cpu", args.eval_images, progress=False)
+        rows[name]["train_seconds"] = seconds
 
     n = rows["vqldm"]["images"]
     print(f"\nStage-1 autoencoder, {args.data} held-out split ({n} images), {steps} steps x batch "

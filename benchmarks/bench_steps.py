@@ -28,8 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None, help="pipeline folder (default: the shipped model)")
     p.add_argument("--data", default="fashion-mnist", help="dataset whose held-out split is the reference")
     p.add_argument("--features", default="fashion-mnist-classifier")
-    p.add_argument("--schedulers", default="ddim,dpm", help="comma-separated: ddim, dpm (DPM-Solver++), euler, ddpm")
-    p.add_argument("--steps", default="10,20,50", help="comma-separated step counts")
+    p.add_argument("--schedulers", default="ddim,dpm,unipc", help="comma-separated: ddim, dpm (DPM-Solver++), unipc, euler, ddpm")
+    p.add_argument("--steps", default="8,10,20,50", help="comma-separated step counts")
     p.add_argument("--num-samples", type=int, default=1000, help="generated images per row (and real images)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (class-conditional models)")
     p.add_argument("--batch-size", type=int, default=100)
@@ -79,6 +79,9 @@ def main(argv=None) -> int:
           f"{extractor.name} features; {args.num_samples} generated vs {real_f.shape[0]} held-out real images per row; "
           f"{'guidance ' + str(args.guidance) + '; ' if num_classes else ''}{device}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}")
+    if pipe.info.get("default_scheduler_options") and pipe.info.get("default_scheduler") in schedulers:
+        print(f"{pipe.info['default_scheduler']} runs with the model's default options {pipe.info['default_scheduler_options']} "
+              f"(vqldm.json); the others with the training schedule's settings")
     print(format_sweep_table(rows))
     if args.plot:
         plot_steps_sweep(rows, Path(args.plot), f"FID vs sampling steps ({args.num_samples} samples, {extractor.name})")

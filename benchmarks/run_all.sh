@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every benchmark quoted in README.md and docs/results.md, in the order of docs/results.md, from a clean
+# checkout after `pip install -e '.[test]'`. Outputs go to bench_out/. Long: it first trains the runs the
+# benchmarks read (the shipped model's autoencoder + diffusion runs, about an hour on 2 CPU cores, and the
+# preset autoencoder, about 11 minutes), then the latent-vs-pixel benchmark trains a pixel model for as
+# long again. Runs that already exist are reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p bench_out
+AE=configs/autoencoder/fashion-mnist.yaml
+# the shipped model's runs (same commands as scripts/make_default_model.sh, without installing anything)
+[ -f runs/ae/metrics.json ] || vqldm train-autoencoder --config $AE --data fashion-mnist --out runs/ae --set train.lr_schedule=constant
+[ -f runs/ldm/metrics.json ] || vqldm train-diffusion --config configs/diffusion/fashion-mnist.yaml --autoencoder runs/ae --data fashion-mnist --out runs/ldm
+# the autoencoder preset as it is now (issue 2's acceptance run)
+[ -f runs/ae_final/metrics.json ] || vqldm train-autoencoder --config $AE --data fashion-mnist --out runs/ae_final
+
+run() { echo "+ $*"; "$@"; }
+run python benchmarks/bench_autoencoder.py --ours runs/ae_final --threads 2 | tee bench_out/bench_autoencoder_final.txt
+run python benchmarks/bench_autoencoder.py --ours runs/ae --threads 2 | tee bench_out/bench_autoencoder.txt
+run python benchmarks/bench_latent_cache.py --autoencoder runs/ae --threads 1 --images 2048 --steps 10 --repeats 3 | tee bench_out/bench_latent_cache.txt
+run bash benchmarks/eval_shipped.sh | tee bench_out/eval_shipped.txt
+run python benchmarks/bench_steps.py --threads 1 --plot docs/fid_vs_steps.png --json bench_out/steps.json --no-progress | tee bench_out/bench_steps.txt
+run python benchmarks/bench_sampling.py --threads 1 --steps 20 --batch 4 --repeats 5 | tee bench_out/bench_sampling.txt
+run python benchmarks/bench_sampling.py --quality --threads 1 --batch 100 --samples 1000 | tee bench_out/bench_sampling_quality.txt
+run bash benchmarks/first_run.sh | tee bench_out/first_run.txt
+run python benchmarks/bench_latent_vs_pixel.py --autoencoder-run runs/ae --diffusion-run runs/ldm --num-samples 1000 --steps 50 \
+  --threads 1 --out bench_out/latent_vs_pixel --no-progress | tee bench_out/latent_vs_pixel.txt
+run python benchmarks/bad_inputs.py
