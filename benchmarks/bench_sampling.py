@@ -250,6 +250,9 @@ def quality(args) -> int:
     real = data.holdout.batch(torch.arange(min(args.samples, len(data.holdout))))[0]
     labels_for = (lambda lo, hi: [i % pipe.num_classes for i in range(lo, hi)]) if pipe.num_classes else (lambda lo, hi: None)
 
+    print(f"quality: {args.model or 'shipped model'}; {args.samples} samples per setting (batch {args.batch}, seed {args.seed}, "
+          f"guidance {args.guidance}) vs {real.shape[0]} held-out {args.data} images; domain-feature FID; "
+          f"torch threads {torch.get_num_threads()}, cpu_count {os.cpu_count()}; {time.strftime('%Y-%m-%d')}")
     results = {}
     pipe.use_frozen_unet(False)
     generate_images(pipe, args.batch, args.batch, args.seed, 2, labels_for, args.guidance)  # untimed warm-up (oneDNN, allocator)

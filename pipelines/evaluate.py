@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument("--num-samples", type=int, default=1000, help="generation: images generated (and real images compared)")
     p.add_argument("--max-images", type=int, default=2000, help="autoencoder: held-out images reconstructed (default 2000)")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 100; train-features 128)")
-    p.add_argument("--steps", type=int, default=20, help="generation: sampling steps (default 20)")
+    p.add_argument("--steps", type=int, default=None, help="generation: sampling steps (default: the model's default_steps, else 50)")
     p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpm", "euler", "unipc"], default=None, help="generation: sampler (default: the pipeline's)")
     p.add_argument("--guidance", type=float, default=1.0, help="generation: classifier-free guidance scale (class-conditional models)")
     p.add_argument("--seed", type=int, default=0)
@@ -69,7 +69,7 @@ def main(args) -> int:
     if args.batch_size is None:
         args.batch_size = 128 if args.mode == "train-features" else 100
     for name in ("num_samples", "max_images", "batch_size", "steps", "sweep_samples", "kid_subsets", "kid_subset_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.mode == "train-features":
         return cmd_train_features(args)
@@ -500,6 +500,10 @@ def cmd_generation(args) -> int:
     real, real_labels = real_images(ds.holdout, args.num_samples, args.seed)
     real_f = extractor(real, progress, "features (real)")
     warm_up(pipe, args.batch_size, args.guidance, num_classes)
+    if args.steps is None:
+        from .pipeline import DEFAULT_STEPS
+
+        args.steps = int(pipe.info.get("default_steps") or DEFAULT_STEPS)
     fake, fake_labels, spi = generate_images(pipe, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed, num_classes, progress)
     fake_f = extractor(fake, progress, "features (generated)")
     result = distribution_metrics(real_f, fake_f, args.kid_subsets, args.kid_subset_size, args.seed)

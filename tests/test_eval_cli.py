@@ -79,7 +79,11 @@ class _StubPipeline:
         self.unet = types.SimpleNamespace(config=types.SimpleNamespace(num_class_embeds=11))
         self.vqvae = types.SimpleNamespace(config=types.SimpleNamespace(sample_size=16, in_channels=1))
         self.scheduler = types.SimpleNamespace(config={"num_train_timesteps": 1000})
+        self.info = {}
         self.calls = []
+
+    def set_scheduler(self, name):
+        self.scheduler = types.SimpleNamespace(config=self.scheduler.config, name=name)
 
     def __call__(self, batch_size, num_inference_steps, generator, output_type, class_labels=None, guidance_scale=1.0):
         self.calls.append((batch_size, num_inference_steps, None if class_labels is None else class_labels.tolist()))
@@ -95,7 +99,7 @@ def test_evaluate_generation_with_a_stub_pipeline(tiny_features, tmp_path, monke
     stub = _StubPipeline(ds.train.batch(torch.arange(200))[0])
     monkeypatch.setattr(evaluate, "_load_pipeline", lambda model, device="cpu": stub)
     fake_module = types.ModuleType("pipelines.pipeline")
-    fake_module.make_scheduler = lambda name, config: types.SimpleNamespace(config=config, name=name)
+    fake_module.DEFAULT_STEPS = 50
     monkeypatch.setitem(sys.modules, "pipelines.pipeline", fake_module)
     out = tmp_path / "gen"
     code = main(["evaluate", "generation", "--features", str(tiny_features), "--num-samples", "40", "--batch-size", "20",
