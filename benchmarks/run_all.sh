@@ -15,7 +15,7 @@ AE=configs/autoencoder/fashion-mnist.yaml
 [ -f runs/ae_final/metrics.json ] || vqldm train-autoencoder --config $AE --data fashion-mnist --out runs/ae_final
 
 run() { echo "+ $*"; "$@"; }
-run python benchmarks/bench_autoencoder.py --ours runs/ae_final --threads 2 | tee bench_out/bench_autoencoder_final.txt
+run python benchmarks/bench_autoencoder.py --ours runs/ae_final --baseline-lr-schedule constant,cosine --threads 1 | tee bench_out/bench_autoencoder_final.txt
 run python benchmarks/bench_autoencoder.py --ours runs/ae --threads 2 | tee bench_out/bench_autoencoder.txt
 run python benchmarks/bench_latent_cache.py --autoencoder runs/ae --threads 1 --images 2048 --steps 10 --repeats 3 | tee bench_out/bench_latent_cache.txt
 run bash benchmarks/eval_shipped.sh | tee bench_out/eval_shipped.txt
