@@ -236,7 +236,9 @@ def stop_if_signalled(signals: "StopSignals", step: int, save_checkpoint, bar, l
     path = save_checkpoint(step)
     bar.close()
     logger.close()
-    raise UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+    stop = UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+    stop.exit_code = 128 + int(signal.Signals[signals.requested])  # the shell convention: 130 for SIGINT, 143 for SIGTERM
+    raise stop
 
 
 class NonFiniteGuard:

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         code = handler(args)
     except UserError as err:
         print(f"vqldm: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("vqldm: interrupted", file=sys.stderr)
         return 130
