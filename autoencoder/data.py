@@ -347,11 +347,11 @@ def load_folder(root: Path, cfg: DataConfig, log: Callable[[str], None] = print,
         split = "holdout" if _in_holdout(rel.as_posix(), cfg.holdout_fraction) else "train"
         arrays[split].append(arr)
         labels[split].append(label)
+    if not arrays["train"] and not arrays["holdout"]:  # the error says it all: no warning line before it
+        raise UserError(f"no usable image in {str(root)!r} ({len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped: corrupt, truncated, too large or not images); add valid PNG/JPEG/WebP files")
     if skipped:
         counts = Counter(s.reason for s in skipped)
         log(f"warning: skipped {len(skipped)} of {len(files)} files in {root}: " + ", ".join(f"{n} {r}" for r, n in counts.most_common()))
-    if not arrays["train"] and not arrays["holdout"]:
-        raise UserError(f"no usable image in {str(root)!r} ({len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped: corrupt, truncated, too large or not images); add valid PNG/JPEG/WebP files")
     if not arrays["train"]:  # tiny folders: keep at least one training image
         arrays["train"].append(arrays["holdout"].pop())
         labels["train"].append(labels["holdout"].pop())

@@ -60,6 +60,15 @@ class TrainLoopConfig:
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
 
 
+def console(msg: str) -> None:
+    """One line for the user, above any progress bar: warnings to stderr, everything else to stdout."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout)
+
+
 def make_accelerator(cfg: TrainLoopConfig):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -115,7 +124,7 @@ class RunLogger:
 
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
             except Exception as err:  # tensorboard missing or broken: keep training
-                print(f"warning: TensorBoard logging disabled ({err})")
+                console(f"warning: TensorBoard logging disabled ({err})")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -163,7 +172,7 @@ class RunLogger:
             os.replace(tmp, self.run_dir / name)
         except OSError as err:  # a plot is not worth stopping for; the next write reports a full disk
             tmp.unlink(missing_ok=True)
-            print(f"warning: could not write {self.run_dir / name} ({err.strerror})")
+            console(f"warning: could not write {self.run_dir / name} ({err.strerror})")
         finally:
             plt.close(fig)
 

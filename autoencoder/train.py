@@ -45,6 +45,7 @@ from .runtime import (
     RunLogger,
     Timer,
     StopSignals,
+    console,
     TrainLoopConfig,
     make_accelerator,
     schedule_for,
@@ -91,7 +92,7 @@ def train_autoencoder(
     source = data or cfg.data.source
     acc = make_accelerator(tc)
     is_main = acc.is_main_process
-    log = (lambda msg: tqdm.write(msg)) if is_main else (lambda msg: None)
+    log = console if is_main else (lambda msg: None)
     # Check every input before writing anything: a failed start leaves no (half-)run folder behind.
     prepare_run_dir(out, resume, is_main, create=False)
     torch.manual_seed(tc.seed)

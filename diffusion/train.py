@@ -38,6 +38,7 @@ from autoencoder.runtime import (
     NonFiniteGuard,
     RunLogger,
     StopSignals,
+    console,
     make_accelerator,
     make_grid,
     prepare_run_dir,
@@ -189,7 +190,7 @@ def train_diffusion(
     tc, oc = cfg.train, cfg.objective
     acc = make_accelerator(tc)
     is_main = acc.is_main_process
-    log = (lambda msg: tqdm.write(msg)) if is_main else (lambda msg: None)
+    log = console if is_main else (lambda msg: None)
     progress = is_main and tc.progress
     vqvae, ae_data, ae_run = load_autoencoder(autoencoder)
     run_dir = prepare_run_dir(out, resume, is_main)

@@ -87,7 +87,7 @@ def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(tmp_path, capsy
     truncated_png(data / "truncated.png")
     assert main(ae(data, tmp_path / "run")) == 0
     captured = capsys.readouterr()
-    assert "warning: skipped 1 of 7 files" in captured.out and "1 truncated" in captured.out
+    assert "warning: skipped 1 of 7 files" in captured.err and "1 truncated" in captured.err  # warnings go to stderr
     assert (tmp_path / "run" / "vqvae" / "config.json").is_file()
 
 

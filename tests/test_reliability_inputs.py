@@ -57,7 +57,7 @@ def test_training_skips_every_kind_of_broken_file_and_counts_right(tmp_path, cap
     run = tmp_path / "run"
     code = main(["train-autoencoder", "--config", "tiny", "--data", str(data), "--out", str(run), "--max-steps", "3",
                  "--set", "train.progress=false", "--set", "data.holdout_fraction=0.2"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # warnings go to stderr
     assert code == 0
     skipped = json.loads((run / "skipped_files.json").read_text())
     assert {s["path"]: s["reason"] for s in skipped} == expected
