@@ -20,6 +20,7 @@ run python benchmarks/bench_autoencoder.py --ours runs/ae --threads 2 | tee benc
 run python benchmarks/bench_latent_cache.py --autoencoder runs/ae --threads 1 --images 2048 --steps 10 --repeats 3 | tee bench_out/bench_latent_cache.txt
 run bash benchmarks/eval_shipped.sh | tee bench_out/eval_shipped.txt
 run python benchmarks/bench_steps.py --threads 1 --plot docs/fid_vs_steps.png --json bench_out/steps.json --no-progress | tee bench_out/bench_steps.txt
+run python benchmarks/bench_sampling.py --threads 2 --steps 20 --batch 4 --repeats 5 | tee bench_out/bench_sampling_2t.txt
 run python benchmarks/bench_sampling.py --threads 1 --steps 20 --batch 4 --repeats 5 | tee bench_out/bench_sampling.txt
 run python benchmarks/bench_sampling.py --quality --threads 1 --batch 100 --samples 1000 | tee bench_out/bench_sampling_quality.txt
 run bash benchmarks/first_run.sh | tee bench_out/first_run.txt
