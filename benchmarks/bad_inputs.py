@@ -494,7 +494,7 @@ def run_case(case: Case, root: Path, shared: dict) -> Result:
             import json
 
             result.notes.append(f"{len(json.loads(skipped.read_text()))} files listed in skipped_files.json")
-            warn = [ln for ln in proc.stdout.splitlines() if ln.startswith("warning: skipped")]
+            warn = [ln for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.startswith("warning: skipped")]
             if warn:
                 result.last_line = _tidy(warn[0], scratch)
     result.ok = all(checks)
