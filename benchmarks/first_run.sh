@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # Times the README's first command as a new user runs it: `pip install -e . && vqldm generate --out samples.png`,
-# in a new virtual environment on this machine. torch/torchvision and the PyPI dependencies are taken from
-# the machine's site-packages (--system-site-packages), i.e. after `pip install torch torchvision`, which on
-# this project's machines installs from local disk; their download time is not part of the figure.
-# Then `--class 7 --guidance 3` and a check of that grid with the shipped Fashion-MNIST classifier.
+# in a new virtual environment on this machine, then `--class 7 --guidance 3` checked by the shipped
+# Fashion-MNIST classifier.
+#   bash benchmarks/first_run.sh          # torch/torchvision and the PyPI dependencies already installed
+#                                         # (--system-site-packages): the time of vqldm itself
+#   bash benchmarks/first_run.sh --fresh  # an empty venv: `pip install torch torchvision` (from this
+#                                         # machine's local disk) is timed first, then the README command
+#                                         # installs the PyPI dependencies too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python -m venv --system-site-packages "$work/venv"
+fresh=${1:-}
+if [ "$fresh" = "--fresh" ]; then python -m venv "$work/venv"; else python -m venv --system-site-packages "$work/venv"; fi
 # shellcheck disable=SC1091
 source "$work/venv/bin/activate"
+if [ "$fresh" = "--fresh" ]; then
+  t0=$(date +%s.%N)
+  pip install -q torch torchvision >"$work/torch.log" 2>&1 || { cat "$work/torch.log"; exit 1; }
+  t1=$(date +%s.%N)
+  python -c "import sys; print(f'pip install torch torchvision (local disk): {float(sys.argv[2]) - float(sys.argv[1]):.1f} s')" "$t0" "$t1"
+fi
 echo "machine: $(nproc) CPUs, $(python -c 'import torch; print("torch", torch.__version__, "threads", torch.get_num_threads())'), $(date -u +%F)"
 start=$(date +%s.%N)
 pip install -q -e . >"$work/pip.log" 2>&1 || { cat "$work/pip.log"; exit 1; }

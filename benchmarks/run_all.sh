@@ -24,6 +24,7 @@ run python benchmarks/bench_sampling.py --threads 2 --steps 20 --batch 4 --repea
 run python benchmarks/bench_sampling.py --threads 1 --steps 20 --batch 4 --repeats 5 | tee bench_out/bench_sampling.txt
 run python benchmarks/bench_sampling.py --quality --threads 1 --batch 100 --samples 1000 | tee bench_out/bench_sampling_quality.txt
 run bash benchmarks/first_run.sh | tee bench_out/first_run.txt
+run bash benchmarks/first_run.sh --fresh | tee bench_out/first_run_fresh.txt
 run python benchmarks/bench_latent_vs_pixel.py --autoencoder-run runs/ae --diffusion-run runs/ldm --num-samples 1000 --steps 50 \
   --threads 1 --out bench_out/latent_vs_pixel --no-progress | tee bench_out/latent_vs_pixel.txt
 run python benchmarks/bad_inputs.py
