@@ -49,7 +49,7 @@ def add_arguments(p) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="generation: classifier-free guidance scale (class-conditional models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps-sweep", default=None, metavar="K1,K2,...", help="generation: also measure FID at these step counts")
-    p.add_argument("--sweep-schedulers", default="ddim,dpm", help="schedulers for --steps-sweep (default ddim,dpm)")
+    p.add_argument("--sweep-schedulers", default="ddim,dpm,unipc", help="schedulers for --steps-sweep (default ddim,dpm,unipc)")
     p.add_argument("--sweep-samples", type=int, default=500, help="images per point of --steps-sweep (default 500)")
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--kid-subset-size", type=int, default=1000)

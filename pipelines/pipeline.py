@@ -586,9 +586,8 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
     """The pipeline at ``path`` (None: the model shipped in ``pipelines/default_model``) on ``device``.
 
     ``dtype`` fp16/bf16 turns on autocast on CUDA; weights stay fp32 and CPU runs stay fp32.
-    ``channels_last`` (default on; benchmarks/bench_sampling.py, 2 threads on a loaded 2-core machine: 0.95x
-    LDMPipeline's time at equal work on the issue-sized model, 0.79x on full CompVis widths where the VQ decoder
-    ran 1.85x faster) changes images by ~4e-6, so compare bitwise with LDMPipeline only with it off.
+    ``channels_last`` (default on) stores conv weights NHWC; it changes images by ~4e-6, so compare
+    bitwise with LDMPipeline only with it off (docs/results.md: no gain at the widths measured there).
     ``freeze_unet`` (CPU fp32 only) samples through a frozen TorchScript copy of the UNet
     (``VQLatentDiffusionPipeline.use_frozen_unet``); images agree with the eager UNet to ~1e-6. Building
     it costs about a second per batch shape, so it pays off over many batches (evaluation, serving), not
