@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_bytes, latest_checkpoint
 from .errors import UserError
@@ -62,10 +64,6 @@ class TrainLoopConfig:
 
 def console(msg: str) -> None:
     """One line for the user, above any progress bar: warnings to stderr, everything else to stdout."""
-    import sys
-
-    from tqdm.auto import tqdm
-
     tqdm.write(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout)
 
 

@@ -137,24 +137,16 @@ def train_pixel(unet, data, seconds: float, batch_size: int, lr: float, num_clas
     return scheduler, steps, time.perf_counter() - start
 
 
-def _frozen(unet):
-    """One frozen copy per UNet, kept across calls so the warm-up builds the graph the timed run uses."""
-    from pipelines.fast import FrozenUNet
-
-    if getattr(unet, "_vqldm_frozen", None) is None:
-        unet._vqldm_frozen = FrozenUNet(unet)
-    return unet._vqldm_frozen
-
-
 @torch.inference_mode()
-def sample_pixel(unet, train_scheduler, num_images: int, batch_size: int, steps: int, guidance: float, seed: int,
+def sample_pixel(model, train_scheduler, num_images: int, batch_size: int, steps: int, guidance: float, seed: int,
                  num_classes: int | None, progress: bool):
-    """DDIM samples in [-1, 1], their labels (balanced), seconds per image — same protocol as vqldm's."""
+    """DDIM samples in [-1, 1], their labels (balanced), seconds per image — same protocol as vqldm's.
+    ``model`` is the pixel UNet behind ``pipelines.fast.FrozenUNet`` (the CPU path vqldm samples with here)."""
     from diffusers import DDIMScheduler
 
     from diffusion.sampling import denoise
 
-    model = _frozen(unet)  # the same CPU fast path the vqldm pipeline samples with in this benchmark
+    unet = model.unet
     scheduler = DDIMScheduler.from_config(train_scheduler.config)
     labels = torch.arange(num_images) % num_classes if num_classes else None
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
@@ -188,6 +180,7 @@ def main(argv=None) -> int:
         real_images,
         warm_up,
     )
+    from pipelines.fast import FrozenUNet
     from pipelines.features import load_feature_extractor
 
     if args.seconds is None and not (args.autoencoder_run and args.diffusion_run):
@@ -231,8 +224,9 @@ def main(argv=None) -> int:
     unet, n_pixel = pick_pixel_unet(target, size, channels, num_classes)
     train_sched, steps, spent = train_pixel(unet, ds.train, budget, args.batch_size, args.lr, num_classes, args.seed, progress)
     warm = min(args.sample_batch_size, args.num_samples)  # warm-up at the timed batch shape (vqldm gets the same)
-    sample_pixel(unet, train_sched, warm, args.sample_batch_size, 2, args.guidance, args.seed, num_classes, False)
-    fake, _, spi = sample_pixel(unet, train_sched, args.num_samples, args.sample_batch_size, args.steps, args.guidance, args.seed, num_classes, progress)
+    frozen = FrozenUNet(unet)  # one copy for both calls: the warm-up builds the graph the timed run uses
+    sample_pixel(frozen, train_sched, warm, args.sample_batch_size, 2, args.guidance, args.seed, num_classes, False)
+    fake, _, spi = sample_pixel(frozen, train_sched, args.num_samples, args.sample_batch_size, args.steps, args.guidance, args.seed, num_classes, progress)
     m = distribution_metrics(real_f, extractor(fake, progress, "features"), seed=args.seed)
     rows.append({"model": "pixel DDPM", "params": n_pixel, "unet_params": n_pixel, "train_seconds": spent, "train_steps": steps,
                  "seconds_per_image": spi, **m})

@@ -17,15 +17,6 @@ from autoencoder.model import VQAutoencoder, build_vqmodel
 from autoencoder.train import AutoencoderRunConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads spin against each other (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run(tiny_ae_run):
     """(run folder, its resolved config, its training split, the exported VQModel, vqldm's own model)."""

@@ -20,15 +20,6 @@ from torch import nn
 from autoencoder.model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel, vq_decode
 from autoencoder.quantizer import QuantizerConfig, VectorQuantizerEMA, kmeans, straight_through
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads spin against each other (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 K, D = 16, 3
 
 

@@ -13,15 +13,6 @@ from autoencoder.model import AutoencoderModelConfig, VQAutoencoder, build_vqmod
 from autoencoder.quantizer import QuantizerConfig
 from pipelines.cli import main
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads spin against each other (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FAST = ["--set", "train.progress=false", "--set", "train.checkpoint_every=3", "--set", "train.keep_checkpoints=10",
         "--set", "train.image_every=100", "--set", "train.log_every=3", "--set", "data.holdout_fraction=0.2"]
 

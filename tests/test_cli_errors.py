@@ -11,15 +11,6 @@ from PIL import Image
 from autoencoder.checkpoint import save_training_checkpoint
 from pipelines.cli import main
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads spin against each other (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FAST = ["--set", "train.progress=false", "--max-steps", "2"]
 
 

@@ -31,15 +31,6 @@ from autoencoder.data import ImageData
 from pipelines.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads spin against each other (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
 FAST = ["--set", "train.progress=false", "--set", "train.image_every=1000", "--set", "train.log_every=2"]
 

@@ -38,15 +38,6 @@ def load_bad_inputs_script():
 bad_inputs = load_bad_inputs_script()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads spin against each other (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- mixed good and broken data
 def test_training_skips_every_kind_of_broken_file_and_counts_right(tmp_path, capsys):
     data = tmp_path / "data"
