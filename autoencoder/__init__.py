@@ -1,5 +1,5 @@
-"""Stage 1: a VQ autoencoder that compresses images to a grid of codebook vectors (exports a diffusers VQModel)."""
+"""Stage 1: a VQ autoencoder that compresses images to a grid of codebook vectors (exports a diffusers VQModel).
 
-from .errors import UserError
-
-__all__ = ["UserError"]
+Modules: ``config`` (typed run config), ``model`` (VQModel builder, training wrapper, the loader
+``load_vqvae``), ``quantizer`` (EMA vector quantizer), ``losses``, ``metrics``, ``evaluate``, ``train``.
+"""

@@ -10,15 +10,9 @@ import torch
 from diffusers import VQModel
 from tqdm.auto import tqdm
 
-from .data import ImageData
+from ..plumbing.data import ImageData
 from .metrics import codebook_stats, psnr, ssim
-
-
-@torch.inference_mode()
-def encode_indices(vqmodel: VQModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-quantization latents -> (quantized latents, code indices B x h x w)."""
-    z_q, _, (_, _, indices) = vqmodel.quantize(h)
-    return z_q, indices.view(h.shape[0], h.shape[2], h.shape[3])
+from .model import encode_indices
 
 
 @torch.inference_mode()

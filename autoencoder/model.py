@@ -1,15 +1,25 @@
-"""The stage-1 model: a plain ``diffusers.VQModel`` built from a typed config, plus the training wrapper."""
+"""The stage-1 model: a plain ``diffusers.VQModel`` built from a typed config, the training wrapper, and
+the one loader every stage uses to open a trained autoencoder (:func:`load_vqvae`)."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from diffusers import VQModel
 from torch import nn
 
-from .errors import UserError
+from ..plumbing.checkpoint import refuse_pickle
+from ..plumbing.config import read_yaml
+from ..plumbing.errors import UserError
+from ..plumbing.geometry import downsampling_factor
 from .quantizer import QuantizerConfig, QuantizerOutput, VectorQuantizerEMA
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,7 +45,7 @@ class AutoencoderModelConfig:
 
     @property
     def downsampling_factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
+        return downsampling_factor(len(self.block_out_channels))
 
 
 def build_vqmodel(cfg: AutoencoderModelConfig, image_size: int, channels: int) -> VQModel:
@@ -92,3 +102,72 @@ class VQAutoencoder(nn.Module):
 
     def last_layer(self) -> torch.Tensor:
         return self.vqmodel.decoder.conv_out.weight
+
+
+@torch.inference_mode()
+def encode_indices(vqmodel: VQModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-quantization latents -> (quantized latents, code indices B x h x w), by the VQModel's own lookup."""
+    z_q, _, (_, _, indices) = vqmodel.quantize(h)
+    return z_q, indices.view(h.shape[0], h.shape[2], h.shape[3])
+
+
+# ----------------------------------------------------------------------------- loading a trained autoencoder
+def apply_missing_scale_rule(vqvae: VQModel) -> bool:
+    """A VQ config without ``scaling_factor`` means 1.0 (CompVis LDM never scaled VQ latents); diffusers
+    would use the KL autoencoder's 0.18215 instead (diffusers issue #6725). Writes 1.0 into the config and
+    returns True when the key was missing."""
+    if "scaling_factor" not in vqvae.config.get("_use_default_values", []):
+        return False
+    logger.warning("vqvae config has no scaling_factor; using 1.0 for this VQ model (diffusers' default %s belongs to KL autoencoders)",
+                   vqvae.config.scaling_factor)
+    vqvae.register_to_config(scaling_factor=1.0)
+    vqvae.register_to_config(_use_default_values=[k for k in vqvae.config.get("_use_default_values", []) if k != "scaling_factor"])
+    return True
+
+
+@dataclass
+class LoadedAutoencoder:
+    """A frozen VQModel and where it came from."""
+
+    vqvae: VQModel
+    folder: Path  # the VQModel folder (config.json + safetensors)
+    run_dir: Path | None  # the `vqldm train-autoencoder` run folder, when it is one
+    data: dict | None  # that run's ``data`` config section (image size, channels, fit, source)
+
+
+def find_vqvae_folder(path: str | os.PathLike, what: str = "--autoencoder") -> tuple[Path, Path | None]:
+    """(VQModel folder, run folder or None) for an autoencoder run folder (holding ``vqvae/``), a pipeline
+    folder (holding ``vqvae/``) or a VQModel folder; a UserError naming the fix otherwise."""
+    p = Path(path).expanduser()
+    refuse_pickle(p)  # a .ckpt/.bin/.pt handed as the model: name the conversion, never unpickle
+    if not p.is_dir():
+        raise UserError(f"{what} {str(path)!r} not found; pass an autoencoder run folder (holding vqvae/) or a VQModel folder")
+    if (p / "vqvae" / "config.json").is_file():
+        return p / "vqvae", (p if (p / "config.yaml").is_file() else None)
+    if (p / "config.json").is_file():
+        return p, (p.parent if (p.parent / "config.yaml").is_file() else None)
+    raise UserError(f"{what} {str(path)!r} holds no vqvae/ folder or config.json; pass the --out folder of `vqldm train-autoencoder`")
+
+
+def load_vqvae(path: str | os.PathLike, what: str = "--autoencoder") -> LoadedAutoencoder:
+    """The one autoencoder loader: safetensors only, a VQModel only, the missing-scale = 1.0 rule applied,
+    eval mode, no gradients."""
+    folder, run_dir = find_vqvae_folder(path, what)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{str(folder / 'config.json')!r} is not readable JSON; re-export the autoencoder") from None
+    if config.get("_class_name") != "VQModel":
+        raise UserError(f"{str(folder)!r} holds a {config.get('_class_name')!r}, not a VQModel; pass a VQ autoencoder folder")
+    if not any(folder.glob("*.safetensors")):
+        raise UserError(f"{str(folder)!r} has no safetensors weights; convert them with `vqldm convert FILE --trust-pickle` first")
+    try:
+        vqvae = VQModel.from_pretrained(folder, use_safetensors=True)
+    except Exception as err:  # diffusers raises several types for bad folders
+        raise UserError(f"could not load the VQModel in {str(folder)!r} ({str(err).splitlines()[0][:160]}); re-export the autoencoder") from None
+    apply_missing_scale_rule(vqvae)
+    vqvae.eval().requires_grad_(False)
+    data = None
+    if run_dir is not None:
+        data = read_yaml(run_dir / "config.yaml").get("data") or None
+    return LoadedAutoencoder(vqvae, folder, run_dir, data)

@@ -7,73 +7,34 @@ backward, step, log, grids, checkpoints) -> export ``OUT/vqvae`` with the measur
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (
-    AtomicDir,
-    atomic_write_json,
-    describe_load_error,
-    latest_checkpoint,
-    load_training_checkpoint,
-    optimizer_state_from_tensors,
-    optimizer_state_to_tensors,
-    save_training_checkpoint,
-)
-from .config import load_config, save_config, to_dict
-from .data import BatchSampler, DataConfig, load_datasets
-from .errors import UserError
-from .evaluate import evaluate_reconstruction, measure_scaling_factor
-from .losses import (
-    LossConfig,
-    PatchDiscriminator,
-    adaptive_weight,
-    hinge_d_loss,
-    hinge_g_loss,
-    load_lpips,
-    perceptual_loss,
-    reconstruction_loss,
-)
-from .metrics import codebook_stats, psnr
-from .model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel
-from .quantizer import QuantizerConfig
-from .runtime import (
+from ..plumbing.checkpoint import AtomicDir, atomic_write_json, latest_checkpoint
+from ..plumbing.config import save_config, to_dict
+from ..plumbing.data import BatchSampler, load_datasets
+from ..plumbing.images import make_grid, save_png
+from ..plumbing.runs import RunLogger, console, prepare_run_dir
+from ..plumbing.trainkit import (
     NonFiniteGuard,
-    RunLogger,
-    Timer,
     StopSignals,
-    console,
-    TrainLoopConfig,
+    TrainClock,
+    check_max_steps,
+    learning_rate,
     make_accelerator,
-    schedule_for,
-    make_grid,
-    prepare_run_dir,
-    save_png,
+    optimizer_step,
+    resume_training,
+    save_training_state,
+    set_learning_rate,
     stop_if_signalled,
 )
-
-
-@dataclass
-class AutoencoderTrainConfig(TrainLoopConfig):
-    scaling_max_images: int | None = 10_000  # training images used to measure 1/std(h)
-    eval_max_images: int | None = None  # held-out images for the final metrics (None = all)
-    eval_batch_size: int = 256
-
-
-@dataclass
-class AutoencoderRunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: AutoencoderModelConfig = field(default_factory=AutoencoderModelConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
-
-
-def load_autoencoder_config(path, overrides=()) -> AutoencoderRunConfig:
-    return load_config(AutoencoderRunConfig, path, overrides, stage="autoencoder")
+from .config import AutoencoderRunConfig, load_autoencoder_config  # noqa: F401  (re-exported for callers)
+from .evaluate import evaluate_reconstruction, measure_scaling_factor
+from .losses import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, load_lpips, perceptual_loss, reconstruction_loss
+from .metrics import codebook_stats, psnr
+from .model import VQAutoencoder, build_vqmodel
 
 
 def train_autoencoder(
@@ -84,9 +45,8 @@ def train_autoencoder(
     resume: bool = False,
 ) -> dict:
     """Train, export ``out/vqvae`` and return the final metrics (also written to ``out/metrics.json``)."""
+    check_max_steps(max_steps)
     if max_steps is not None:
-        if max_steps < 1:
-            raise UserError(f"--max-steps must be >= 1, got {max_steps}")
         cfg.train.max_steps = max_steps
     tc = cfg.train
     source = data or cfg.data.source
@@ -118,26 +78,12 @@ def train_autoencoder(
     lpips_model = load_lpips(cfg.loss, log=log)
 
     # ---------------------------------------------------------------- resume
-    step = 0
-    seconds_before = 0.0  # training time of earlier sessions of this run (resume)
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if resume and ckpt is None:
-        log(f"no checkpoint in {run_dir}; starting a new run")
-    if ckpt is not None:
-        files, state = load_training_checkpoint(ckpt)
-        try:
-            model.load_state_dict(files["model"])
-            opt.load_state_dict(optimizer_state_from_tensors(files["optimizer"], state["optimizer"]))
-            if use_disc:
-                disc.load_state_dict(files["disc"])
-                dopt.load_state_dict(optimizer_state_from_tensors(files["disc_optimizer"], state["disc_optimizer"]))
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise UserError(f"checkpoint {ckpt} does not match this config ({describe_load_error(err)}); resume with the config it was trained with") from None
-        model.quantizer.generator.set_state(files["rng"]["quantizer"])
-        torch.set_rng_state(files["rng"]["torch_cpu"])
-        step = int(state["step"])
-        seconds_before = float(state.get("train_seconds", 0.0))
-        log(f"resumed from {ckpt} at step {step}")
+    modules = {"model": model, **({"disc": disc} if use_disc else {})}
+    optimizers = {"optimizer": opt, **({"disc_optimizer": dopt} if use_disc else {})}
+    resumed = resume_training(run_dir, resume, modules, optimizers, log=log)
+    if resumed.checkpoint is not None:
+        model.quantizer.generator.set_state(resumed.files["rng"]["quantizer"])
+    step = resumed.step
 
     device = acc.device
     if use_disc:
@@ -153,19 +99,12 @@ def train_autoencoder(
         acc.wait_for_everyone()
         if not is_main:
             return None
-        otensors, ometa = optimizer_state_to_tensors(opt.state_dict())
-        tensors = {
-            "model": raw.state_dict(),
-            "optimizer": otensors,
-            "rng": {"quantizer": raw.quantizer.generator.get_state(), "torch_cpu": torch.get_rng_state()},
-        }
-        state = {"step": at_step, "optimizer": ometa, "config": to_dict(cfg), "train_seconds": seconds_before + timer.elapsed()}
-        if use_disc:
-            dt, dmeta = optimizer_state_to_tensors(dopt.state_dict())
-            tensors["disc"] = raw_disc.state_dict()
-            tensors["disc_optimizer"] = dt
-            state["disc_optimizer"] = dmeta
-        return save_training_checkpoint(run_dir, at_step, tensors, state, keep=tc.keep_checkpoints)
+        return save_training_state(
+            run_dir, at_step, clock, tc.keep_checkpoints,
+            modules={"model": raw, **({"disc": raw_disc} if use_disc else {})},
+            optimizers={"optimizer": opt, **({"disc_optimizer": dopt} if use_disc else {})},
+            rng={"quantizer": raw.quantizer.generator.get_state()}, state={"config": to_dict(cfg)},
+        )
 
     # ---------------------------------------------------------------- loop
     logger = RunLogger(run_dir, is_main)
@@ -177,16 +116,14 @@ def train_autoencoder(
     fixed_batch, _ = datasets.holdout.batch(torch.arange(min(16, len(datasets.holdout))))
     last_ckpt = latest_checkpoint(run_dir)
     batches = sampler.batches(step)
-    lr_at = schedule_for(tc)
-    timer = Timer()
+    clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-autoencoder", disable=not (is_main and tc.progress), dynamic_ncols=True)
     with StopSignals() as signals:
         while step < tc.max_steps:
             x, _ = datasets.train.batch(next(batches))
             x = x.to(device, non_blocking=True)
             model.train()
-            for group in opt.param_groups:  # warm-up + schedule; a function of the step, so resume needs no state
-                group["lr"] = tc.lr * lr_at(step)
+            set_learning_rate(opt, learning_rate(tc, step))  # a function of the step: resume needs no state
             with acc.accumulate(model):
                 with acc.autocast():
                     rec, q, h = model(x)
@@ -203,18 +140,14 @@ def train_autoencoder(
                         loss = loss + cfg.loss.disc_weight * d_weight * g_loss
                 if not guard.check(loss, step, last_ckpt):
                     opt.zero_grad(set_to_none=True)
+                    step += 1  # the batch is consumed, so a resumed run stays in step with an uninterrupted one
+                    bar.update(1)
                     continue
-                acc.backward(loss)
-                if tc.grad_clip and acc.sync_gradients:
-                    acc.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(loss, opt, model.parameters(), tc.grad_clip, acc)
                 if disc_active:
                     with acc.autocast():
                         d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
-                    acc.backward(d_loss)
-                    dopt.step()
-                    dopt.zero_grad(set_to_none=True)
+                    optimizer_step(d_loss, dopt, disc.parameters(), None, acc)
             step += 1
             bar.update(1)
 
@@ -250,7 +183,7 @@ def train_autoencoder(
                 last_ckpt = save_checkpoint(step) or last_ckpt
             stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir)
     bar.close()
-    train_seconds = seconds_before + timer.elapsed()
+    train_seconds = clock.total()
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/rec_loss", "train/psnr", "train/perplexity", "train/codebook_usage_epoch_so_far"])
 

@@ -29,12 +29,13 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autoencoder.data import BatchSampler, load_datasets  # noqa: E402
-from autoencoder.evaluate import evaluate_reconstruction  # noqa: E402
-from autoencoder.losses import reconstruction_loss  # noqa: E402
-from autoencoder.model import build_vqmodel  # noqa: E402
-from autoencoder.runtime import lr_lambda  # noqa: E402
-from autoencoder.train import load_autoencoder_config, train_autoencoder  # noqa: E402
+from vqldm.plumbing.data import BatchSampler, load_datasets  # noqa: E402
+from vqldm.autoencoder.evaluate import evaluate_reconstruction  # noqa: E402
+from vqldm.autoencoder.losses import reconstruction_loss  # noqa: E402
+from vqldm.autoencoder.model import build_vqmodel  # noqa: E402
+from vqldm.plumbing.trainkit import lr_lambda  # noqa: E402
+from vqldm.autoencoder.config import load_autoencoder_config
+from vqldm.autoencoder.train import train_autoencoder  # noqa: E402
 from diffusers import VQModel  # noqa: E402
 
 

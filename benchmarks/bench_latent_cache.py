@@ -24,19 +24,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autoencoder.data import Datasets, load_datasets  # noqa: E402
-from autoencoder.model import build_vqmodel  # noqa: E402
-from autoencoder.train import load_autoencoder_config  # noqa: E402
-from diffusion.latent_cache import prepare_latent_cache  # noqa: E402
-from diffusion.model import build_unet, latent_shape  # noqa: E402
-from diffusion.objective import (  # noqa: E402
+from vqldm.plumbing.data import Datasets, load_datasets  # noqa: E402
+from vqldm.autoencoder.model import build_vqmodel  # noqa: E402
+from vqldm.autoencoder.config import load_autoencoder_config  # noqa: E402
+from vqldm.diffusion.latent_cache import prepare_latent_cache  # noqa: E402
+from vqldm.diffusion.model import build_unet, latent_shape  # noqa: E402
+from vqldm.diffusion.objective import (  # noqa: E402
     diffusion_loss,
     make_train_scheduler,
     min_snr_weights,
     sample_noise_and_timesteps,
     training_target,
 )
-from diffusion.train import load_autoencoder, load_diffusion_config, resolve_data_config  # noqa: E402
+from vqldm.diffusion.train import load_autoencoder, load_diffusion_config, resolve_data_config  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from autoencoder.errors import UserError  # noqa: E402
+from vqldm.plumbing.errors import UserError  # noqa: E402
 
 # (block_out_channels, layers_per_block) candidates for the pixel UNet; the one closest in parameter
 # count to vqldm's latent UNet is used.
@@ -105,7 +105,7 @@ def train_pixel(unet, data, seconds: float, batch_size: int, lr: float, num_clas
     Labels are dropped to the null class with p = 0.1 for classifier-free guidance (Ho & Salimans 2022)."""
     from diffusers import DDPMScheduler
 
-    from autoencoder.data import BatchSampler
+    from vqldm.plumbing.data import BatchSampler
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -144,7 +144,7 @@ def sample_pixel(model, train_scheduler, num_images: int, batch_size: int, steps
     ``model`` is the pixel UNet behind ``pipelines.fast.FrozenUNet`` (the CPU path vqldm samples with here)."""
     from diffusers import DDIMScheduler
 
-    from diffusion.sampling import denoise
+    from vqldm.diffusion.sampling import denoise
 
     unet = model.unet
     scheduler = DDIMScheduler.from_config(train_scheduler.config)
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
-    from pipelines.evaluate import (
+    from vqldm.pipelines.evaluate import (
         _load_pipeline,
         distribution_metrics,
         format_kid,
@@ -180,8 +180,8 @@ def main(argv=None) -> int:
         real_images,
         warm_up,
     )
-    from pipelines.fast import FrozenUNet
-    from pipelines.features import load_feature_extractor
+    from vqldm.pipelines.fast import FrozenUNet
+    from vqldm.pipelines.features import load_feature_extractor
 
     if args.seconds is None and not (args.autoencoder_run and args.diffusion_run):
         raise UserError("give the vqldm training time: --autoencoder-run and --diffusion-run (their metrics.json), or --seconds")
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
                  "seconds_per_image": spi, **m})
 
     out = Path(args.out)
-    from autoencoder.checkpoint import AtomicDir, atomic_write_json
+    from vqldm.plumbing.checkpoint import AtomicDir, atomic_write_json
 
     with AtomicDir(out / "pixel_unet") as tmp:
         unet.save_pretrained(tmp, safe_serialization=True)

@@ -117,7 +117,7 @@ def speed(args) -> int:
     import numpy as np
     from diffusers import LDMPipeline
 
-    from pipelines.pipeline import VQLatentDiffusionPipeline, make_scheduler
+    from vqldm.pipelines.pipeline import VQLatentDiffusionPipeline, make_scheduler
 
     if args.model:
         src = VQLatentDiffusionPipeline.from_pretrained(args.model)
@@ -198,7 +198,7 @@ def speed(args) -> int:
               f"({r['unet_gflops'] / peak:.0%} of matmul); decoder {r['decoder_gflop_per_image']:.2f} GFLOP/image at "
               f"{r['decoder_gflops']:.1f} GFLOP/s ({r['decoder_gflops'] / peak:.0%})")
     if "vqldm+frozen_unet" in variants:
-        from pipelines.fast import FrozenUNet
+        from vqldm.pipelines.fast import FrozenUNet
 
         frozen = FrozenUNet(unet)
         x = torch.randn(args.batch, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
@@ -228,8 +228,8 @@ def generate_images(pipe, n: int, batch: int, seed: int, steps: int, labels_for,
 def fid_against(real: torch.Tensor, fake: torch.Tensor, features_name: str | None) -> float | None:
     """FID in the domain feature space; None (with a message) when the evaluation modules are absent."""
     try:
-        from pipelines.features import load_feature_extractor
-        from pipelines.metrics import fid_from_features
+        from vqldm.pipelines.features import load_feature_extractor
+        from vqldm.pipelines.metrics import fid_from_features
     except ImportError as err:
         print(f"  quality line needs pipelines.features / pipelines.metrics (evaluation stage): {err}")
         return None
@@ -238,8 +238,8 @@ def fid_against(real: torch.Tensor, fake: torch.Tensor, features_name: str | Non
 
 
 def quality(args) -> int:
-    from autoencoder.data import DataConfig, load_datasets
-    from pipelines.pipeline import DEFAULT_STEPS, load_pipeline
+    from vqldm.plumbing.data import DataConfig, load_datasets
+    from vqldm.pipelines.pipeline import DEFAULT_STEPS, load_pipeline
 
     pipe = load_pipeline(args.model, device="cpu", channels_last=False)
     pipe.set_progress_bar_config(disable=True)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from autoencoder.errors import UserError  # noqa: E402
+from vqldm.plumbing.errors import UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from autoencoder.checkpoint import atomic_write_json
-    from pipelines.evaluate import (
+    from vqldm.plumbing.checkpoint import atomic_write_json
+    from vqldm.pipelines.evaluate import (
         _device,
         _load_pipeline,
         _parse_ints,
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         real_images,
         sweep_steps,
     )
-    from pipelines.features import load_feature_extractor
+    from vqldm.pipelines.features import load_feature_extractor
 
     progress = not args.no_progress
     steps = _parse_ints(args.steps, "--steps")

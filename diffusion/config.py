@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from autoencoder.data import DataConfig
-from autoencoder.runtime import TrainLoopConfig
+from ..plumbing.data import DataConfig
+from ..plumbing.geometry import downsampling_factor
+from ..plumbing.trainkit import TrainLoopConfig
 
 
 @dataclass
@@ -72,7 +73,7 @@ class UNetConfig:
 
     @property
     def downsampling_factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
+        return downsampling_factor(len(self.block_out_channels))
 
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]

@@ -7,7 +7,8 @@ Layout of ``out_dir`` (written atomically: a temporary folder renamed into place
     vqvae/             VQModel config + diffusion_pytorch_model.safetensors (scaling_factor explicit)
     unet/              UNet2DModel config + safetensors
     scheduler/         scheduler_config.json (DDIM on the training schedule, from the trainer)
-    vqldm.json         class names, null class, image geometry, scaling factor, plus ``extra``
+    vqldm.json         class names, null class, image geometry, the latent scale and the sha256 of the
+                       vqvae weights the UNet was trained on (checked at load), plus ``extra``
 
 ``_class_name`` is ``LDMPipeline`` (component names as in diffusers' LDM pipeline) so that both
 ``diffusers.DiffusionPipeline.from_pretrained(dir)`` and ``diffusers.LDMPipeline.from_pretrained(dir)``
@@ -23,12 +24,15 @@ from pathlib import Path
 
 import diffusers
 
-from autoencoder.checkpoint import AtomicDir
+from ..plumbing.checkpoint import AtomicDir, weights_sha256
+from ..plumbing.errors import UserError
+from ..plumbing.geometry import downsampling_factor, null_class, unet_latent_shape
+from ..plumbing.geometry import num_classes as geometry_num_classes
 
-from .model import check_latent_shape, unet_num_classes
+from .model import check_latent_shape
 
 PIPELINE_CLASS_NAME = "LDMPipeline"
-VQLDM_JSON = "vqldm.json"
+VQLDM_JSON = "vqldm.json"  # vqldm metadata next to model_index.json (class names, defaults, the vqvae it was trained on)
 
 
 def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -37,25 +41,25 @@ def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, e
     ``vqldm.json`` gets, derived from the models unless ``extra`` gives them: ``num_classes`` (from the
     UNet's ``num_class_embeds`` minus the null class; 0 = unconditional), ``null_class`` (= num_classes,
     or None), ``class_names`` (default "0", "1", ...), ``image_size`` (UNet sample_size x the vqvae's
-    downsampling factor), ``channels`` (vqvae in_channels), ``autoencoder_scaling_factor``; every other
+    downsampling factor), ``channels`` (vqvae in_channels), ``autoencoder_scaling_factor``,
+    ``vqvae_weights_sha256`` (computed from ``vqvae`` unless given); every other
     key of ``extra`` (JSON-serialisable: training step, config, metrics, ...) is stored as given.
     Raises UserError if the UNet does not take the vqvae's latents. Returns ``Path(out_dir)``.
     """
     extra = dict(extra or {})
-    f = 2 ** (len(vqvae.config.block_out_channels) - 1)
-    sample_size = unet.config.sample_size
-    sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
-    image_size = int(extra.pop("image_size", sample_size * f))
+    _, h, _ = unet_latent_shape(unet.config)
+    image_size = int(extra.pop("image_size", h * downsampling_factor(vqvae.config)))
     check_latent_shape(vqvae.config, unet.config, image_size)
-    num_classes = int(extra.pop("num_classes", unet_num_classes(unet.config)))
+    num_classes = int(extra.pop("num_classes", geometry_num_classes(unet.config)))
     class_names = [str(c) for c in extra.pop("class_names", None) or [str(i) for i in range(num_classes)]]
     info = {
         "class_names": class_names,
         "num_classes": num_classes,
-        "null_class": extra.pop("null_class", num_classes if num_classes else None),
+        "null_class": extra.pop("null_class", null_class(num_classes)),
         "image_size": image_size,
         "channels": int(extra.pop("channels", vqvae.config.in_channels)),
         "autoencoder_scaling_factor": float(vqvae.config.scaling_factor),
+        "vqvae_weights_sha256": extra.pop("vqvae_weights_sha256", None) or weights_sha256(vqvae),
         **extra,
     }
     model_index = {
@@ -80,4 +84,27 @@ def read_vqldm_json(folder: str | os.PathLike) -> dict:
     path = Path(folder) / VQLDM_JSON
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{str(path)!r} is not readable JSON ({err}); re-export the pipeline") from None
+
+
+def check_trained_vqvae(vqvae, info: dict, folder: str | os.PathLike) -> None:
+    """A denoiser is valid only for the latents it was trained on: refuse a vqvae whose latent scale or
+    weights differ from those recorded in ``vqldm.json`` (folders that record nothing are not checked)."""
+    recorded = info.get("autoencoder_scaling_factor")
+    actual = float(vqvae.config.scaling_factor)
+    if recorded is not None and abs(float(recorded) - actual) > 1e-6 * max(1.0, abs(actual)):
+        raise UserError(
+            f"the vqvae in {str(folder)!r} has scaling_factor {actual:.6g} but the UNet was trained at {float(recorded):.6g}; "
+            f"put back the vqvae the pipeline was exported with (or retrain the UNet on this autoencoder)"
+        )
+    recorded_hash = info.get("vqvae_weights_sha256")
+    if recorded_hash:
+        actual_hash = weights_sha256(vqvae)
+        if actual_hash != recorded_hash:
+            raise UserError(
+                f"the vqvae in {str(folder)!r} has weights sha256 {actual_hash[:16]}... but the UNet was trained on "
+                f"{recorded_hash[:16]}...; put back the vqvae the pipeline was exported with (or retrain the UNet on this autoencoder)"
+            )

@@ -33,9 +33,10 @@ from diffusers import VQModel
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from autoencoder.checkpoint import AtomicDir, load_safetensors
-from autoencoder.data import Datasets, ImageData
-from autoencoder.errors import UserError
+from ..plumbing.checkpoint import AtomicDir, load_safetensors, weights_sha256
+from ..plumbing.data import Datasets, ImageData
+from ..plumbing.errors import UserError
+from ..plumbing.geometry import scale_latents
 
 from .config import CacheConfig
 
@@ -94,10 +95,7 @@ def vqvae_hash(vqvae: VQModel) -> str:
     h = hashlib.sha256()
     config = {k: v for k, v in dict(vqvae.config).items() if not k.startswith("_")}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vqvae.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tensor.dtype).encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(weights_sha256(vqvae).encode())
     return h.hexdigest()
 
 
@@ -132,14 +130,13 @@ def encode_latents(
     """N x C x h x w float32: ``vqvae.encode(x).latents * scaling_factor`` for every image (mirrored
     first when ``hflip``), in dataset order."""
     vqvae.eval()
-    sf = float(vqvae.config.scaling_factor)
     chunks = []
     for start in tqdm(range(0, len(data), batch_size), desc=desc, disable=not progress, leave=False):
         x, _ = data.batch(torch.arange(start, min(len(data), start + batch_size)))
         if hflip:
             x = x.flip(-1)
         h = vqvae.encode(x.to(device)).latents
-        chunks.append((h.float() * sf).cpu())
+        chunks.append(scale_latents(h.float(), vqvae).cpu())
     return torch.cat(chunks)
 
 

@@ -1,26 +1,17 @@
 """The stage-2 network: a plain ``diffusers.UNet2DModel`` on the autoencoder's latent grid.
 
-Latent shape (C, h, w): C = ``vqvae.config.latent_channels``, h = w = image_size / f with
-f = 2^(len(vqvae.config.block_out_channels) - 1) (each encoder block but the last halves the size).
-Class conditioning uses ``num_class_embeds = num_classes + 1``; the last index is the "null" class of
-classifier-free guidance (Ho & Salimans 2022).
+Latent shapes and the class-count rule (``num_class_embeds = num_classes + 1``, the last index the
+"null" class of classifier-free guidance) live in ``vqldm.plumbing.geometry``.
 """
 
 from __future__ import annotations
 
 from diffusers import UNet2DModel
 
-from autoencoder.errors import UserError
+from ..plumbing.errors import UserError
+from ..plumbing.geometry import latent_shape, size_hw
 
 from .config import UNetConfig
-
-
-def latent_shape(vqvae_config, image_size: int) -> tuple[int, int, int]:
-    """(latent_channels, h, w) of the pre-quantization latents for ``image_size`` images."""
-    f = 2 ** (len(vqvae_config.block_out_channels) - 1)
-    if image_size % f:
-        raise UserError(f"image size {image_size} is not divisible by the autoencoder's downsampling factor {f}; use a multiple of {f}")
-    return int(vqvae_config.latent_channels), image_size // f, image_size // f
 
 
 def build_unet(cfg: UNetConfig, latent: tuple[int, int, int], num_classes: int = 0) -> UNet2DModel:
@@ -56,12 +47,6 @@ def build_unet(cfg: UNetConfig, latent: tuple[int, int, int], num_classes: int =
     )
 
 
-def unet_num_classes(unet_config) -> int:
-    """Real classes of a vqldm UNet (``num_class_embeds`` minus the null class); 0 if unconditional."""
-    n = getattr(unet_config, "num_class_embeds", None) if not isinstance(unet_config, dict) else unet_config.get("num_class_embeds")
-    return int(n) - 1 if n else 0
-
-
 def check_latent_shape(vqvae_config, unet_config, image_size: int | None = None) -> None:
     """Raise a one-line UserError if the UNet does not take the autoencoder's latents.
 
@@ -70,18 +55,16 @@ def check_latent_shape(vqvae_config, unet_config, image_size: int | None = None)
     """
     get = (lambda cfg, k: cfg.get(k)) if isinstance(unet_config, dict) else getattr
     c = int(vqvae_config.latent_channels)
-    uin, uout, usize = get(unet_config, "in_channels"), get(unet_config, "out_channels"), get(unet_config, "sample_size")
+    uin, uout, usize = get(unet_config, "in_channels"), get(unet_config, "out_channels"), size_hw(get(unet_config, "sample_size"))
     if uin != c or uout != c:
         raise UserError(
             f"latent shape mismatch: the autoencoder makes {c}-channel latents but the UNet takes {uin} and "
             f"predicts {uout} channels; use the autoencoder the UNet was trained with (or retrain the UNet)"
         )
     if image_size is not None:
-        _, h, _ = latent_shape(vqvae_config, image_size)
-        if isinstance(usize, (list, tuple)):
-            usize = usize[0]
-        if usize != h:
+        _, h, w = latent_shape(vqvae_config, image_size)
+        if usize != (h, w):
             raise UserError(
-                f"latent shape mismatch: the autoencoder makes {h}x{h} latents for {image_size}px images but "
-                f"the UNet's sample_size is {usize}; use the autoencoder the UNet was trained with (or retrain the UNet)"
+                f"latent shape mismatch: the autoencoder makes {h}x{w} latents for {image_size}px images but "
+                f"the UNet's sample_size is {usize[0]}x{usize[1]}; use the autoencoder the UNet was trained with (or retrain the UNet)"
             )

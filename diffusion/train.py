@@ -13,45 +13,39 @@ would, on every process, with no generator state to carry between processes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import time
 from pathlib import Path
 
 import torch
 from diffusers import VQModel
 from tqdm.auto import tqdm
 
-from autoencoder.checkpoint import (
-    atomic_write_json,
-    latest_checkpoint,
-    load_training_checkpoint,
-    optimizer_state_from_tensors,
-    optimizer_state_to_tensors,
-    refuse_pickle,
-    save_training_checkpoint,
-)
-from autoencoder.config import load_config, read_yaml, save_config, to_dict
-from autoencoder.data import BatchSampler, DataConfig, load_datasets
-from autoencoder.errors import UserError
-from autoencoder.runtime import (
+from ..autoencoder.model import load_vqvae
+from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint, weights_sha256
+from ..plumbing.config import load_config, save_config, to_dict
+from ..plumbing.data import BatchSampler, DataConfig, load_datasets
+from ..plumbing.errors import UserError
+from ..plumbing.geometry import latent_shape, null_class, size_hw, unscale_latents
+from ..plumbing.images import make_grid, save_png
+from ..plumbing.runs import RunLogger, console, prepare_run_dir
+from ..plumbing.trainkit import (
     NonFiniteGuard,
-    RunLogger,
     StopSignals,
-    console,
+    TrainClock,
+    check_max_steps,
+    learning_rate,
     make_accelerator,
-    make_grid,
-    prepare_run_dir,
-    save_png,
-    schedule_for,
+    optimizer_step,
+    resume_training,
+    save_training_state,
+    set_learning_rate,
     stop_if_signalled,
 )
-
 from .config import DiffusionDataConfig, DiffusionRunConfig
 from .ema import EMA, ema_decay_at
 from .export import export_pipeline_folder
 from .latent_cache import prepare_latent_cache
-from .model import build_unet, check_latent_shape, latent_shape
+from .model import build_unet, check_latent_shape
 from .objective import (
     diffusion_loss,
     drop_labels,
@@ -69,43 +63,6 @@ def load_diffusion_config(path, overrides=()) -> DiffusionRunConfig:
     return load_config(DiffusionRunConfig, path, overrides, stage="diffusion")
 
 
-# ----------------------------------------------------------------------------- autoencoder
-def load_autoencoder(path: str | os.PathLike) -> tuple[VQModel, dict | None, Path | None]:
-    """Load a frozen VQModel from a vqldm autoencoder run (holding ``vqvae/``) or a VQModel folder.
-
-    Returns (vqvae in eval mode, the run's ``data`` config section or None, the run folder or None).
-    Safetensors only; anything else is a UserError naming the fix.
-    """
-    p = Path(path)
-    refuse_pickle(p)  # a .ckpt/.bin/.pt handed as the autoencoder: name the conversion, never unpickle
-    if not p.is_dir():
-        raise UserError(f"--autoencoder {str(path)!r} not found; pass an autoencoder run folder (holding vqvae/) or a VQModel folder")
-    if (p / "vqvae" / "config.json").is_file():
-        run_dir, model_dir = p, p / "vqvae"
-    elif (p / "config.json").is_file():
-        model_dir = p
-        run_dir = p.parent if (p.parent / "config.yaml").is_file() else None
-    else:
-        raise UserError(f"--autoencoder {str(path)!r} holds no vqvae/ folder or config.json; pass the --out folder of `vqldm train-autoencoder`")
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{str(model_dir / 'config.json')!r} is not readable JSON; re-export the autoencoder") from None
-    if config.get("_class_name") != "VQModel":
-        raise UserError(f"{str(model_dir)!r} holds a {config.get('_class_name')!r}, not a VQModel; pass a VQ autoencoder folder")
-    if not any(model_dir.glob("*.safetensors")):
-        raise UserError(f"{str(model_dir)!r} has no safetensors weights; convert them with `vqldm convert` first")
-    try:
-        vqvae = VQModel.from_pretrained(model_dir, use_safetensors=True)
-    except Exception as err:  # diffusers raises several types for bad folders
-        raise UserError(f"could not load the VQModel in {str(model_dir)!r} ({str(err).splitlines()[0][:160]}); re-export the autoencoder") from None
-    vqvae.eval().requires_grad_(False)
-    ae_data = None
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
-        ae_data = read_yaml(run_dir / "config.yaml").get("data") or None
-    return vqvae, ae_data, run_dir
-
-
 def resolve_data_config(cfg: DiffusionDataConfig, ae_data: dict | None, vqvae: VQModel) -> DataConfig:
     """The data section with image_size / channels / fit taken from the autoencoder.
 
@@ -115,8 +72,7 @@ def resolve_data_config(cfg: DiffusionDataConfig, ae_data: dict | None, vqvae: V
     if ae_data:
         theirs = {k: ae_data.get(k) for k in ("image_size", "channels", "fit")}
     else:
-        size = vqvae.config.sample_size
-        theirs = {"image_size": size[0] if isinstance(size, (list, tuple)) else size, "channels": vqvae.config.in_channels, "fit": None}
+        theirs = {"image_size": size_hw(vqvae.config.sample_size)[0], "channels": vqvae.config.in_channels, "fit": None}
     values = {}
     for key, theirs_value in theirs.items():
         mine = getattr(cfg, key)
@@ -169,8 +125,8 @@ def generate_samples(
     labels = torch.arange(num_images, device=device) % num_classes if num_classes else None
     scheduler.set_timesteps(steps, device=device)
     latents = denoise(unet, scheduler, latents, scheduler.timesteps, class_labels=labels,
-                      guidance_scale=guidance_scale if num_classes else 1.0, null_class=num_classes if num_classes else None)
-    images = vqvae.decode(latents / vqvae.config.scaling_factor).sample
+                      guidance_scale=guidance_scale if num_classes else 1.0, null_class=null_class(num_classes))
+    images = vqvae.decode(unscale_latents(latents, vqvae)).sample
     return images.float().cpu().clamp(-1, 1)
 
 
@@ -185,6 +141,7 @@ def train_diffusion(
 ) -> dict:
     """Train the latent UNet, export ``out/pipeline`` (EMA weights) and return the final metrics
     (also written to ``out/metrics.json``; empty on non-main processes)."""
+    check_max_steps(max_steps)
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     tc, oc = cfg.train, cfg.objective
@@ -192,9 +149,10 @@ def train_diffusion(
     is_main = acc.is_main_process
     log = console if is_main else (lambda msg: None)
     progress = is_main and tc.progress
-    vqvae, ae_data, ae_run = load_autoencoder(autoencoder)
-    run_dir = prepare_run_dir(out, resume, is_main)
-    acc.wait_for_everyone()
+    # Check every input before writing anything: a failed start leaves no (half-)run folder behind.
+    prepare_run_dir(out, resume, is_main, create=False)
+    ae = load_vqvae(autoencoder)
+    vqvae, ae_data, ae_run = ae.vqvae, ae.data, ae.run_dir
 
     # ---------------------------------------------------------------- data -> latent cache
     data_cfg = resolve_data_config(cfg.data, ae_data, vqvae)
@@ -211,6 +169,11 @@ def train_diffusion(
                 "(one subfolder per class), use a labelled dataset, or --set model.class_conditional=false"
             )
     class_names = list(datasets.train.class_names) if num_classes else []
+    torch.manual_seed(tc.seed)
+    unet = build_unet(cfg.model, latent, num_classes)  # rejects impossible shapes before anything is written
+    check_latent_shape(vqvae.config, unet.config, data_cfg.image_size)
+    run_dir = prepare_run_dir(out, resume, is_main)
+    acc.wait_for_everyone()
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
     device = acc.device
@@ -226,33 +189,19 @@ def train_diffusion(
     del datasets  # the images are not needed any more: training reads latents only
     sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
 
-    # ---------------------------------------------------------------- model, EMA, optimizer, schedules
-    torch.manual_seed(tc.seed)
-    unet = build_unet(cfg.model, latent, num_classes)
-    check_latent_shape(vqvae.config, unet.config, data_cfg.image_size)
+    # ---------------------------------------------------------------- EMA, optimizer, schedules
     ema = EMA(unet, tc.ema_decay, tc.ema_warmup)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
     noise_scheduler = make_train_scheduler(oc)
     sample_scheduler = make_sampling_scheduler(oc)
-    null_class = num_classes if num_classes else None
+    null = null_class(num_classes)
 
     # ---------------------------------------------------------------- resume
-    step = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if resume and ckpt is None:
-        log(f"no checkpoint in {run_dir}; starting a new run")
-    if ckpt is not None:
-        files, state = load_training_checkpoint(ckpt)
-        check_latent_shape(vqvae.config, state.get("unet_config", dict(unet.config)), data_cfg.image_size)
-        try:
-            unet.load_state_dict(files["unet"])
-            ema.load_state_dict(files["ema"], int(state["ema_updates"]))
-            opt.load_state_dict(optimizer_state_from_tensors(files["optimizer"], state["optimizer"]))
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise UserError(f"checkpoint {ckpt} does not match this config ({str(err).splitlines()[0][:120]}); resume with the config it was trained with") from None
-        torch.set_rng_state(files["rng"]["torch_cpu"])
-        step = int(state["step"])
-        log(f"resumed from {ckpt} at step {step}")
+    resumed = resume_training(run_dir, resume, {"unet": unet}, {"optimizer": opt}, log=log)
+    if resumed.checkpoint is not None:
+        check_latent_shape(vqvae.config, resumed.state.get("unet_config", dict(unet.config)), data_cfg.image_size)
+        resumed.restore(lambda: ema.load_state_dict(resumed.files["ema"], int(resumed.state["ema_updates"])))
+    step = resumed.step
 
     unet, opt = acc.prepare(unet, opt)
     raw = acc.unwrap_model(unet)
@@ -265,11 +214,11 @@ def train_diffusion(
         acc.wait_for_everyone()
         if not is_main:
             return None
-        otensors, ometa = optimizer_state_to_tensors(opt.state_dict())
-        tensors = {"unet": raw.state_dict(), "ema": ema.state_dict(), "optimizer": otensors, "rng": {"torch_cpu": torch.get_rng_state()}}
-        state = {"step": at_step, "ema_updates": ema.num_updates, "optimizer": ometa, "config": to_dict(cfg),
-                 "unet_config": dict(raw.config), "cache_key": cache.key}
-        return save_training_checkpoint(run_dir, at_step, tensors, state, keep=tc.keep_checkpoints)
+        return save_training_state(
+            run_dir, at_step, clock, tc.keep_checkpoints, modules={"unet": raw}, optimizers={"optimizer": opt},
+            tensors={"ema": ema.state_dict()},
+            state={"ema_updates": ema.num_updates, "config": to_dict(cfg), "unet_config": dict(raw.config), "cache_key": cache.key},
+        )
 
     def sample_grid(at_step: int) -> None:
         images = generate_samples(ema.model, vqvae, sample_scheduler, tc.num_sample_images, num_classes,
@@ -283,19 +232,17 @@ def train_diffusion(
     last_ckpt = latest_checkpoint(run_dir)
     batches = sampler.batches(step)
     window_loss, window_n, final_loss = 0.0, 0, float("nan")
-    steps_done, train_seconds = 0, 0.0
-    lr_at = schedule_for(tc, max(1, tc.max_steps // tc.grad_accumulation))
+    steps_done = 0
+    clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-diffusion", disable=not progress, dynamic_ncols=True)
     with StopSignals() as signals:
         while step < tc.max_steps:
-            t0 = time.perf_counter()
             x0, labels = cache.train.batch(next(batches))  # B x C x h x w scaled latents, B labels
             x0 = x0.to(device, non_blocking=True)
             g = step_generator(tc.seed, step, acc.process_index)
             noise, timesteps = sample_noise_and_timesteps(x0, oc.num_train_timesteps, g)
-            class_labels = drop_labels(labels, oc.label_dropout, null_class, g).to(device) if num_classes else None
-            for group in opt.param_groups:  # warm-up, then constant (LDM) or cosine; a function of the step
-                group["lr"] = tc.lr * lr_at(step // tc.grad_accumulation)
+            class_labels = drop_labels(labels, oc.label_dropout, null, g).to(device) if num_classes else None
+            set_learning_rate(opt, learning_rate(tc, step))  # warm-up, then constant (LDM) or cosine
             unet.train()
             with acc.accumulate(unet):
                 z_t = noise_scheduler.add_noise(x0, noise, timesteps)  # α_t·x0 + σ_t·ε
@@ -309,16 +256,11 @@ def train_diffusion(
                     step += 1  # the batch and its noise are consumed, so a resumed run stays in step
                     bar.update(1)
                     continue
-                acc.backward(loss)
-                if tc.grad_clip and acc.sync_gradients:
-                    acc.clip_grad_norm_(unet.parameters(), tc.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(loss, opt, unet.parameters(), tc.grad_clip, acc)
             if acc.sync_gradients:
                 ema.update(raw)
             step += 1
             steps_done += 1
-            train_seconds += time.perf_counter() - t0
             bar.update(1)
 
             # -------------------------------------------------------- logging, grids, checkpoints
@@ -337,6 +279,7 @@ def train_diffusion(
                 last_ckpt = save_checkpoint(step) or last_ckpt
             stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir)
     bar.close()
+    session_seconds, train_seconds = clock.session(), clock.total()
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/lr"])
 
@@ -344,7 +287,7 @@ def train_diffusion(
     done = acc.gather(torch.tensor([steps_done], device=device)).cpu().tolist()
     metrics: dict = {}
     if is_main:
-        images_per_s = steps_done * tc.batch_size * acc.num_processes / train_seconds if train_seconds > 0 else None
+        images_per_s = steps_done * tc.batch_size * acc.num_processes / session_seconds if session_seconds > 0 else None
         metrics = {
             "step": step,
             "steps_this_session": steps_done,
@@ -352,8 +295,9 @@ def train_diffusion(
             "processes": acc.num_processes,
             "final_loss": final_loss,
             "images_per_s": images_per_s,
-            "steps_per_s": steps_done / train_seconds if train_seconds > 0 else None,
-            "train_seconds": train_seconds,
+            "steps_per_s": steps_done / session_seconds if session_seconds > 0 else None,
+            "train_seconds": train_seconds,  # all sessions of this run (resumes included)
+            "session_seconds": session_seconds,
             "global_batch": tc.batch_size * acc.num_processes,
             "parameters": n_params,
             "latent_shape": list(latent),
@@ -365,6 +309,7 @@ def train_diffusion(
         export_pipeline_folder(
             vqvae.cpu(), ema.model.cpu(), sample_scheduler, run_dir / "pipeline",
             extra={"class_names": class_names, "num_classes": num_classes, "image_size": data_cfg.image_size,
+                   "vqvae_weights_sha256": weights_sha256(vqvae),
                    "step": step, "prediction_type": oc.prediction_type, "training_config": to_dict(cfg)},
         )
         atomic_write_json(run_dir / "metrics.json", metrics)

@@ -1,6 +1,6 @@
 """Stage 3: the VQ latent diffusion pipeline, the ``vqldm`` command line, and evaluation.
 
-``from pipelines import VQLatentDiffusionPipeline, load_pipeline`` (imported lazily, so ``vqldm --help``
+``from vqldm.pipelines import VQLatentDiffusionPipeline, load_pipeline`` (imported lazily, so ``vqldm --help``
 does not pay for importing diffusers).
 """
 

@@ -1,4 +1,9 @@
-"""The ``vqldm`` command line. User errors print one line on stderr and exit with code 2."""
+"""The ``vqldm`` command line. User errors print one line on stderr and exit with code 2.
+
+Several processes: start the same command under a standard launcher, e.g.
+``torchrun --standalone --nproc_per_node 2 -m vqldm train-diffusion ...`` (CPU workers form a gloo
+group) or ``accelerate launch --multi_gpu --num_processes 2 -m vqldm train-diffusion ...`` (GPUs).
+"""
 
 from __future__ import annotations
 
@@ -52,7 +57,8 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_train_autoencoder(args) -> int:
-    from autoencoder.train import load_autoencoder_config, train_autoencoder
+    from ..autoencoder.config import load_autoencoder_config
+    from ..autoencoder.train import train_autoencoder
 
     cfg = load_autoencoder_config(args.config, _overrides(args))
     train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume)
@@ -60,7 +66,7 @@ def cmd_train_autoencoder(args) -> int:
 
 
 def cmd_train_diffusion(args) -> int:
-    from diffusion.train import load_diffusion_config, train_diffusion
+    from ..diffusion.train import load_diffusion_config, train_diffusion
 
     cfg = load_diffusion_config(args.config, _overrides(args))
     train_diffusion(cfg, args.out or "runs/diffusion", autoencoder=args.autoencoder, data=args.data,
@@ -83,8 +89,8 @@ def cmd_evaluate(args) -> int:
 def cmd_convert(args) -> int:
     from pathlib import Path
 
-    from autoencoder.checkpoint import convert_pickle_to_safetensors
-    from autoencoder.errors import UserError
+    from ..plumbing.checkpoint import convert_pickle_to_safetensors
+    from ..plumbing.errors import UserError
 
     if not args.trust_pickle:
         raise UserError(f"converting {args.src!r} loads a pickle file; pass --trust-pickle if you trust its source")
@@ -108,17 +114,11 @@ HANDLERS = {
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from autoencoder.errors import UserError
+    from ..plumbing.errors import UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = HANDLERS[args.command]
-    if args.command in ("train-autoencoder", "train-diffusion"):
-        from .launch import requested_cpu_processes, spawn_cpu_workers
-
-        n = requested_cpu_processes()
-        if n > 1:
-            return spawn_cpu_workers(n, list(sys.argv[1:] if argv is None else argv))
     try:
         code = handler(args)
     except UserError as err:

@@ -14,24 +14,34 @@ Every run writes ``OUT/report.json`` and PNG plots beside it (atomically).
 
 from __future__ import annotations
 
-import datetime as _dt
-import io
-import math
-import platform
-import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from autoencoder.checkpoint import atomic_write_bytes, atomic_write_json
-from autoencoder.errors import UserError
-
+from ..plumbing.checkpoint import atomic_write_json
+from ..plumbing.errors import UserError
 from . import metrics
-from .features import FeatureExtractor, FeatureTrainConfig, load_feature_extractor, train_domain_classifier
+from .evaluation import (
+    _device,
+    _environment,
+    _jsonable,
+    _lpips_mean,
+    _load_pipeline,
+    distribution_metrics,
+    generate_images,
+    load_reference_data,
+    pipeline_data_fit,
+    pipeline_num_classes,
+    real_images,
+    reconstruct,
+    sweep_steps,
+    warm_up,
+)
+from .features import FeatureTrainConfig, load_feature_extractor, train_domain_classifier
+from .plots import plot_class_heatmap, plot_code_frequency, plot_image_rows, plot_steps_sweep
 
 MODES = ("autoencoder", "generation", "train-features")
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
 def add_arguments(p) -> None:
@@ -78,52 +88,6 @@ def main(args) -> int:
     return cmd_generation(args)
 
 
-# ----------------------------------------------------------------------------- helpers
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _environment(device: torch.device) -> dict:
-    return {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-    }
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Render a matplotlib figure to PNG and write it atomically."""
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def _parse_ints(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -138,35 +102,6 @@ def _out_dir(args, default: str) -> Path:
     return Path(args.out or default)
 
 
-def load_reference_data(source: str, image_size: int, channels: int, fit: str, progress: bool):
-    """The held-out split of ``source`` at the model's size (the real side of every comparison)."""
-    from autoencoder.data import DataConfig, load_datasets
-
-    labels = "folders" if Path(source).expanduser().is_dir() and any(p.is_dir() for p in Path(source).expanduser().iterdir()) else "none"
-    cfg = DataConfig(image_size=image_size, channels=channels, fit=fit, labels=labels)
-    return load_datasets(source, cfg, log=lambda m: tqdm.write(m), progress=progress)
-
-
-def real_images(data, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` held-out images (a fixed random subset; all of them if fewer) in [-1, 1], with labels."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=g)[: min(n, len(data))].sort().values
-    return data.batch(idx)
-
-
-def distribution_metrics(real_f: torch.Tensor, fake_f: torch.Tensor, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                         seed: int = 0, with_pr: bool = True) -> dict:
-    """FID, KID (mean, std) and precision/recall between two feature sets, with the sample counts."""
-    kid_mean, kid_std = metrics.kernel_inception_distance(real_f, fake_f, kid_subsets, kid_subset_size, seed)
-    out = {"fid": metrics.fid_from_features(real_f, fake_f), "kid_mean": kid_mean, "kid_std": kid_std,
-           "kid_subset_size": metrics.kid_subset_size(kid_subset_size, real_f.shape[0], fake_f.shape[0]), "kid_subsets": kid_subsets,
-           "num_real": int(real_f.shape[0]), "num_generated": int(fake_f.shape[0])}
-    if with_pr and min(real_f.shape[0], fake_f.shape[0]) > 3:
-        out["precision"], out["recall"] = metrics.precision_recall(real_f, fake_f, k=3)
-    return out
-
-
-# ----------------------------------------------------------------------------- train-features
 def cmd_train_features(args) -> int:
     cfg = FeatureTrainConfig(image_size=args.image_size, channels=args.channels, fit=args.fit or "pad", epochs=args.epochs,
                              max_steps=args.max_steps, batch_size=args.batch_size,
@@ -177,133 +112,16 @@ def cmd_train_features(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- autoencoder
-def _find_vqmodel_dir(model: str | None) -> tuple[Path, Path | None]:
-    """-> (VQModel folder, run folder holding config.yaml or None)."""
-    root = Path(model).expanduser() if model else DEFAULT_MODEL_DIR
-    if not root.exists():
-        raise UserError(f"--model {str(root)!r} not found; pass an autoencoder run folder, a VQModel folder or a pipeline folder")
-    for candidate in (root / "vqvae", root):
-        if (candidate / "config.json").is_file():
-            run = root if (root / "config.yaml").is_file() else None
-            return candidate, run
-    if model is None:
-        raise UserError(f"no shipped model in {root}; pass --model with an autoencoder run folder (holding vqvae/)")
-    raise UserError(f"{str(root)!r} holds no VQModel (config.json, or vqvae/config.json); pass an autoencoder run or pipeline folder")
-
-
-def load_vqmodel(folder: Path):
-    from diffusers import VQModel
-
-    try:
-        return VQModel.from_pretrained(str(folder), use_safetensors=True).eval()
-    except (OSError, ValueError, EnvironmentError) as err:
-        raise UserError(f"could not load the VQModel in {str(folder)!r} ({str(err).splitlines()[0][:120]}); it must be a diffusers VQModel saved with safetensors") from None
-
-
-def _run_data_config(run: Path | None) -> dict:
-    if run is None:
-        return {}
-    import yaml
-
-    try:
-        return (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("data", {}) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
-@torch.inference_mode()
-def reconstruct(vqmodel, images: torch.Tensor, batch_size: int, device, progress: bool) -> torch.Tensor:
-    """[-1, 1] images -> reconstructions through encode, nearest-code lookup and decode (CPU tensor)."""
-    from autoencoder.evaluate import encode_indices
-
-    out = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc="reconstructing", disable=not progress, leave=False):
-        x = images[start : start + batch_size].to(device)
-        z_q, _ = encode_indices(vqmodel, vqmodel.encode(x).latents)
-        out.append(vqmodel.decode(z_q, force_not_quantize=True).sample.float().clamp(-1, 1).cpu())
-    return torch.cat(out)
-
-
-def _lpips_mean(originals: torch.Tensor, recs: torch.Tensor, batch_size: int, device) -> tuple[float | None, str]:
-    from autoencoder.losses import LossConfig, load_lpips, perceptual_loss
-
-    try:
-        import lpips  # type: ignore  # noqa: F401
-    except ImportError:
-        return None, "not measured: the lpips package is missing (pip install 'vqldm[lpips]')"
-    notes: list[str] = []
-    model = load_lpips(LossConfig(perceptual_weight=1.0), log=notes.append)
-    if model is None:
-        return None, "not measured: LPIPS VGG weights unavailable offline (put them in the torch cache)"
-    model.to(device)
-    total = 0.0
-    with torch.inference_mode():
-        for start in range(0, originals.shape[0], batch_size):
-            a, b = recs[start : start + batch_size].to(device), originals[start : start + batch_size].to(device)
-            total += float(perceptual_loss(model, a, b)) * a.shape[0]
-    return total / originals.shape[0], "lpips (VGG)"
-
-
-def plot_code_frequency(counts: torch.Tensor, path: Path, title: str) -> Path:
-    plt = _pyplot()
-    c = counts.double().sort(descending=True).values
-    freq = c / c.sum().clamp(min=1)
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(range(len(freq)), freq.numpy(), width=1.0, color="#3b6ea5")
-    ax.set_yscale("log")
-    ax.set_xlabel("code rank (most used first)")
-    ax.set_ylabel("share of latent positions")
-    ax.set_xlim(-0.5, len(freq) - 0.5)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_class_heatmap(class_counts: torch.Tensor, class_names: list[str], path: Path, title: str) -> Path:
-    """Rows: classes; columns: codes ordered by overall frequency; cell: the code's share of the class's positions."""
-    plt = _pyplot()
-    counts = class_counts.double()
-    order = counts.sum(dim=0).argsort(descending=True)
-    used = int((counts.sum(dim=0) > 0).sum())
-    share = counts[:, order[: max(used, 1)]] / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(class_names) + 1.6))
-    im = ax.imshow(share.numpy(), aspect="auto", cmap="magma", interpolation="nearest")
-    ax.set_yticks(range(len(class_names)))
-    ax.set_yticklabels(class_names, fontsize=8)
-    ax.set_xlabel(f"code (ordered by overall frequency; {used} used codes shown)")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="share of class positions")
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_image_rows(rows: list[tuple[str, torch.Tensor]], path: Path, nrow: int) -> Path:
-    """Labelled image grids stacked vertically ([-1, 1] tensors)."""
-    from autoencoder.runtime import make_grid
-
-    plt = _pyplot()
-    grids = [make_grid(imgs, nrow=nrow) for _, imgs in rows]
-    width = 8.0
-    heights = [width * g.height / g.width + 0.35 for g in grids]  # image aspect + room for the title
-    fig, axes = plt.subplots(len(rows), 1, figsize=(width, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights})
-    for ax, (title, _), grid in zip(axes[:, 0], rows, grids):
-        ax.imshow(grid, cmap="gray" if grid.mode == "L" else None, vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
 def cmd_autoencoder(args) -> int:
-    from autoencoder.evaluate import evaluate_reconstruction
+    from ..autoencoder.evaluate import evaluate_reconstruction
+    from ..autoencoder.model import load_vqvae
+    from .default_model import DEFAULT_MODEL_DIR
 
     device = _device(args.device)
     progress = not args.no_progress
     extractor = load_feature_extractor(args.features, args.batch_size, device)  # fail fast on missing features
-    vq_dir, run = _find_vqmodel_dir(args.model)
-    vq = load_vqmodel(vq_dir).to(device)
-    data_cfg = _run_data_config(run)
+    ae = load_vqvae(args.model or DEFAULT_MODEL_DIR, what="--model")
+    vq, vq_dir, data_cfg = ae.vqvae.to(device), ae.folder, ae.data or {}
     size, channels = int(vq.config.sample_size), int(vq.config.in_channels)
     fit = args.fit or data_cfg.get("fit", "pad")
     out = _out_dir(args, "runs/evaluate-autoencoder")
@@ -371,103 +189,6 @@ def cmd_autoencoder(args) -> int:
               f"NMI(codes; classes) {class_report['nmi']:.4f} [{class_report['nmi_normalization']}, {class_report['positions']} positions]")
     print(f"report: {out / 'report.json'}  plots: {', '.join(plots.values())}")
     return 0
-
-
-# ----------------------------------------------------------------------------- generation
-def _load_pipeline(model: str | None, device: torch.device | str = "cpu"):
-    try:
-        from .pipeline import load_pipeline
-    except ImportError as err:
-        raise UserError(f"generation evaluation needs the stage-3 pipeline (pipelines/pipeline.py): {err}") from None
-    return load_pipeline(model, device=device, freeze_unet=True)  # many batches: the frozen UNet pays off
-
-
-def pipeline_data_fit(pipe, default: str = "pad") -> str:
-    """How the training images were fitted to size (from the pipeline's vqldm.json), so real images match."""
-    info = getattr(pipe, "info", None) or {}
-    cfg = info.get("training_config") or {}
-    return str((cfg.get("data") or {}).get("fit") or default)
-
-
-def pipeline_num_classes(pipe) -> int | None:
-    """Number of real classes of a class-conditional pipeline (its UNet has one extra null class), else None."""
-    n = getattr(pipe, "num_classes", None)
-    if n is not None:
-        return int(n) or None
-    embeds = getattr(pipe.unet.config, "num_class_embeds", None)
-    return int(embeds) - 1 if embeds else None
-
-
-def generate_images(pipe, num_images: int, batch_size: int, steps: int, guidance: float, seed: int,
-                    num_classes: int | None, progress: bool = True, desc: str = "generating") -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """``num_images`` images in [-1, 1] (CPU), their class labels (balanced: i mod num_classes) or None, and
-    the seconds spent per image. Batch b uses ``torch.Generator().manual_seed(seed + b)``, so results do not
-    depend on anything but the arguments."""
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-    labels = torch.arange(num_images) % num_classes if num_classes else None
-    out = []
-    start_time = time.perf_counter()
-    bar = tqdm(total=num_images, desc=desc, unit="img", disable=not progress, leave=False)
-    for b, start in enumerate(range(0, num_images, batch_size)):
-        size = min(batch_size, num_images - start)
-        kwargs = {"batch_size": size, "num_inference_steps": steps, "generator": torch.Generator().manual_seed(seed + b), "output_type": "pt"}
-        if labels is not None:
-            kwargs.update(class_labels=labels[start : start + size], guidance_scale=guidance)
-        images = pipe(**kwargs).images
-        images = torch.as_tensor(images).float().cpu()
-        if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
-            images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW
-        out.append(images.clamp(0, 1) * 2 - 1)
-        bar.update(size)
-    bar.close()
-    seconds = (time.perf_counter() - start_time) / max(num_images, 1)
-    return torch.cat(out), labels, seconds
-
-
-def warm_up(pipe, batch_size: int, guidance: float, num_classes: int | None) -> None:
-    """One untimed 2-step batch at the timed batch shape, so that one-off costs (allocator, kernels, the
-    frozen UNet's graph) stay out of s/image."""
-    generate_images(pipe, batch_size, batch_size, 2, guidance, 0, num_classes, progress=False)
-
-
-def sweep_steps(pipe, real_f: torch.Tensor, extractor: FeatureExtractor, schedulers: list[str], steps_list: list[int],
-                num_samples: int, batch_size: int, guidance: float, seed: int, num_classes: int | None,
-                kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = True) -> list[dict]:
-    """FID / KID and seconds per image for each (scheduler, steps); restores the pipeline's scheduler."""
-    original = pipe.scheduler
-    rows = []
-    try:
-        for name in schedulers:
-            pipe.set_scheduler(name)
-            warm_up(pipe, batch_size, guidance, num_classes)
-            for steps in steps_list:
-                fake, _, spi = generate_images(pipe, num_samples, batch_size, steps, guidance, seed, num_classes, progress, f"{name} {steps} steps")
-                fake_f = extractor(fake, progress, "features")
-                m = distribution_metrics(real_f, fake_f, kid_subsets, kid_subset_size, seed, with_pr=False)
-                rows.append({"scheduler": name, "steps": steps, "seconds_per_image": spi, **m})
-    finally:
-        pipe.scheduler = original
-    return rows
-
-
-def plot_steps_sweep(rows: list[dict], path: Path, title: str) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for name in dict.fromkeys(r["scheduler"] for r in rows):
-        pts = sorted((r["steps"], r["fid"]) for r in rows if r["scheduler"] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xticks(sorted({r["steps"] for r in rows}))
-    ax.xaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_locator(plt.matplotlib.ticker.NullLocator())
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("FID")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def format_kid(result: dict) -> str:

@@ -15,7 +15,7 @@ Two kinds, one interface (:class:`FeatureExtractor`: images in [-1, 1] NCHW -> N
 from __future__ import annotations
 
 import json
-import time
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,8 +24,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from autoencoder.checkpoint import AtomicDir, load_safetensors
-from autoencoder.errors import UserError
+from ..plumbing.checkpoint import AtomicDir, load_safetensors
+from ..plumbing.errors import UserError
+from ..plumbing.trainkit import (
+    NonFiniteGuard,
+    StopSignals,
+    TrainClock,
+    TrainLoopConfig,
+    check_max_steps,
+    learning_rate,
+    optimizer_step,
+    set_learning_rate,
+)
 
 DEFAULT_FEATURES_DIR = Path(__file__).resolve().parent / "default_model" / "features"
 DOMAIN_NAMES = ("fashion-mnist-classifier", "domain", "default")
@@ -245,9 +255,15 @@ def classifier_accuracy(model: DomainClassifier, data, batch_size: int = 500, ma
 
 
 def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfig, progress: bool = True, log=print) -> dict:
-    """Train the domain classifier on ``source``'s training split; report held-out accuracy; save to ``out``."""
-    from autoencoder.data import DataConfig, load_datasets
+    """Train the domain classifier on ``source``'s training split; report held-out accuracy; save to ``out``.
 
+    The loop uses the trainer kit like the stage trainers: the learning rate is a pure function of the
+    step (15% linear warm-up, then cosine to zero), the NaN policy skips one bad batch and then stops,
+    and SIGINT/SIGTERM stop it with one line (nothing is written: a classifier is retrained, not resumed).
+    """
+    from ..plumbing.data import DataConfig, load_datasets
+
+    check_max_steps(cfg.max_steps)
     data_cfg = DataConfig(image_size=cfg.image_size, channels=cfg.channels, fit=cfg.fit, max_images=cfg.max_images,
                           labels="folders" if Path(source).expanduser().is_dir() else "none")
     ds = load_datasets(source, data_cfg, log=log, progress=progress)
@@ -257,32 +273,41 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
     model = DomainClassifier(DomainClassifierConfig(cfg.image_size, cfg.channels, ds.num_classes, class_names=list(ds.train.class_names)))
     steps_per_epoch = max(1, len(ds.train) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    tc = TrainLoopConfig(max_steps=max(total, 1), batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         warmup_steps=int(0.15 * total), lr_schedule="cosine", grad_clip=None, seed=cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.15)
+    guard = NonFiniteGuard(allow_skip=True, log=log)
     g = torch.Generator().manual_seed(cfg.seed)
-    start_time = time.perf_counter()
+    clock = TrainClock()
     step = 0
     bar = tqdm(total=total, desc="train-features", disable=not progress, dynamic_ncols=True)
     model.train()
-    while step < total:
-        order = torch.randperm(len(ds.train), generator=g)
-        for i in range(steps_per_epoch):
-            if step >= total:
-                break
-            x, y = ds.train.batch(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-            if cfg.augment:
-                x = _augment(x, g)
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    with StopSignals() as signals:
+        while step < total:
+            order = torch.randperm(len(ds.train), generator=g)
+            for i in range(steps_per_epoch):
+                if step >= total:
+                    break
+                x, y = ds.train.batch(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+                if cfg.augment:
+                    x = _augment(x, g)
+                set_learning_rate(opt, learning_rate(tc, step))
+                loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+                if guard.check(loss, step, None):
+                    optimizer_step(loss, opt, model.parameters(), tc.grad_clip)
+                else:
+                    opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                if signals.requested:
+                    bar.close()
+                    stop = UserError(f"stopped by {signals.requested} at step {step}; nothing was saved; run train-features again")
+                    stop.exit_code = 128 + int(signal.Signals[signals.requested])
+                    raise stop
     bar.close()
-    seconds = time.perf_counter() - start_time
+    seconds = clock.total()
     accuracy = classifier_accuracy(model, ds.holdout)
     info = {"source": ds.source, "train_images": len(ds.train), "steps": step, "train_seconds": round(seconds, 1),
             "test_images": len(ds.holdout), "test_accuracy": accuracy, "train_config": asdict(cfg)}

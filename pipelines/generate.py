@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from autoencoder.errors import UserError
+from ..plumbing.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +107,7 @@ def _write(images: torch.Tensor, out: str, nrow: int | None = None) -> str:
     """images: B x c x H x W in [0, 1]. A folder path (trailing / or existing folder) gets one PNG per image."""
     from PIL import Image
 
-    from autoencoder.runtime import images_to_uint8, make_grid, save_png
+    from ..plumbing.images import images_to_uint8, make_grid, save_png
 
     path = Path(out)
     as_folder = out.endswith(("/", "\\")) or path.is_dir()

@@ -2,9 +2,10 @@
 
 A ``diffusers.DiffusionPipeline`` with the components of diffusers' ``LDMPipeline`` (``vqvae``, ``unet``,
 ``scheduler``). Compared with ``LDMPipeline`` it adds class conditioning with classifier-free guidance,
-any scheduler, decoding with or without quantization, image-to-image (SDEdit), inpainting, latent
-interpolation, tensor/latent outputs and non-square latents, and it reads a VQ config that lacks
-``scaling_factor`` correctly (1.0, not the KL default 0.18215; diffusers issue #6725).
+any scheduler (``pipelines/schedulers.py``), decoding with or without quantization, image-to-image
+(SDEdit), inpainting, latent interpolation (``pipelines/inputs.py``), tensor/latent outputs and
+non-square latents; it reads a VQ config that lacks ``scaling_factor`` correctly (1.0, not the KL default
+0.18215; diffusers issue #6725), and refuses a vqvae other than the one its UNet was trained on.
 
 Shapes: latents ``B x C x h x w`` (C = ``unet.config.in_channels``, h x w = ``unet.config.sample_size``);
 images ``B x c x H x W`` in [-1, 1] internally, returned like diffusers pipelines: PIL images, numpy
@@ -13,103 +14,34 @@ images ``B x c x H x W`` in [-1, 1] internally, returned like diffusers pipeline
 
 from __future__ import annotations
 
-import inspect
-import json
-import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-    ImagePipelineOutput,
-)
+from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 
-from autoencoder.checkpoint import AtomicDir, atomic_write_json, refuse_pickle
-from autoencoder.errors import UserError
-from diffusion.sampling import denoise
+from ..autoencoder.model import apply_missing_scale_rule
+from ..diffusion.export import check_trained_vqvae, export_pipeline_folder, read_vqldm_json
+from ..diffusion.sampling import denoise
+from ..plumbing.checkpoint import refuse_pickle
+from ..plumbing.errors import UserError
+from ..plumbing.geometry import latent_shape, num_classes as geometry_num_classes, scale_latents, size_hw, unet_latent_shape, unscale_latents
+from .default_model import DEFAULT_MODEL_DIR
+from .inputs import slerp, to_image_tensor, to_mask_tensor
+from .schedulers import SCHEDULERS, make_scheduler  # noqa: F401  (SCHEDULERS re-exported for callers)
 
-logger = logging.getLogger(__name__)
-
-PIPELINE_INFO_FILE = "vqldm.json"  # vqldm metadata next to model_index.json (class names, defaults)
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_STEPS = 50  # diffusers' LDMPipeline default; a folder may override it with vqldm.json "default_steps"
-
-# name -> (scheduler class, extra config); "dpm" is DPM-Solver++ (Lu et al. 2022), 2nd order multistep;
-# "unipc" is UniPC (Zhao et al. 2023), 2nd order multistep with the B(h) = e^h - 1 variant.
-SCHEDULERS: dict[str, tuple[type, dict]] = {
-    "ddim": (DDIMScheduler, {}),
-    "ddpm": (DDPMScheduler, {}),
-    "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "unipc": (UniPCMultistepScheduler, {"solver_type": "bh2", "solver_order": 2}),
-}
-# Sampler settings a latent model needs whatever the source config says by omission: never clip the
-# latents to [-1, 1] (they are scaled to unit variance, not bounded), and LDM's last alpha (not 1).
-# Without this, converting a DPM-Solver config (which has no clip_sample key) to DDIM switched clipping on.
-SAMPLER_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-# ----------------------------------------------------------------------------- helpers
-def make_scheduler(name: str, base_config, **options):
-    """A scheduler of kind ``name`` carrying the training schedule (betas, prediction type) of ``base_config``.
-
-    ``options`` set sampler settings such as ``timestep_spacing="trailing"`` (keys the class does not
-    take are an error)."""
-    key = str(name).lower()
-    if key not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls, extra = SCHEDULERS[key]
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    base = dict(base_config)
-    # keep only keys the target understands (a DDIM config has clip_sample etc. that DPM/Euler would warn about)
-    config = {k: v for k, v in base.items() if k in accepted}
-    config.update({k: v for k, v in SAMPLER_DEFAULTS.items() if k in accepted and k not in base})
-    config.update(extra)
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise UserError(f"scheduler {key!r} has no option {', '.join(map(repr, unknown))}; check vqldm.json default_scheduler_options")
-    config.update(options)
-    return cls.from_config(config)
-
-
-def scheduler_name(scheduler) -> str:
-    for name, (cls, _) in SCHEDULERS.items():
-        if type(scheduler) is cls:
-            return name
-    return type(scheduler).__name__
-
-
-def latent_shape(vqvae) -> tuple[int, int, int]:
-    """(channels, height, width) of the latent grid the vqvae produces for its configured image size."""
-    f = 2 ** (len(vqvae.config.block_out_channels) - 1)
-    size = vqvae.config.sample_size
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return vqvae.config.latent_channels, h // f, w // f
-
-
-def unet_latent_shape(unet) -> tuple[int, int, int]:
-    size = unet.config.sample_size
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return unet.config.in_channels, h, w
 
 
 def check_components(vqvae, unet) -> None:
     """Raise a one-line UserError when the UNet cannot denoise this vqvae's latents."""
-    vc, vh, vw = latent_shape(vqvae)
-    uc, uh, uw = unet_latent_shape(unet)
+    vc, vh, vw = latent_shape(vqvae.config)
+    uc, uh, uw = unet_latent_shape(unet.config)
     if uc != vc or unet.config.out_channels != vc:
         raise UserError(
             f"the UNet works on {uc} latent channels but the vqvae produces {vc}; "
@@ -121,91 +53,6 @@ def check_components(vqvae, unet) -> None:
             f"(image {vqvae.config.sample_size} / 2^{len(vqvae.config.block_out_channels) - 1}); "
             f"use a UNet trained on this autoencoder's latents"
         )
-
-
-def fix_missing_scaling_factor(vqvae) -> bool:
-    """A VQ config without ``scaling_factor`` means 1.0 (CompVis LDM never scaled VQ latents); diffusers would
-    silently use the KL autoencoder's 0.18215 instead (issue #6725). Writes 1.0 into the config; True if fixed."""
-    if "scaling_factor" not in vqvae.config.get("_use_default_values", []):
-        return False
-    logger.warning(
-        "vqvae config has no scaling_factor; using 1.0 for this VQ model "
-        "(diffusers' default %s belongs to KL autoencoders)", vqvae.config.scaling_factor
-    )
-    vqvae.register_to_config(scaling_factor=1.0)
-    remaining = [k for k in vqvae.config.get("_use_default_values", []) if k != "scaling_factor"]
-    vqvae.register_to_config(_use_default_values=remaining)
-    return True
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation between two Gaussian noise tensors (keeps the norm typical of N(0, I);
-    linear interpolation would shrink it mid-way). Exact endpoints at t = 0 and t = 1."""
-    if t <= 0:
-        return a.clone()
-    if t >= 1:
-        return b.clone()
-    a64, b64 = a.double().flatten(), b.double().flatten()
-    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
-    theta = torch.arccos(cos.clamp(-1, 1))
-    if theta.abs() < 1e-4:  # nearly parallel: linear is exact enough
-        out = (1 - t) * a64 + t * b64
-    else:
-        out = (torch.sin((1 - t) * theta) * a64 + torch.sin(t * theta) * b64) / torch.sin(theta)
-    return out.view_as(a).to(a.dtype)
-
-
-def _to_image_tensor(image, channels: int, size: tuple[int, int], what: str) -> torch.Tensor:
-    """PIL image / list of PIL / numpy HWC or BHWC in [0,1] / torch BCHW in [-1,1] -> float B x C x H x W in [-1, 1]."""
-    if isinstance(image, torch.Tensor):
-        x = image.float()
-        if x.ndim == 3:
-            x = x[None]
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise UserError(f"{what} tensor must be B x {channels} x H x W in [-1, 1], got shape {tuple(x.shape)}")
-    else:
-        items = image if isinstance(image, (list, tuple)) else [image]
-        arrays = []
-        for item in items:
-            if isinstance(item, Image.Image):
-                item = item.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BICUBIC)
-                arr = np.asarray(item, dtype=np.float32) / 255.0
-            else:
-                arr = np.asarray(item, dtype=np.float32)
-            if arr.ndim == 2:
-                arr = arr[:, :, None]
-            arrays.append(arr)
-        arr = np.stack(arrays) if arrays[0].ndim == 3 else np.concatenate(arrays)
-        if arr.shape[-1] != channels:
-            raise UserError(f"{what} has {arr.shape[-1]} channels but the model expects {channels}")
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2) * 2 - 1
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp(-1, 1)
-
-
-def _to_mask_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
-    """Mask (PIL / numpy / torch; 1 or white = regenerate, 0 or black = keep) -> float B x 1 x H x W in {0, 1}."""
-    if isinstance(mask, torch.Tensor):
-        m = mask.float()
-        while m.ndim < 4:
-            m = m[None]
-        if m.shape[1] != 1:
-            m = m.amax(dim=1, keepdim=True)
-    else:
-        items = mask if isinstance(mask, (list, tuple)) else [mask]
-        arrays = []
-        for item in items:
-            if isinstance(item, Image.Image):
-                arr = np.asarray(item.convert("L").resize((size[1], size[0]), Image.NEAREST), dtype=np.float32) / 255.0
-            else:
-                arr = np.asarray(item, dtype=np.float32)
-                arr = arr.max(axis=-1) if arr.ndim == 3 else arr
-            arrays.append(arr)
-        m = torch.from_numpy(np.stack(arrays))[:, None]
-    if tuple(m.shape[-2:]) != tuple(size):
-        m = F.interpolate(m, size=size, mode="nearest")
-    return (m > 0.5).float()
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -222,7 +69,7 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
     def __init__(self, vqvae, unet, scheduler):
         super().__init__()
         if vqvae is not None and unet is not None:
-            fix_missing_scaling_factor(vqvae)
+            apply_missing_scale_rule(vqvae)
             check_components(vqvae, unet)
         self.register_modules(vqvae=vqvae, unet=unet, scheduler=scheduler)
         self._schedule_config = dict(scheduler.config) if scheduler is not None else None  # the training schedule
@@ -262,12 +109,8 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
             raise
         except Exception as err:  # diffusers raises many kinds (OSError, ValueError, JSON errors, ...)
             raise UserError(f"could not load pipeline {str(path)!r} ({type(err).__name__}: {err}); re-export it") from None
-        info_path = path / PIPELINE_INFO_FILE
-        if info_path.is_file():
-            try:
-                pipe.info = json.loads(info_path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as err:
-                raise UserError(f"{str(info_path)!r} is not readable JSON ({err}); re-export the pipeline") from None
+        pipe.info = read_vqldm_json(path)
+        check_trained_vqvae(pipe.vqvae, pipe.info, path)
         if pipe.info.get("default_scheduler"):  # the sampler chosen for this model by measurement
             pipe.set_scheduler(pipe.info["default_scheduler"])
         return pipe
@@ -278,38 +121,8 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
         target = Path(save_directory)
         if target.is_dir() and any(target.iterdir()) and not (target / "model_index.json").is_file():
             raise UserError(f"{str(target)!r} exists and is not a pipeline folder; choose an empty or new folder")
-        try:  # the stage-2 exporter owns the folder format; fall back to our own writer if it is absent
-            from diffusion.export import export_pipeline_folder
-        except ImportError:
-            export_pipeline_folder = None
-        if export_pipeline_folder is not None:
-            extra = {k: v for k, v in self.info.items() if k not in ("autoencoder_scaling_factor", "latent_shape")}
-            export_pipeline_folder(self.vqvae, self.unet, self.scheduler, target, extra)
-            return
-        kwargs["safe_serialization"] = True
-        with AtomicDir(target) as tmp:
-            super().save_pretrained(tmp, **kwargs)
-            index_path = Path(tmp) / "model_index.json"
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-            index["_class_name"] = "LDMPipeline"  # a class diffusers knows; vqldm reads vqldm.json for the rest
-            atomic_write_json(index_path, index)
-            atomic_write_json(Path(tmp) / PIPELINE_INFO_FILE, self.describe())
-
-    def describe(self) -> dict:
-        """The vqldm.json content for this pipeline."""
-        c, h, w = unet_latent_shape(self.unet)
-        size = self.vqvae.config.sample_size
-        info = dict(self.info)
-        info.update(
-            num_classes=self.num_classes,
-            null_class=self.null_class,
-            image_size=size,
-            channels=self.vqvae.config.in_channels,
-            latent_shape=[c, h, w],
-        )
-        if self.num_classes and "class_names" not in info:
-            info["class_names"] = [str(i) for i in range(self.num_classes)]
-        return info
+        extra = {k: v for k, v in self.info.items() if k not in ("autoencoder_scaling_factor", "latent_shape", "vqvae_weights_sha256")}
+        export_pipeline_folder(self.vqvae, self.unet, self.scheduler, target, extra)
 
     # ------------------------------------------------------------------ classes
     @property
@@ -317,8 +130,7 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
         """Number of real classes (0 for an unconditional model); the null class is index num_classes."""
         if self.info.get("num_classes") is not None:
             return int(self.info["num_classes"])
-        n = self.unet.config.get("num_class_embeds")
-        return int(n) - 1 if n else 0
+        return geometry_num_classes(self.unet.config)
 
     @property
     def null_class(self) -> int | None:
@@ -389,27 +201,20 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
         self.scheduler = make_scheduler(name, self._schedule_config or self.scheduler.config, **options)
 
     # ------------------------------------------------------------------ building blocks
-    @property
-    def latent_scaling_factor(self) -> float:
-        return float(self.vqvae.config.scaling_factor)
-
     def prepare_noise(self, batch_size: int, generator=None) -> torch.Tensor:
         """Initial N(0, I) latents, drawn on the CPU like ``LDMPipeline`` (same seed -> same images anywhere)."""
-        c, h, w = unet_latent_shape(self.unet)
+        c, h, w = unet_latent_shape(self.unet.config)
         return randn_tensor((batch_size, c, h, w), generator=generator).to(self.device)
 
     def encode_image(self, image) -> torch.Tensor:
         """Images -> scaled pre-quantization latents ``h * scaling_factor`` (the space the UNet works in)."""
         c = self.vqvae.config.in_channels
-        size = self.vqvae.config.sample_size
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        x = _to_image_tensor(image, c, hw, "init image").to(self.device)
-        h = self.vqvae.encode(x).latents
-        return h * self.latent_scaling_factor
+        x = to_image_tensor(image, c, size_hw(self.vqvae.config.sample_size), "init image").to(self.device)
+        return scale_latents(self.vqvae.encode(x).latents, self.vqvae)
 
     def decode_latents(self, latents: torch.Tensor, quantize: bool = True, decode_batch_size: int | None = None) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1]; quantize to the nearest codes first unless ``quantize=False``."""
-        h = latents / self.latent_scaling_factor
+        h = unscale_latents(latents, self.vqvae)
         n = decode_batch_size or h.shape[0]
         chunks = [self.vqvae.decode(part, force_not_quantize=not quantize).sample for part in h.split(n)]
         return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
@@ -548,10 +353,8 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
     def _inpaint_step(self, known, noise, timesteps, mask_image, batch_size):
         """After each step, overwrite the kept region with the known latents noised to the next timestep, so
         the model only invents the masked region and blends it with its surroundings."""
-        c, h, w = unet_latent_shape(self.unet)
-        size = self.vqvae.config.sample_size
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        mask = _to_mask_tensor(mask_image, hw)
+        c, h, w = unet_latent_shape(self.unet.config)
+        mask = to_mask_tensor(mask_image, size_hw(self.vqvae.config.sample_size))
         # a latent cell is kept only if every pixel it covers is kept (max-pool of the "regenerate" mask)
         repaint = F.adaptive_max_pool2d(mask, (h, w)).to(self.device)
         if repaint.shape[0] == 1 and batch_size > 1:

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autoencoder.checkpoint import AtomicDir, atomic_write_json  # noqa: E402
+from vqldm.plumbing.checkpoint import AtomicDir, atomic_write_json  # noqa: E402
 
 TARGET = ROOT / "pipelines" / "default_model"
 

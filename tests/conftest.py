@@ -34,7 +34,8 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_ae_run(tmp_path_factory):
     """A tiny autoencoder trained for 20 steps on 256 Fashion-MNIST images; returns the run folder."""
-    from autoencoder.train import load_autoencoder_config, train_autoencoder
+    from vqldm.autoencoder.config import load_autoencoder_config
+    from vqldm.autoencoder.train import train_autoencoder
 
     out = tmp_path_factory.mktemp("tiny_ae")
     cfg = load_autoencoder_config("tiny", ["data.max_images=256", "train.eval_max_images=64", "train.progress=false"])

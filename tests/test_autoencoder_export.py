@@ -10,11 +10,11 @@ import torch
 from diffusers import VQModel
 from safetensors.torch import load_file
 
-from autoencoder.checkpoint import latest_checkpoint, load_training_checkpoint
-from autoencoder.config import load_config
-from autoencoder.data import load_datasets
-from autoencoder.model import VQAutoencoder, build_vqmodel
-from autoencoder.train import AutoencoderRunConfig
+from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint
+from vqldm.plumbing.config import load_config
+from vqldm.plumbing.data import load_datasets
+from vqldm.autoencoder.model import VQAutoencoder, build_vqmodel
+from vqldm.autoencoder.config import AutoencoderRunConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoencoder.losses import (
+from vqldm.autoencoder.losses import (
     LossConfig,
     PatchDiscriminator,
     adaptive_weight,
@@ -18,7 +18,7 @@ from autoencoder.losses import (
     perceptual_loss,
     reconstruction_loss,
 )
-from autoencoder.metrics import codebook_stats, psnr, ssim
+from vqldm.autoencoder.metrics import codebook_stats, psnr, ssim
 
 
 def test_reconstruction_loss_l1_and_l2():

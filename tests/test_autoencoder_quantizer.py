@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoencoder.model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel, vq_decode
-from autoencoder.quantizer import QuantizerConfig, VectorQuantizerEMA, kmeans, straight_through
+from vqldm.autoencoder.model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel, vq_decode
+from vqldm.autoencoder.quantizer import QuantizerConfig, VectorQuantizerEMA, kmeans, straight_through
 
 K, D = 16, 3
 

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from autoencoder.checkpoint import list_checkpoints, load_training_checkpoint
-from autoencoder.model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel
-from autoencoder.quantizer import QuantizerConfig
-from pipelines.cli import main
+from vqldm.plumbing.checkpoint import list_checkpoints, load_training_checkpoint
+from vqldm.autoencoder.model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel
+from vqldm.autoencoder.quantizer import QuantizerConfig
+from vqldm.pipelines.cli import main
 
 FAST = ["--set", "train.progress=false", "--set", "train.checkpoint_every=3", "--set", "train.keep_checkpoints=10",
         "--set", "train.image_every=100", "--set", "train.log_every=3", "--set", "data.holdout_fraction=0.2"]

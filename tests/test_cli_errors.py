@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from autoencoder.checkpoint import save_training_checkpoint
-from pipelines.cli import main
+from vqldm.plumbing.checkpoint import save_training_checkpoint
+from vqldm.pipelines.cli import main
 
 FAST = ["--set", "train.progress=false", "--max-steps", "2"]
 
@@ -187,14 +187,14 @@ def test_convert_without_trust_flag_and_missing_source(tmp_path, capsys):
 def test_output_folder_without_write_permission(tmp_path, capsys, monkeypatch):
     data = good_images(tmp_path / "data")
     # as root every folder is writable, so the permission answer is what we change here
-    monkeypatch.setattr("autoencoder.runtime.os.access", lambda path, mode: False)
+    monkeypatch.setattr("vqldm.plumbing.runs.os.access", lambda path, mode: False)
     line = run_error(capsys, ae(data, tmp_path / "locked" / "run"))
     assert "is not writable" in line and "choose a writable --out" in line
     assert not (tmp_path / "locked").exists()
 
 
 def test_mismatch_message_names_the_tensor_and_both_shapes():
-    from autoencoder.checkpoint import describe_load_error
+    from vqldm.plumbing.checkpoint import describe_load_error
 
     layer = torch.nn.Linear(3, 4)
     with pytest.raises(RuntimeError) as err:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from autoencoder.config import from_dict, load_config, parse_overrides, save_config, to_dict
-from autoencoder.errors import UserError
-from autoencoder.runtime import TrainLoopConfig
-from autoencoder.train import AutoencoderRunConfig, load_autoencoder_config
+from vqldm.plumbing.config import from_dict, load_config, parse_overrides, save_config, to_dict
+from vqldm.plumbing.errors import UserError
+from vqldm.plumbing.trainkit import TrainLoopConfig
+from vqldm.autoencoder.config import AutoencoderRunConfig, load_autoencoder_config
 
 
 def write(tmp_path, text: str):
@@ -138,7 +138,7 @@ def test_from_dict_directly():
 
 
 def test_learning_rate_schedules():
-    from autoencoder.runtime import lr_lambda
+    from vqldm.plumbing.trainkit import lr_lambda
 
     const = lr_lambda(10)
     assert const(0) == pytest.approx(0.1) and const(9) == 1.0 and const(500) == 1.0

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from autoencoder.data import (
+from vqldm.plumbing.data import (
     BatchSampler,
     DataConfig,
     fit_array,
@@ -22,7 +22,7 @@ from autoencoder.data import (
     load_image,
     pil_to_array,
 )
-from autoencoder.errors import UserError
+from vqldm.plumbing.errors import UserError
 
 
 def luma(r, g, b) -> int:

@@ -8,14 +8,15 @@ import diffusers
 import pytest
 import torch
 
-from autoencoder.data import Datasets, ImageData
-from autoencoder.errors import UserError
-from autoencoder.model import AutoencoderModelConfig, build_vqmodel
-from diffusion.config import CacheConfig, ObjectiveConfig, UNetConfig
-from diffusion.export import export_pipeline_folder, read_vqldm_json
-from diffusion.latent_cache import LatentSplit, load_latent_cache, prepare_latent_cache
-from diffusion.model import build_unet, check_latent_shape, latent_shape
-from diffusion.objective import make_sampling_scheduler
+from vqldm.plumbing.data import Datasets, ImageData
+from vqldm.plumbing.checkpoint import weights_sha256
+from vqldm.plumbing.errors import UserError
+from vqldm.autoencoder.model import AutoencoderModelConfig, build_vqmodel
+from vqldm.diffusion.config import CacheConfig, ObjectiveConfig, UNetConfig
+from vqldm.diffusion.export import export_pipeline_folder, read_vqldm_json
+from vqldm.diffusion.latent_cache import LatentSplit, load_latent_cache, prepare_latent_cache
+from vqldm.diffusion.model import build_unet, check_latent_shape, latent_shape
+from vqldm.diffusion.objective import make_sampling_scheduler
 
 TINY_UNET = UNetConfig(block_out_channels=[16, 32], attention=[False, True], layers_per_block=1,
                        attention_head_dim=8, norm_num_groups=8, class_conditional=True)
@@ -144,7 +145,7 @@ def test_export_pipeline_folder_loads_in_diffusers(tmp_path):
     assert index["unet"] == ["diffusers", "UNet2DModel"] and index["vqvae"] == ["diffusers", "VQModel"]
     info = read_vqldm_json(out)
     assert info == {"class_names": ["a", "b", "c"], "num_classes": 3, "null_class": 3, "image_size": 16, "channels": 1,
-                    "autoencoder_scaling_factor": 2.5, "step": 7}
+                    "autoencoder_scaling_factor": 2.5, "vqvae_weights_sha256": weights_sha256(vq), "step": 7}
     pipe = diffusers.DiffusionPipeline.from_pretrained(out)
     assert isinstance(pipe.scheduler, diffusers.DDIMScheduler)
     sc = pipe.scheduler.config

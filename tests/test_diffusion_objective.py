@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.config import ObjectiveConfig
-from diffusion.ema import EMA, ema_decay_at
-from diffusion.objective import (
+from vqldm.diffusion.config import ObjectiveConfig
+from vqldm.diffusion.ema import EMA, ema_decay_at
+from vqldm.diffusion.objective import (
     diffusion_loss,
     drop_labels,
     make_train_scheduler,

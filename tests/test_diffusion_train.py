@@ -11,8 +11,8 @@ from pathlib import Path
 import diffusers
 import torch
 
-from autoencoder.checkpoint import latest_checkpoint, load_safetensors
-from pipelines.cli import main
+from vqldm.plumbing.checkpoint import latest_checkpoint, load_safetensors
+from vqldm.pipelines.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--set", "train.progress=false", "--set", "data.max_images=64", "--set", "cache.holdout_max_images=16",
@@ -75,39 +75,20 @@ def test_resume_matches_uninterrupted_run(tiny_ae_run, tmp_path):
 
 
 def test_two_processes(tiny_ae_run, tmp_path):
-    """`accelerate launch --cpu --num_processes 2` (the literal command): both processes train, main writes.
-
-    accelerate's --cpu launcher starts one process unless mpirun is used; vqldm's CLI sees the request in
-    the parent's command line and starts two gloo workers itself (pipelines/launch.py).
-    """
+    """`torchrun --standalone --nproc_per_node 2 -m vqldm train-diffusion ...` (README's CPU command): both
+    processes train on a gloo group, the main process writes."""
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("ACCELERATE_USE_CPU", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "-m", "pipelines.cli", "train-diffusion", "--config", "tiny", "--autoencoder", str(tiny_ae_run),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    cmd = [*launcher, "--standalone", "--nproc_per_node", "2",
+           "-m", "vqldm", "train-diffusion", "--config", "tiny", "--autoencoder", str(tiny_ae_run),
            "--data", "fashion-mnist", "--out", str(out), "--max-steps", "4", *FAST, "--set", "train.checkpoint_every=2"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "starting 2 CPU workers" in proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps_per_process"] == [4, 4]
     assert metrics["global_batch"] == 2 * 8
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
     pipe = diffusers.DiffusionPipeline.from_pretrained(out / "pipeline")
     assert pipe.unet.config.num_class_embeds == 11
-
-
-def test_cpu_launch_request_parsing():
-    """Which parent command lines make the trainer start its own CPU workers."""
-    from pipelines.launch import requested_cpu_processes
-
-    env = {"ACCELERATE_USE_CPU": "True"}
-    launch = ["python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "3", "/venv/bin/vqldm"]
-    assert requested_cpu_processes(env, launch) == 3
-    assert requested_cpu_processes(env, ["python", "-m", "accelerate.commands.launch", "--cpu", "--num_processes=2"]) == 2
-    assert requested_cpu_processes({}, launch) == 1  # not a --cpu launch
-    assert requested_cpu_processes({**env, "WORLD_SIZE": "3"}, launch) == 1  # already distributed (the workers)
-    assert requested_cpu_processes(env, launch + ["--mpirun_hostfile", "hosts"]) == 1  # accelerate's MPI path
-    assert requested_cpu_processes(env, launch + ["--num_machines", "2"]) == 1  # multi-node: not ours
-    assert requested_cpu_processes(env, ["bash", "run.sh", "--num_processes", "2"]) == 1  # not accelerate
-    assert requested_cpu_processes(env, ["python", "/venv/bin/accelerate", "launch", "--cpu"]) == 1

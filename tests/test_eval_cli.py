@@ -7,9 +7,9 @@ import types
 import pytest
 import torch
 
-from pipelines import evaluate
-from pipelines.cli import main
-from pipelines.features import (
+from vqldm.pipelines import evaluate
+from vqldm.pipelines.cli import main
+from vqldm.pipelines.features import (
     DomainClassifier,
     DomainClassifierConfig,
     load_domain_classifier,
@@ -93,14 +93,14 @@ class _StubPipeline:
 
 
 def test_evaluate_generation_with_a_stub_pipeline(tiny_features, tmp_path, monkeypatch, capsys):
-    from autoencoder.data import DataConfig, load_datasets
+    from vqldm.plumbing.data import DataConfig, load_datasets
 
     ds = load_datasets("fashion-mnist", DataConfig(image_size=16, fit="pad"), progress=False)
     stub = _StubPipeline(ds.train.batch(torch.arange(200))[0])
     monkeypatch.setattr(evaluate, "_load_pipeline", lambda model, device="cpu": stub)
-    fake_module = types.ModuleType("pipelines.pipeline")
+    fake_module = types.ModuleType("vqldm.pipelines.pipeline")
     fake_module.DEFAULT_STEPS = 50
-    monkeypatch.setitem(sys.modules, "pipelines.pipeline", fake_module)
+    monkeypatch.setitem(sys.modules, "vqldm.pipelines.pipeline", fake_module)
     out = tmp_path / "gen"
     code = main(["evaluate", "generation", "--features", str(tiny_features), "--num-samples", "40", "--batch-size", "20",
                  "--steps", "3", "--guidance", "2", "--steps-sweep", "1,2", "--sweep-schedulers", "ddim,dpm", "--sweep-samples", "20",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipelines import metrics
+from vqldm.pipelines import metrics
 
 
 def _gaussian(n, d, shift=0.0, seed=0):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import cli
+from vqldm.pipelines import cli
 from test_pipeline_helpers import tiny_pipeline, tiny_unet
 
 
@@ -111,7 +111,7 @@ def test_errors_are_one_line_exit_2(folders, capsys, argv, needles):
 
 
 def test_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    import pipelines.pipeline as pipeline_module
+    import vqldm.pipelines.pipeline as pipeline_module
 
     monkeypatch.setattr(pipeline_module, "DEFAULT_MODEL_DIR", tmp_path)
     code, _, err = run(capsys, "--steps", 1, "--out", tmp_path / "x.png")
@@ -119,8 +119,8 @@ def test_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_load_pipeline_rejects_half_precision_on_cpu(folders):
-    from autoencoder.errors import UserError
-    from pipelines.pipeline import load_pipeline
+    from vqldm.plumbing.errors import UserError
+    from vqldm.pipelines.pipeline import load_pipeline
 
     with pytest.raises(UserError, match="CUDA"):
         load_pipeline(str(folders / "uncond"), device="cpu", dtype="fp16")

@@ -11,8 +11,8 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel, VQModel
 from PIL import Image
 
-from diffusion.sampling import guided_prediction
-from pipelines.pipeline import VQLatentDiffusionPipeline, make_scheduler, slerp
+from vqldm.diffusion.sampling import guided_prediction
+from vqldm.pipelines.pipeline import VQLatentDiffusionPipeline, make_scheduler, slerp
 from test_pipeline_helpers import tiny_pipeline
 
 STEPS = 4
@@ -76,7 +76,7 @@ def test_default_scheduler_options_apply_to_the_default_scheduler(tmp_path):
     assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and pipe.scheduler.config.timestep_spacing == "trailing"
     pipe.set_scheduler("dpm")
     assert pipe.scheduler.config.timestep_spacing != "trailing"
-    from autoencoder.errors import UserError
+    from vqldm.plumbing.errors import UserError
 
     with pytest.raises(UserError, match="no option 'nonsense'"):
         pipe.set_scheduler("unipc", nonsense=1)
@@ -199,7 +199,7 @@ def _compvis_shaped_folder(root):
 
 def test_compvis_shaped_folder_uses_scaling_one(tmp_path, caplog):
     folder = _compvis_shaped_folder(tmp_path / "ldm")
-    with caplog.at_level(logging.WARNING, logger="pipelines.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="vqldm.autoencoder.model"):
         pipe = VQLatentDiffusionPipeline.from_pretrained(folder)
     assert any("scaling_factor" in r.getMessage() for r in caplog.records)
     assert pipe.vqvae.config.scaling_factor == 1.0 and pipe.num_classes == 0
@@ -277,7 +277,7 @@ def test_slerp_keeps_the_norm():
 
 
 def test_python_api_errors(cond, uncond):
-    from autoencoder.errors import UserError
+    from vqldm.plumbing.errors import UserError
 
     with pytest.raises(UserError, match="out of range"):
         cond(class_labels=3, num_inference_steps=1)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.fast import FrozenUNet
-from pipelines.pipeline import unet_latent_shape
+from vqldm.pipelines.fast import FrozenUNet
+from vqldm.plumbing.geometry import unet_latent_shape
 from test_pipeline_helpers import tiny_pipeline
 
 STEPS = 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
 
-from pipelines.pipeline import VQLatentDiffusionPipeline
+from vqldm.pipelines.pipeline import VQLatentDiffusionPipeline
 
 
 def tiny_vqvae(image_size: int = 16, channels: int = 3, latent_channels: int = 3, scaling_factor: float | None = 0.8,

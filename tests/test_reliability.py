@@ -2,7 +2,7 @@
 resumes to a loadable model; SIGINT/SIGTERM save a checkpoint before exiting; a NaN/inf loss stops the run
 naming the step and keeps the last good checkpoint; a disk that fills up gives one line and no partial files.
 
-The training subprocesses run ``python -m pipelines.cli`` exactly as a user would; nothing in the
+The training subprocesses run ``python -m vqldm`` exactly as a user would; nothing in the
 production code knows it is being tested.
 """
 
@@ -25,10 +25,10 @@ import torch
 from diffusers import VQModel
 from PIL import Image
 
-import autoencoder.checkpoint as checkpoint_module
-from autoencoder.checkpoint import latest_checkpoint, list_checkpoints, load_training_checkpoint
-from autoencoder.data import ImageData
-from pipelines.cli import main
+import vqldm.plumbing.checkpoint as checkpoint_module
+from vqldm.plumbing.checkpoint import latest_checkpoint, list_checkpoints, load_training_checkpoint
+from vqldm.plumbing.data import ImageData
+from vqldm.pipelines.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
@@ -50,7 +50,7 @@ def cli_args(data, out, *extra):
 
 def spawn(args, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "vqldm", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -250,7 +250,7 @@ def test_file_size_limit_in_a_real_process_fails_cleanly(data, tmp_path):
 
 
 def test_resume_ignores_partial_and_hidden_checkpoint_folders(tmp_path):
-    from autoencoder.checkpoint import save_training_checkpoint
+    from vqldm.plumbing.checkpoint import save_training_checkpoint
 
     for step in (2, 4):
         save_training_checkpoint(tmp_path, step, {"model": {"w": torch.full((2,), float(step))}}, {"step": step}, keep=5)

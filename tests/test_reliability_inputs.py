@@ -19,12 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from autoencoder.checkpoint import PICKLE_SUFFIXES, load_safetensors, refuse_pickle
-from autoencoder.errors import UserError
-from pipelines.cli import build_parser, main
+from vqldm.plumbing.checkpoint import PICKLE_SUFFIXES, load_safetensors, refuse_pickle
+from vqldm.plumbing.errors import UserError
+from vqldm.pipelines.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("autoencoder", "diffusion", "pipelines", "configs", "benchmarks")
+PACKAGES = ("plumbing", "autoencoder", "diffusion", "pipelines", "configs", "benchmarks")
 
 
 def load_bad_inputs_script():

@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from pipelines.cli import main
-from pipelines.features import load_feature_extractor
-from pipelines.pipeline import DEFAULT_MODEL_DIR, load_pipeline
+from vqldm.pipelines.cli import main
+from vqldm.pipelines.features import load_feature_extractor
+from vqldm.pipelines.pipeline import DEFAULT_MODEL_DIR, load_pipeline
 
 
 def test_shipped_model_defaults_and_files():

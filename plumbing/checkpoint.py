@@ -12,6 +12,7 @@ Design rules (issue: reliability and safety):
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import pickle
@@ -78,7 +79,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _check_writable_dir(directory: Path) -> None:
+def ensure_writable_dir(directory: Path) -> None:
+    """Create ``directory`` (and parents) if needed; a UserError naming ``--out`` if it cannot be written."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -89,7 +91,7 @@ def _check_writable_dir(directory: Path) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    _check_writable_dir(path.parent)
+    ensure_writable_dir(path.parent)
     tmp = _tmp_sibling(path)
     try:
         with open(tmp, "wb") as fh:
@@ -122,7 +124,7 @@ class AtomicDir:
         self.target = Path(target)
 
     def __enter__(self) -> Path:
-        _check_writable_dir(self.target.parent)
+        ensure_writable_dir(self.target.parent)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
         return self.tmp
 
@@ -180,7 +182,7 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
-    _check_writable_dir(path.parent)
+    ensure_writable_dir(path.parent)
     tmp = _tmp_sibling(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
@@ -240,6 +242,17 @@ def describe_load_error(err: BaseException, limit: int = 160) -> str:
     if isinstance(err, KeyError):
         return f"missing {err}"[:limit]
     return (lines[0] if lines else type(err).__name__)[:limit]
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights (names, dtypes and bytes, in name order): identifies a trained model
+    whatever file it was saved in, so a folder can record which vqvae its denoiser was trained on."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- optimizer state <-> tensors
@@ -333,13 +346,3 @@ def load_training_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[st
         raise UserError(f"checkpoint {str(path)!r} has no readable state.json ({err}); delete it to resume from an older one") from None
     files = {p.stem: load_safetensors(p) for p in sorted(path.glob("*.safetensors"))}
     return files, state
-
-
-# ----------------------------------------------------------------------------- RNG state
-def rng_state_to_tensors(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}
-
-
-def rng_state_from_tensors(tensors: dict[str, torch.Tensor], generator: torch.Generator) -> None:
-    generator.set_state(tensors["generator"])
-    torch.set_rng_state(tensors["torch_cpu"])

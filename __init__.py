@@ -1,0 +1,22 @@
+"""vqldm: latent diffusion on a VQ-compressed space.
+
+The installed package is ``vqldm``; its sub-packages are the repository's top-level folders
+(``vqldm.autoencoder`` -> ``autoencoder/``, ``vqldm.diffusion`` -> ``diffusion/``, ``vqldm.pipelines`` ->
+``pipelines/``, ``vqldm.plumbing`` -> ``plumbing/``, ``vqldm.configs`` -> ``configs/``), mapped by
+setuptools' ``package-dir`` in pyproject.toml. Dependencies point one way:
+pipelines -> diffusion -> autoencoder -> plumbing.
+
+``from vqldm import VQLatentDiffusionPipeline, load_pipeline`` (imported lazily, so ``import vqldm``
+stays cheap).
+"""
+
+__version__ = "0.1.0"
+__all__ = ["VQLatentDiffusionPipeline", "load_pipeline", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("VQLatentDiffusionPipeline", "load_pipeline"):
+        from .pipelines import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'vqldm' has no attribute {name!r}")

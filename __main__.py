@@ -1,0 +1,7 @@
+"""``python -m vqldm ...`` runs the ``vqldm`` command line (also under ``torchrun`` / ``accelerate launch -m vqldm``)."""
+
+import sys
+
+from .pipelines.cli import main
+
+sys.exit(main())

@@ -1,0 +1,287 @@
+"""The trainer kit: what every vqldm training loop shares, so that the loops cannot drift apart.
+
+The loops themselves stay flat and visible in each stage's ``train.py`` (build -> resume -> loop ->
+export); they call these helpers for the steps they have in common:
+
+* ``TrainLoopConfig`` -- loop settings; ``check_max_steps`` validates ``--max-steps`` the same way
+  everywhere (before anything is created).
+* ``make_accelerator`` -- accelerate on CPU, one GPU or many processes (a gloo group on CPU).
+* ``learning_rate`` / ``set_learning_rate`` -- warm-up then constant or cosine, a pure function of the
+  *optimizer* step (``step // grad_accumulation``), so every loop schedules the same and resume needs
+  no scheduler state.
+* ``optimizer_step`` -- backward, gradient clipping on the accumulation boundary, step, zero_grad.
+* ``NonFiniteGuard`` -- the NaN policy: skip one bad batch (the batch is consumed: the loop advances its
+  step, so a resumed run draws the same batches as an uninterrupted one), stop on the next.
+* ``StopSignals`` / ``stop_if_signalled`` -- SIGINT/SIGTERM save a checkpoint and exit 130/143.
+* ``TrainClock`` -- training seconds that keep counting across ``--resume``.
+* ``resume_training`` / ``save_training_state`` -- one checkpoint convention: modules and optimizers by
+  name, the torch CPU RNG, ``step`` and ``train_seconds`` in ``state.json``; one wording for a checkpoint
+  that does not match the config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from .checkpoint import (
+    describe_load_error,
+    latest_checkpoint,
+    load_training_checkpoint,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    save_training_checkpoint,
+)
+from .errors import UserError
+
+
+@dataclass
+class TrainLoopConfig:
+    """Loop settings common to both trainers (per-process batch size; global = batch_size x processes)."""
+
+    max_steps: int = 5000  # loop steps (batches); optimizer steps = max_steps // grad_accumulation
+    batch_size: int = 64
+    lr: float = 2e-4
+    adam_betas: list[float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine decays to lr x min_lr_ratio
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    grad_accumulation: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast on GPU; CPU runs stay fp32
+    seed: int = 0
+    log_every: int = 50
+    image_every: int = 1000  # reconstruction / sample grids
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    skip_nonfinite_once: bool = True  # skip one bad batch with a warning before stopping on NaN/inf
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "log_every", "image_every", "checkpoint_every", "grad_accumulation"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.adam_betas) != 2:
+            raise ValueError("train.adam_betas must be two numbers")
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)
+
+
+def check_max_steps(max_steps: int | None) -> None:
+    """``--max-steps`` must be a positive integer (checked before any file or folder is created)."""
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"--max-steps must be >= 1, got {max_steps}; pass the number of training steps to run")
+
+
+def make_accelerator(cfg: TrainLoopConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    mp = cfg.mixed_precision if torch.cuda.is_available() else "no"
+    # Several processes started by torchrun / `accelerate launch --multi_gpu` on a machine without CUDA:
+    # accelerate only forms a gloo (MULTI_CPU) group when told cpu=True; otherwise each process would
+    # silently train alone. (`accelerate launch --cpu` starts several processes only through mpirun.)
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accumulation, cpu=multi_cpu)
+    set_seed(cfg.seed, device_specific=False)
+    return acc
+
+
+class StopSignals:
+    """While active, SIGINT/SIGTERM set ``requested`` instead of killing the process, so the loop can
+    save a checkpoint and exit cleanly. A second signal restores the default behaviour."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.requested is not None:  # second signal: give up immediately
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def stop_if_signalled(signals: "StopSignals", step: int, save_checkpoint, bar, logger, run_dir: Path) -> None:
+    """After a SIGINT/SIGTERM: save a checkpoint, close the bar and logs, and stop with one line."""
+    if not signals.requested:
+        return
+    path = save_checkpoint(step)
+    bar.close()
+    logger.close()
+    stop = UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+    stop.exit_code = 128 + int(signal.Signals[signals.requested])  # the shell convention: 130 for SIGINT, 143 for SIGTERM
+    raise stop
+
+
+class NonFiniteGuard:
+    """Stops a run on a NaN/inf loss with a message naming the step; may skip one bad batch first."""
+
+    def __init__(self, allow_skip: bool, log=print):
+        self.allow_skip = allow_skip
+        self.skipped = 0
+        self.log = log
+
+    def check(self, loss: torch.Tensor, step: int, last_checkpoint: Path | None) -> bool:
+        """True if the step may proceed, False if the batch should be skipped; raises UserError to stop."""
+        value = float(loss.detach())
+        if math.isfinite(value):
+            return True
+        if self.allow_skip and self.skipped == 0:
+            self.skipped += 1
+            self.log(f"warning: loss is {value} at step {step}; skipping this batch once")
+            return False
+        where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        raise UserError(f"loss became {value} at step {step} ({where}); lower train.lr, enable train.grad_clip, or check the data, then --resume")
+
+
+def lr_lambda(warmup_steps: int, schedule: str = "constant", max_steps: int = 0, min_ratio: float = 0.0):
+    """Learning-rate multiplier for an optimizer step: linear warm-up, then constant or a cosine decay that
+    reaches ``min_ratio`` at ``max_steps``. A pure function of the step, so resuming needs no state."""
+
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant" or max_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def optimizer_steps(tc: TrainLoopConfig) -> int:
+    """How many optimizer steps a run of ``tc.max_steps`` loop steps makes."""
+    return max(1, tc.max_steps // tc.grad_accumulation)
+
+
+def learning_rate(tc: TrainLoopConfig, step: int) -> float:
+    """The learning rate at loop step ``step``: ``tc.lr`` times the schedule at optimizer step
+    ``step // grad_accumulation`` (warm-up and decay are counted in optimizer steps in every loop)."""
+    multiplier = lr_lambda(tc.warmup_steps, tc.lr_schedule, optimizer_steps(tc), tc.min_lr_ratio)
+    return tc.lr * multiplier(step // tc.grad_accumulation)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, parameters, grad_clip: float | None, accelerator=None) -> None:
+    """Backward, clip the gradient norm where gradients are synchronised (the accumulation boundary),
+    step and clear. Under accumulation accelerate's prepared optimizer skips the step between boundaries.
+    Without an accelerator (a plain single-process loop) every call is a boundary."""
+    if accelerator is None:
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    else:
+        accelerator.backward(loss)
+        if grad_clip and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class TrainClock:
+    """Training time in seconds, counting earlier sessions of a resumed run (``state.json`` train_seconds)."""
+
+    def __init__(self, seconds_before: float = 0.0):
+        self.seconds_before = float(seconds_before)
+        self.start = time.perf_counter()
+
+    def session(self) -> float:
+        return time.perf_counter() - self.start
+
+    def total(self) -> float:
+        return self.seconds_before + self.session()
+
+
+def _restoring(ckpt: Path, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise UserError(
+            f"checkpoint {ckpt} does not match this config ({describe_load_error(err)}); "
+            f"resume with the config it was trained with"
+        ) from None
+
+
+@dataclass
+class Resumed:
+    """What :func:`resume_training` restored: the step to continue from, the training seconds so far, and
+    the checkpoint's files and state (for what a stage keeps beyond modules and optimizers)."""
+
+    step: int = 0
+    seconds: float = 0.0
+    checkpoint: Path | None = None
+    files: dict | None = None
+    state: dict | None = None
+
+    def restore(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (a stage's own restore); a mismatch is the same one-line error as for the modules."""
+        _restoring(self.checkpoint, fn)
+
+
+def resume_training(run_dir: Path, resume: bool, modules: dict, optimizers: dict, log=print) -> Resumed:
+    """With ``--resume``, load the newest complete checkpoint of ``run_dir`` into ``modules`` (name ->
+    nn.Module, file ``name.safetensors``) and ``optimizers`` (name -> optimizer, tensors in
+    ``name.safetensors``, the rest in ``state.json[name]``), and restore the torch CPU RNG."""
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        log(f"no checkpoint in {run_dir}; starting a new run")
+    if ckpt is None:
+        return Resumed()
+    files, state = load_training_checkpoint(ckpt)
+
+    def load_all():
+        for name, module in modules.items():
+            module.load_state_dict(files[name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(optimizer_state_from_tensors(files[name], state[name]))
+
+    _restoring(ckpt, load_all)
+    torch.set_rng_state(files["rng"]["torch_cpu"])
+    resumed = Resumed(int(state["step"]), float(state.get("train_seconds", 0.0)), ckpt, files, state)
+    log(f"resumed from {ckpt} at step {resumed.step}")
+    return resumed
+
+
+def save_training_state(run_dir: Path, step: int, clock: TrainClock, keep: int, modules: dict, optimizers: dict,
+                        rng: dict | None = None, state: dict | None = None, tensors: dict | None = None) -> Path:
+    """Write checkpoint ``step`` with the convention :func:`resume_training` reads; ``rng`` adds generator
+    states beside the torch CPU RNG, ``state`` JSON values and ``tensors`` extra safetensors files."""
+    files = {name: module.state_dict() for name, module in modules.items()}
+    meta = {"step": step, "train_seconds": clock.total()}
+    for name, opt in optimizers.items():
+        files[name], meta[name] = optimizer_state_to_tensors(opt.state_dict())
+    files["rng"] = {"torch_cpu": torch.get_rng_state(), **(rng or {})}
+    files.update(tensors or {})
+    meta.update(state or {})
+    return save_training_checkpoint(run_dir, step, files, meta, keep=keep)
