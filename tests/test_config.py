@@ -154,3 +154,12 @@ def test_learning_rate_schedules():
 def test_bad_lr_schedule_is_rejected():
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainLoopConfig(lr_schedule="linear")
+
+
+def test_yaml_words_no_yes_on_off_stay_strings():
+    """YAML 1.1 reads no/yes/on/off as booleans; `--set train.mixed_precision=no` must mean the string "no"."""
+    cfg = load_autoencoder_config("tiny", ["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"
+    assert parse_overrides(["a.b=off", "a.c=true", "a.d=False", "a.e=1e-4"]) == {"a": {"b": "off", "c": True, "d": False, "e": 1e-4}}
+    with pytest.raises(UserError, match="must be true or false"):
+        load_autoencoder_config("tiny", ["train.progress=yes"])
