@@ -36,7 +36,8 @@ from vqldm.diffusion.objective import (  # noqa: E402
     sample_noise_and_timesteps,
     training_target,
 )
-from vqldm.diffusion.train import load_autoencoder, load_diffusion_config, resolve_data_config  # noqa: E402
+from vqldm.autoencoder.model import load_vqvae  # noqa: E402
+from vqldm.diffusion.train import load_diffusion_config, resolve_data_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -59,7 +60,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     cfg = load_diffusion_config(args.config)
     if args.autoencoder:
-        vqvae, ae_data, _ = load_autoencoder(args.autoencoder)
+        ae = load_vqvae(args.autoencoder)
+        vqvae, ae_data = ae.vqvae, ae.data
         data_cfg = resolve_data_config(cfg.data, ae_data, vqvae)
     else:
         ae_cfg = load_autoencoder_config(args.ae_config)

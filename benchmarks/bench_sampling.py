@@ -226,13 +226,10 @@ def generate_images(pipe, n: int, batch: int, seed: int, steps: int, labels_for,
 
 
 def fid_against(real: torch.Tensor, fake: torch.Tensor, features_name: str | None) -> float | None:
-    """FID in the domain feature space; None (with a message) when the evaluation modules are absent."""
-    try:
-        from vqldm.pipelines.features import load_feature_extractor
-        from vqldm.pipelines.metrics import fid_from_features
-    except ImportError as err:
-        print(f"  quality line needs pipelines.features / pipelines.metrics (evaluation stage): {err}")
-        return None
+    """FID in the domain feature space."""
+    from vqldm.pipelines.features import load_feature_extractor
+    from vqldm.pipelines.metrics import fid_from_features
+
     extractor = load_feature_extractor(features_name)
     return fid_from_features(extractor(real), extractor(fake))
 

@@ -44,11 +44,6 @@ def make_sampling_scheduler(cfg: ObjectiveConfig) -> DDIMScheduler:
     )
 
 
-def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """B -> B x 1 x 1 x ... to broadcast against ``like``."""
-    return values.reshape(values.shape[0], *([1] * (like.ndim - 1))).to(like.dtype)
-
-
 def training_target(
     prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, scheduler: DDPMScheduler
 ) -> torch.Tensor:

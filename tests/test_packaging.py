@@ -1,0 +1,34 @@
+"""`pip install .` (not editable) claims one import name, `vqldm`, and the installed package works."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_install_claims_only_the_vqldm_import_name(tmp_path):
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-compile",
+                           "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    top = sorted(p.name for p in target.iterdir() if p.name not in ("bin",) and not p.name.endswith(".dist-info"))
+    assert top == ["vqldm"], top  # no top-level autoencoder / diffusion / pipelines / configs / plumbing
+    pkg = target / "vqldm"
+    assert {"autoencoder", "diffusion", "pipelines", "plumbing", "configs"} <= {p.name for p in pkg.iterdir()}
+    assert (pkg / "configs" / "autoencoder" / "fashion-mnist.yaml").is_file()
+    assert any((pkg / "pipelines" / "default_model" / "unet").glob("*.safetensors"))
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = ("import vqldm, vqldm.pipelines.cli as cli, vqldm.plumbing.config as c; "
+            "assert vqldm.__file__.startswith(%r), vqldm.__file__; "
+            "assert c.resolve_config_path('tiny', 'autoencoder').is_file(); "
+            "import importlib.util as u; "
+            "assert all(u.find_spec(n) is None for n in ('autoencoder', 'diffusion', 'pipelines', 'plumbing', 'configs')); "
+            "print('ok')") % str(target)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+    cli = subprocess.run([sys.executable, "-m", "vqldm", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0 and "train-autoencoder" in cli.stdout
