@@ -45,7 +45,7 @@ def train_autoencoder(
     resume: bool = False,
 ) -> dict:
     """Train, export ``out/vqvae`` and return the final metrics (also written to ``out/metrics.json``)."""
-    check_max_steps(max_steps)
+    check_max_steps(max_steps, cfg.train.grad_accumulation)
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     tc = cfg.train
@@ -181,7 +181,7 @@ def train_autoencoder(
                 save_png(make_grid(torch.cat([fixed_batch, r.float().cpu()]), nrow=len(fixed_batch)), run_dir / "images" / f"reconstructions_{step:08d}.png")
             if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 last_ckpt = save_checkpoint(step) or last_ckpt
-            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir)
+            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
     bar.close()
     train_seconds = clock.total()
     save_checkpoint(step)

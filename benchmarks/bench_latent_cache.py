@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vqldm.plumbing.data import Datasets, load_datasets  # noqa: E402
 from vqldm.autoencoder.model import build_vqmodel  # noqa: E402
 from vqldm.autoencoder.config import load_autoencoder_config  # noqa: E402
-from vqldm.diffusion.latent_cache import prepare_latent_cache  # noqa: E402
-from vqldm.diffusion.model import build_unet, latent_shape  # noqa: E402
+from vqldm.plumbing.latent_cache import prepare_latent_cache  # noqa: E402
+from vqldm.diffusion.model import build_unet  # noqa: E402
+from vqldm.plumbing.geometry import latent_shape  # noqa: E402
 from vqldm.diffusion.objective import (  # noqa: E402
     diffusion_loss,
     make_train_scheduler,
@@ -37,7 +38,8 @@ from vqldm.diffusion.objective import (  # noqa: E402
     training_target,
 )
 from vqldm.autoencoder.model import load_vqvae  # noqa: E402
-from vqldm.diffusion.train import load_diffusion_config, resolve_data_config  # noqa: E402
+from vqldm.diffusion.train import load_diffusion_config  # noqa: E402
+from vqldm.plumbing.data import resolve_latent_data  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -62,12 +64,12 @@ def main(argv=None) -> dict:
     if args.autoencoder:
         ae = load_vqvae(args.autoencoder)
         vqvae, ae_data = ae.vqvae, ae.data
-        data_cfg = resolve_data_config(cfg.data, ae_data, vqvae)
+        data_cfg = resolve_latent_data(cfg.data, ae_data, vqvae.config)
     else:
         ae_cfg = load_autoencoder_config(args.ae_config)
         torch.manual_seed(0)
         vqvae = build_vqmodel(ae_cfg.model, ae_cfg.data.image_size, ae_cfg.data.channels).eval().requires_grad_(False)
-        data_cfg = resolve_data_config(cfg.data, {k: getattr(ae_cfg.data, k) for k in ("image_size", "channels", "fit")}, vqvae)
+        data_cfg = resolve_latent_data(cfg.data, {k: getattr(ae_cfg.data, k) for k in ("image_size", "channels", "fit")}, vqvae.config)
     data_cfg.max_images = args.images
     datasets = load_datasets(args.data, data_cfg, progress=False)
     datasets = Datasets(datasets.train, datasets.train, source=datasets.source)  # no holdout needed here

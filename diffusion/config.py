@@ -10,31 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..plumbing.data import DataConfig
+from ..plumbing.data import LatentDataConfig
 from ..plumbing.geometry import downsampling_factor
+from ..plumbing.latent_cache import CacheConfig
 from ..plumbing.trainkit import TrainLoopConfig
-
-
-@dataclass
-class DiffusionDataConfig(DataConfig):
-    """:class:`DataConfig` whose image geometry defaults to the autoencoder's.
-
-    ``image_size``, ``channels`` and ``fit`` are ``None`` (= take them from the autoencoder run's
-    ``config.yaml``, or from the ``vqvae`` config for a bare VQModel folder). Setting one that disagrees
-    with the autoencoder is an error: the latents only mean something for the images the autoencoder saw.
-    """
-
-    image_size: int | None = None
-    channels: int | None = None
-    fit: Literal["pad", "resize", "crop"] | None = None
-
-    def __post_init__(self):
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
-        if self.channels is not None and self.channels not in (1, 3):
-            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
 
 
 @dataclass
@@ -110,22 +89,6 @@ class ObjectiveConfig:
 
 
 @dataclass
-class CacheConfig:
-    """The latent cache: the dataset encoded once through the autoencoder (see ``diffusion.latent_cache``)."""
-
-    folder: str | None = None  # default: <autoencoder run>/latent_cache if writable, else <out>/latent_cache
-    shard_size: int = 16384  # latents per safetensors shard
-    hflip: bool = False  # also store the latents of horizontally flipped images (a second view)
-    encode_batch_size: int = 256
-    holdout_max_images: int | None = None  # encode at most this many held-out images (None = all)
-    dtype: Literal["float32", "float16"] = "float32"  # float16 halves disk and memory for large latents
-
-    def __post_init__(self):
-        if self.shard_size < 1 or self.encode_batch_size < 1:
-            raise ValueError("cache.shard_size and cache.encode_batch_size must be >= 1")
-
-
-@dataclass
 class DiffusionTrainConfig(TrainLoopConfig):
     """Loop settings; ``image_every`` is how often a grid of EMA samples is written to ``RUN/images``."""
 
@@ -149,7 +112,7 @@ class DiffusionTrainConfig(TrainLoopConfig):
 
 @dataclass
 class DiffusionRunConfig:
-    data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
+    data: LatentDataConfig = field(default_factory=LatentDataConfig)
     model: UNetConfig = field(default_factory=UNetConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

@@ -12,7 +12,6 @@ would, on every process, with no generator state to carry between processes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from ..autoencoder.model import load_vqvae
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint, weights_sha256
 from ..plumbing.config import load_config, save_config, to_dict
-from ..plumbing.data import BatchSampler, DataConfig, load_datasets
+from ..plumbing.data import BatchSampler, load_datasets, resolve_latent_data
 from ..plumbing.errors import UserError
 from ..plumbing.geometry import latent_shape, null_class, size_hw, unscale_latents
 from ..plumbing.images import make_grid, save_png
@@ -39,12 +38,13 @@ from ..plumbing.trainkit import (
     resume_training,
     save_training_state,
     set_learning_rate,
+    step_generator,
     stop_if_signalled,
 )
-from .config import DiffusionDataConfig, DiffusionRunConfig
-from .ema import EMA, ema_decay_at
+from .config import DiffusionRunConfig
+from ..plumbing.ema import EMA, ema_decay_at
 from .export import export_pipeline_folder
-from .latent_cache import prepare_latent_cache
+from ..plumbing.latent_cache import prepare_latent_cache
 from .model import build_unet, check_latent_shape
 from .objective import (
     diffusion_loss,
@@ -61,45 +61,6 @@ from .sampling import denoise
 def load_diffusion_config(path, overrides=()) -> DiffusionRunConfig:
     """A YAML path or preset name from ``configs/diffusion/``, with ``--set`` overrides applied."""
     return load_config(DiffusionRunConfig, path, overrides, stage="diffusion")
-
-
-def resolve_data_config(cfg: DiffusionDataConfig, ae_data: dict | None, vqvae: VQModel) -> DataConfig:
-    """The data section with image_size / channels / fit taken from the autoencoder.
-
-    Source of truth: the autoencoder run's ``config.yaml``, else the vqvae config (``sample_size``,
-    ``in_channels``). A value set in the diffusion config that disagrees is a UserError.
-    """
-    if ae_data:
-        theirs = {k: ae_data.get(k) for k in ("image_size", "channels", "fit")}
-    else:
-        theirs = {"image_size": size_hw(vqvae.config.sample_size)[0], "channels": vqvae.config.in_channels, "fit": None}
-    values = {}
-    for key, theirs_value in theirs.items():
-        mine = getattr(cfg, key)
-        if mine is not None and theirs_value is not None and mine != theirs_value:
-            raise UserError(
-                f"data.{key} is {mine!r} but the autoencoder was trained with {theirs_value!r}; remove data.{key} "
-                f"from the diffusion config (it is taken from the autoencoder)"
-            )
-        values[key] = mine if mine is not None else theirs_value
-    if values["image_size"] is None or values["channels"] is None:
-        raise UserError("cannot tell the autoencoder's image size or channels; set data.image_size and data.channels")
-    return DataConfig(
-        source=cfg.source,
-        image_size=int(values["image_size"]),
-        channels=int(values["channels"]),
-        fit=values["fit"] or "pad",
-        labels=cfg.labels,
-        holdout_fraction=cfg.holdout_fraction,
-        max_images=cfg.max_images,
-        num_workers=cfg.num_workers,
-    )
-
-
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The CPU generator for the noise, timesteps and label dropout of one (step, process)."""
-    digest = hashlib.sha256(f"vqldm-noise:{seed}:{step}:{rank}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 @torch.no_grad()
@@ -141,7 +102,7 @@ def train_diffusion(
 ) -> dict:
     """Train the latent UNet, export ``out/pipeline`` (EMA weights) and return the final metrics
     (also written to ``out/metrics.json``; empty on non-main processes)."""
-    check_max_steps(max_steps)
+    check_max_steps(max_steps, cfg.train.grad_accumulation)
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     tc, oc = cfg.train, cfg.objective
@@ -155,7 +116,7 @@ def train_diffusion(
     vqvae, ae_data, ae_run = ae.vqvae, ae.data, ae.run_dir
 
     # ---------------------------------------------------------------- data -> latent cache
-    data_cfg = resolve_data_config(cfg.data, ae_data, vqvae)
+    data_cfg = resolve_latent_data(cfg.data, ae_data, vqvae.config)
     source = data or cfg.data.source or (ae_data or {}).get("source")
     datasets = load_datasets(source, data_cfg, log=log, progress=progress)
     cfg.data.source, cfg.data.image_size, cfg.data.channels, cfg.data.fit = datasets.source, data_cfg.image_size, data_cfg.channels, data_cfg.fit
@@ -277,7 +238,7 @@ def train_diffusion(
                 sample_grid(step)
             if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 last_ckpt = save_checkpoint(step) or last_ckpt
-            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir)
+            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
     bar.close()
     session_seconds, train_seconds = clock.session(), clock.total()
     save_checkpoint(step)

@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
+from .geometry import size_hw
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 NAMED_DATASETS = ("fashion-mnist", "mnist", "cifar10")
@@ -60,6 +61,62 @@ class DataConfig:
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+@dataclass
+class LatentDataConfig(DataConfig):
+    """The data section of a stage that trains on an autoencoder's latents (diffusion, priors): a
+    :class:`DataConfig` whose image geometry defaults to the autoencoder's.
+
+    ``image_size``, ``channels`` and ``fit`` are ``None`` (= take them from the autoencoder run's
+    ``config.yaml``, or from the ``vqvae`` config for a bare VQModel folder). Setting one that disagrees
+    with the autoencoder is an error: the latents only mean something for the images the autoencoder saw.
+    """
+
+    image_size: int | None = None
+    channels: int | None = None
+    fit: Literal["pad", "resize", "crop"] | None = None
+
+    def __post_init__(self):
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_config) -> DataConfig:
+    """The data section with image_size / channels / fit taken from the autoencoder.
+
+    Source of truth: the autoencoder run's ``config.yaml`` data section (``ae_data``), else the vqvae
+    config (``sample_size``, ``in_channels``). A value set in ``cfg`` that disagrees is a UserError.
+    """
+    if ae_data:
+        theirs = {k: ae_data.get(k) for k in ("image_size", "channels", "fit")}
+    else:
+        theirs = {"image_size": size_hw(vqvae_config.sample_size)[0], "channels": vqvae_config.in_channels, "fit": None}
+    values = {}
+    for key, theirs_value in theirs.items():
+        mine = getattr(cfg, key)
+        if mine is not None and theirs_value is not None and mine != theirs_value:
+            raise UserError(
+                f"data.{key} is {mine!r} but the autoencoder was trained with {theirs_value!r}; remove data.{key} "
+                f"from the config (it is taken from the autoencoder)"
+            )
+        values[key] = mine if mine is not None else theirs_value
+    if values["image_size"] is None or values["channels"] is None:
+        raise UserError("cannot tell the autoencoder's image size or channels; set data.image_size and data.channels")
+    return DataConfig(
+        source=cfg.source,
+        image_size=int(values["image_size"]),
+        channels=int(values["channels"]),
+        fit=values["fit"] or "pad",
+        labels=cfg.labels,
+        holdout_fraction=cfg.holdout_fraction,
+        max_images=cfg.max_images,
+        num_workers=cfg.num_workers,
+    )
 
 
 # ----------------------------------------------------------------------------- image decoding

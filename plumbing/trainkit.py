@@ -21,6 +21,7 @@ export); they call these helpers for the steps they have in common:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -69,6 +70,12 @@ class TrainLoopConfig:
         for name in ("max_steps", "batch_size", "log_every", "image_every", "checkpoint_every", "grad_accumulation"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "checkpoint_every"):
+            # checkpoints and resumes sit on optimizer-step boundaries: a resume mid-window would lose the
+            # gradients summed so far and shift every later boundary
+            if getattr(self, name) % self.grad_accumulation:
+                raise ValueError(f"train.{name} ({getattr(self, name)}) must be a multiple of train.grad_accumulation "
+                                 f"({self.grad_accumulation})")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -80,10 +87,16 @@ class TrainLoopConfig:
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
 
 
-def check_max_steps(max_steps: int | None) -> None:
-    """``--max-steps`` must be a positive integer (checked before any file or folder is created)."""
-    if max_steps is not None and max_steps < 1:
+def check_max_steps(max_steps: int | None, grad_accumulation: int = 1) -> None:
+    """``--max-steps`` must be a positive integer, a multiple of ``train.grad_accumulation`` (checked before
+    any file or folder is created)."""
+    if max_steps is None:
+        return
+    if max_steps < 1:
         raise UserError(f"--max-steps must be >= 1, got {max_steps}; pass the number of training steps to run")
+    if max_steps % grad_accumulation:
+        raise UserError(f"--max-steps {max_steps} is not a multiple of train.grad_accumulation ({grad_accumulation}); "
+                        f"runs end on an optimizer step, pass a multiple of {grad_accumulation}")
 
 
 def make_accelerator(cfg: TrainLoopConfig):
@@ -128,9 +141,12 @@ class StopSignals:
         return False
 
 
-def stop_if_signalled(signals: "StopSignals", step: int, save_checkpoint, bar, logger, run_dir: Path) -> None:
-    """After a SIGINT/SIGTERM: save a checkpoint, close the bar and logs, and stop with one line."""
-    if not signals.requested:
+def stop_if_signalled(signals: "StopSignals", step: int, save_checkpoint, bar, logger, run_dir: Path,
+                      grad_accumulation: int = 1) -> None:
+    """After a SIGINT/SIGTERM: save a checkpoint, close the bar and logs, and stop with one line. Under
+    gradient accumulation the loop runs on to the next optimizer step first (at most k - 1 micro-batches),
+    so the checkpoint holds no half-summed gradients and the resumed run stays bit-exact."""
+    if not signals.requested or step % grad_accumulation:
         return
     path = save_checkpoint(step)
     bar.close()
@@ -174,6 +190,14 @@ def lr_lambda(warmup_steps: int, schedule: str = "constant", max_steps: int = 0,
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The CPU generator for the random draws of one (step, process): noise, timesteps, masks, label
+    dropout. A function of (seed, step, rank) alone, so a resumed run draws exactly what an uninterrupted
+    run would, on every process, with no generator state to carry."""
+    digest = hashlib.sha256(f"vqldm-noise:{seed}:{step}:{rank}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def optimizer_steps(tc: TrainLoopConfig) -> int:

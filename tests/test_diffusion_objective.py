@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vqldm.diffusion.config import ObjectiveConfig
-from vqldm.diffusion.ema import EMA, ema_decay_at
+from vqldm.plumbing.ema import EMA, ema_decay_at
 from vqldm.diffusion.objective import (
     diffusion_loss,
     drop_labels,

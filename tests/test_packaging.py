@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_install_claims_only_the_vqldm_import_name(tmp_path):
-    target = tmp_path / "site"
+    target, src = tmp_path / "site", tmp_path / "src"
+    # build from a copy, so setuptools' build/ and egg-info folders do not land in the checkout
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "runs", "bench_out", "*.egg-info", "__pycache__", ".whl"))
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-compile",
-                           "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+                           "--target", str(target), str(src)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     top = sorted(p.name for p in target.iterdir() if p.name not in ("bin",) and not p.name.endswith(".dist-info"))
     assert top == ["vqldm"], top  # no top-level autoencoder / diffusion / pipelines / configs / plumbing

@@ -26,19 +26,34 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from diffusers import VQModel
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..plumbing.checkpoint import AtomicDir, load_safetensors, weights_sha256
-from ..plumbing.data import Datasets, ImageData
-from ..plumbing.errors import UserError
-from ..plumbing.geometry import scale_latents
+from .checkpoint import AtomicDir, load_safetensors, weights_sha256
+from .data import Datasets, ImageData
+from .errors import UserError
+from .geometry import scale_latents
 
-from .config import CacheConfig
+
+@dataclass
+class CacheConfig:
+    """The latent cache: the dataset encoded once through the autoencoder (this module)."""
+
+    folder: str | None = None  # default: <autoencoder run>/latent_cache if writable, else <out>/latent_cache
+    shard_size: int = 16384  # latents per safetensors shard
+    hflip: bool = False  # also store the latents of horizontally flipped images (a second view)
+    encode_batch_size: int = 256
+    holdout_max_images: int | None = None  # encode at most this many held-out images (None = all)
+    dtype: Literal["float32", "float16"] = "float32"  # float16 halves disk and memory for large latents
+
+    def __post_init__(self):
+        if self.shard_size < 1 or self.encode_batch_size < 1:
+            raise ValueError("cache.shard_size and cache.encode_batch_size must be >= 1")
+
 
 FORMAT = "vqldm-latent-cache"
 VERSION = 1
