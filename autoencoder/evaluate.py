@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from diffusers import VQModel
-from tqdm.auto import tqdm
 
 from ..plumbing.data import ImageData
 from .metrics import codebook_stats, psnr, ssim
@@ -31,8 +30,7 @@ def evaluate_reconstruction(
     k = vqmodel.config.num_vq_embeddings
     counts = torch.zeros(k, dtype=torch.long)
     psnrs, ssims, all_indices = [], [], []
-    for start in tqdm(range(0, n, batch_size), desc="evaluating reconstructions", disable=not progress, leave=False):
-        x, _ = data.batch(torch.arange(start, min(n, start + batch_size)))
+    for x, _ in data.batches(batch_size, n, progress, "evaluating reconstructions"):
         x = x.to(device)
         h = vqmodel.encode(x).latents
         z_q, indices = encode_indices(vqmodel, h)
@@ -67,8 +65,7 @@ def measure_scaling_factor(
     vqmodel.eval()
     n = len(data) if max_images is None else min(len(data), max_images)
     total, total_sq, count = 0.0, 0.0, 0
-    for start in tqdm(range(0, n, batch_size), desc="measuring latent scale", disable=not progress, leave=False):
-        x, _ = data.batch(torch.arange(start, min(n, start + batch_size)))
+    for x, _ in data.batches(batch_size, n, progress, "measuring latent scale"):
         h = vqmodel.encode(x.to(device)).latents.double()
         total += float(h.sum())
         total_sq += float((h * h).sum())

@@ -30,7 +30,7 @@ from ..plumbing.trainkit import (
     set_learning_rate,
     stop_if_signalled,
 )
-from .config import AutoencoderRunConfig, load_autoencoder_config  # noqa: F401  (re-exported for callers)
+from .config import AutoencoderRunConfig
 from .evaluate import evaluate_reconstruction, measure_scaling_factor
 from .losses import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, load_lpips, perceptual_loss, reconstruction_loss
 from .metrics import codebook_stats, psnr

@@ -24,7 +24,7 @@ from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint, weights_
 from ..plumbing.config import load_config, save_config, to_dict
 from ..plumbing.data import BatchSampler, load_datasets, resolve_latent_data
 from ..plumbing.errors import UserError
-from ..plumbing.geometry import latent_shape, null_class, size_hw, unscale_latents
+from ..plumbing.geometry import latent_shape, null_class, unscale_latents
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args) -> None:
     """Cheap checks before loading any model, so mistakes fail in milliseconds."""
-    from .pipeline import DTYPES, SCHEDULERS
+    from .pipeline import DTYPES
+    from .schedulers import SCHEDULERS
 
     if args.scheduler is not None and args.scheduler.lower() not in SCHEDULERS:
         raise UserError(f"unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")

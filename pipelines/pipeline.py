@@ -32,7 +32,7 @@ from ..plumbing.errors import UserError
 from ..plumbing.geometry import latent_shape, num_classes as geometry_num_classes, scale_latents, size_hw, unet_latent_shape, unscale_latents
 from .default_model import DEFAULT_MODEL_DIR
 from .inputs import slerp, to_image_tensor, to_mask_tensor
-from .schedulers import SCHEDULERS, make_scheduler  # noqa: F401  (SCHEDULERS re-exported for callers)
+from .schedulers import make_scheduler
 
 DEFAULT_STEPS = 50  # diffusers' LDMPipeline default; a folder may override it with vqldm.json "default_steps"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

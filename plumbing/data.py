@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from .errors import UserError
 from .geometry import size_hw
@@ -241,6 +242,12 @@ class ImageData:
         idx = torch.as_tensor(indices, dtype=torch.long)
         x = self.images[idx].float().div_(127.5).sub_(1.0)
         return x, self.labels[idx]
+
+    def batches(self, batch_size: int, limit: int | None = None, progress: bool = False, desc: str = "images"):
+        """(images in [-1, 1], labels) for the first ``limit`` items (all when None), in order, ``batch_size`` at a time."""
+        n = len(self) if limit is None else min(len(self), limit)
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+            yield self.batch(torch.arange(start, min(n, start + batch_size)))
 
     def fingerprint(self) -> str:
         """A content hash: identifies the data for caches (latent cache invalidation)."""

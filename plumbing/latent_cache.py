@@ -31,7 +31,6 @@ from typing import Callable, Literal
 import torch
 from diffusers import VQModel
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from .checkpoint import AtomicDir, load_safetensors, weights_sha256
 from .data import Datasets, ImageData
@@ -146,8 +145,7 @@ def encode_latents(
     first when ``hflip``), in dataset order."""
     vqvae.eval()
     chunks = []
-    for start in tqdm(range(0, len(data), batch_size), desc=desc, disable=not progress, leave=False):
-        x, _ = data.batch(torch.arange(start, min(len(data), start + batch_size)))
+    for x, _ in data.batches(batch_size, progress=progress, desc=desc):
         if hflip:
             x = x.flip(-1)
         h = vqvae.encode(x.to(device)).latents

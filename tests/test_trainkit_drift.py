@@ -10,7 +10,6 @@ import shutil
 import pytest
 import torch
 
-from vqldm.autoencoder.model import AutoencoderModelConfig, build_vqmodel
 from vqldm.diffusion.config import ObjectiveConfig, UNetConfig
 from vqldm.diffusion.export import export_pipeline_folder
 from vqldm.plumbing.latent_cache import read_index
@@ -20,6 +19,8 @@ from vqldm.pipelines.cli import main
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint, weights_sha256
 from vqldm.plumbing.errors import UserError
 from vqldm.plumbing.trainkit import TrainLoopConfig, learning_rate
+
+from test_diffusion_cache_model import tiny_vqvae  # the same tiny VQModel as the cache tests
 
 TRAINERS = ["autoencoder", "diffusion"]
 
@@ -182,18 +183,9 @@ def test_train_seconds_keep_growing_across_a_resume(trainer, run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- 5. swapped vqvae in a pipeline
-def _tiny_vqvae(seed: int, scaling_factor: float):
-    torch.manual_seed(seed)
-    cfg = AutoencoderModelConfig(block_out_channels=[8, 16], latent_channels=3, codebook_size=16, norm_num_groups=4,
-                                 mid_block_add_attention=False)
-    vq = build_vqmodel(cfg, 16, 1).eval().requires_grad_(False)
-    vq.register_to_config(scaling_factor=scaling_factor)
-    return vq
-
-
 @pytest.fixture
 def pipeline_folder(tmp_path):
-    vq = _tiny_vqvae(0, 2.5)
+    vq = tiny_vqvae(0, 2.5)
     unet = build_unet(UNetConfig(block_out_channels=[16, 32], attention=[False, True], layers_per_block=1,
                                  attention_head_dim=8, norm_num_groups=8, class_conditional=True), (3, 8, 8), num_classes=3)
     folder = export_pipeline_folder(vq, unet, make_sampling_scheduler(ObjectiveConfig(prediction_type="v_prediction")),
@@ -226,7 +218,7 @@ def test_pipeline_refuses_a_swapped_same_shaped_vqvae(pipeline_folder, tmp_path,
     pipe = VQLatentDiffusionPipeline.from_pretrained(folder)  # the folder as exported loads
     assert weights_sha256(pipe.vqvae) == weights_sha256(vq)
 
-    other = _tiny_vqvae(0, 2.5)
+    other = tiny_vqvae(0, 2.5)
     with torch.no_grad():
         other.decoder.conv_out.bias.add_(0.01)  # same config and shapes, different weights
     shutil.rmtree(folder / "vqvae")
