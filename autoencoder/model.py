@@ -111,6 +111,17 @@ def encode_indices(vqmodel: VQModel, h: torch.Tensor) -> tuple[torch.Tensor, tor
     return z_q, indices.view(h.shape[0], h.shape[2], h.shape[3])
 
 
+@torch.inference_mode()
+def decode_codes(vqmodel: VQModel, codes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Code indices B x (h*w) (raster order) -> images in [-1, 1]: look the codes up in the VQModel's
+    codebook and decode them, exactly as ``VQModel.decode`` does for already-quantized latents."""
+    b = codes.shape[0]
+    h, w = grid
+    dim = vqmodel.quantize.embedding.weight.shape[1]
+    z_q = vqmodel.quantize.get_codebook_entry(codes.reshape(-1), (b, h, w, dim))  # B x D x h x w
+    return vqmodel.decode(z_q, force_not_quantize=True).sample.clamp(-1, 1)
+
+
 # ----------------------------------------------------------------------------- loading a trained autoencoder
 def apply_missing_scale_rule(vqvae: VQModel) -> bool:
     """A VQ config without ``scaling_factor`` means 1.0 (CompVis LDM never scaled VQ latents); diffusers

@@ -22,6 +22,7 @@ from ..plumbing.trainkit import (
     StopSignals,
     TrainClock,
     check_max_steps,
+    keep_training,
     learning_rate,
     make_accelerator,
     optimizer_step,
@@ -119,7 +120,7 @@ def train_autoencoder(
     clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-autoencoder", disable=not (is_main and tc.progress), dynamic_ncols=True)
     with StopSignals() as signals:
-        while step < tc.max_steps:
+        while keep_training(tc, step, clock, acc):
             x, _ = datasets.train.batch(next(batches))
             x = x.to(device, non_blocking=True)
             model.train()

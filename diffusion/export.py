@@ -25,14 +25,13 @@ from pathlib import Path
 import diffusers
 
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
-from ..plumbing.errors import UserError
+from ..plumbing.model_folder import VQLDM_JSON
 from ..plumbing.geometry import downsampling_factor, null_class, unet_latent_shape
 from ..plumbing.geometry import num_classes as geometry_num_classes
 
 from .model import check_latent_shape
 
 PIPELINE_CLASS_NAME = "LDMPipeline"
-VQLDM_JSON = "vqldm.json"  # vqldm metadata next to model_index.json (class names, defaults, the vqvae it was trained on)
 
 
 def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -77,34 +76,3 @@ def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, e
         (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n", encoding="utf-8")
         (tmp / VQLDM_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
     return out_dir
-
-
-def read_vqldm_json(folder: str | os.PathLike) -> dict:
-    """The ``vqldm.json`` of a pipeline folder ({} when absent, e.g. a folder written by diffusers)."""
-    path = Path(folder) / VQLDM_JSON
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{str(path)!r} is not readable JSON ({err}); re-export the pipeline") from None
-
-
-def check_trained_vqvae(vqvae, info: dict, folder: str | os.PathLike) -> None:
-    """A denoiser is valid only for the latents it was trained on: refuse a vqvae whose latent scale or
-    weights differ from those recorded in ``vqldm.json`` (folders that record nothing are not checked)."""
-    recorded = info.get("autoencoder_scaling_factor")
-    actual = float(vqvae.config.scaling_factor)
-    if recorded is not None and abs(float(recorded) - actual) > 1e-6 * max(1.0, abs(actual)):
-        raise UserError(
-            f"the vqvae in {str(folder)!r} has scaling_factor {actual:.6g} but the UNet was trained at {float(recorded):.6g}; "
-            f"put back the vqvae the pipeline was exported with (or retrain the UNet on this autoencoder)"
-        )
-    recorded_hash = info.get("vqvae_weights_sha256")
-    if recorded_hash:
-        actual_hash = weights_sha256(vqvae)
-        if actual_hash != recorded_hash:
-            raise UserError(
-                f"the vqvae in {str(folder)!r} has weights sha256 {actual_hash[:16]}... but the UNet was trained on "
-                f"{recorded_hash[:16]}...; put back the vqvae the pipeline was exported with (or retrain the UNet on this autoencoder)"
-            )

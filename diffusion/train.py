@@ -12,7 +12,6 @@ would, on every process, with no generator state to carry between processes.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -22,8 +21,7 @@ from tqdm.auto import tqdm
 from ..autoencoder.model import load_vqvae
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint, weights_sha256
 from ..plumbing.config import load_config, save_config, to_dict
-from ..plumbing.data import BatchSampler, load_datasets, resolve_latent_data
-from ..plumbing.errors import UserError
+from ..plumbing.data import BatchSampler, conditioning_classes, load_datasets, resolve_latent_data
 from ..plumbing.geometry import latent_shape, null_class, unscale_latents
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
@@ -32,6 +30,7 @@ from ..plumbing.trainkit import (
     StopSignals,
     TrainClock,
     check_max_steps,
+    keep_training,
     learning_rate,
     make_accelerator,
     optimizer_step,
@@ -44,7 +43,7 @@ from ..plumbing.trainkit import (
 from .config import DiffusionRunConfig
 from ..plumbing.ema import EMA, ema_decay_at
 from .export import export_pipeline_folder
-from ..plumbing.latent_cache import prepare_latent_cache
+from ..plumbing.latent_cache import cache_root, prepare_latent_cache
 from .model import build_unet, check_latent_shape
 from .objective import (
     diffusion_loss,
@@ -121,14 +120,7 @@ def train_diffusion(
     datasets = load_datasets(source, data_cfg, log=log, progress=progress)
     cfg.data.source, cfg.data.image_size, cfg.data.channels, cfg.data.fit = datasets.source, data_cfg.image_size, data_cfg.channels, data_cfg.fit
     latent = latent_shape(vqvae.config, data_cfg.image_size)
-    num_classes = 0
-    if cfg.model.class_conditional:
-        num_classes = datasets.train.num_classes
-        if num_classes == 0 or bool((datasets.train.labels < 0).any()):
-            raise UserError(
-                "model.class_conditional is true but the training images have no class labels; pass --labels folders "
-                "(one subfolder per class), use a labelled dataset, or --set model.class_conditional=false"
-            )
+    num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
     class_names = list(datasets.train.class_names) if num_classes else []
     torch.manual_seed(tc.seed)
     unet = build_unet(cfg.model, latent, num_classes)  # rejects impossible shapes before anything is written
@@ -139,13 +131,7 @@ def train_diffusion(
         save_config(cfg, run_dir / "config.yaml")
     device = acc.device
     vqvae.to(device)
-    if cfg.cache.folder:
-        cache_root = Path(cfg.cache.folder)
-    elif ae_run is not None and os.access(ae_run, os.W_OK):
-        cache_root = ae_run / "latent_cache"
-    else:
-        cache_root = run_dir / "latent_cache"
-    cache = prepare_latent_cache(cache_root, vqvae, datasets, cfg.cache, data_cfg.image_size, data_cfg.channels, data_cfg.fit,
+    cache = prepare_latent_cache(cache_root(cfg.cache.folder, ae_run, run_dir), vqvae, datasets, cfg.cache, data_cfg.image_size, data_cfg.channels, data_cfg.fit,
                                  accelerator=acc, log=log, progress=progress)
     del datasets  # the images are not needed any more: training reads latents only
     sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
@@ -197,7 +183,7 @@ def train_diffusion(
     clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-diffusion", disable=not progress, dynamic_ncols=True)
     with StopSignals() as signals:
-        while step < tc.max_steps:
+        while keep_training(tc, step, clock, acc):
             x0, labels = cache.train.batch(next(batches))  # B x C x h x w scaled latents, B labels
             x0 = x0.to(device, non_blocking=True)
             g = step_generator(tc.seed, step, acc.process_index)

@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--autoencoder", required=True, help="autoencoder run folder (holding vqvae/) or a VQModel folder")
 
+    p = sub.add_parser("train-prior", help="train a masked or autoregressive prior over the autoencoder's codes (stage 2, discrete)")
+    p.add_argument("--kind", required=True, metavar="masked|autoregressive",
+                   help="masked: bidirectional, parallel decoding (MaskGIT); autoregressive: one code at a time in raster order")
+    _add_train_args(p)
+    p.add_argument("--autoencoder", required=True, help="autoencoder run folder (holding vqvae/) or a VQModel folder")
+
     # generate / evaluate own their arguments (pipelines/generate.py, pipelines/evaluate.py)
     from . import evaluate, generate
 
@@ -74,6 +80,22 @@ def cmd_train_diffusion(args) -> int:
     return 0
 
 
+def cmd_train_prior(args) -> int:
+    from ..plumbing.errors import UserError
+    from ..priors.config import KINDS, load_prior_config
+    from ..priors.train import train_prior
+
+    if args.kind not in KINDS:
+        raise UserError(f"unknown prior kind {args.kind!r}; pass --kind masked or --kind autoregressive")
+    cfg = load_prior_config(args.config, _overrides(args))
+    if cfg.model.kind not in (None, args.kind):
+        raise UserError(f"--kind {args.kind} but the config says model.kind: {cfg.model.kind}; pass the kind the config was written for")
+    cfg.model.kind = args.kind
+    train_prior(cfg, args.out or f"runs/prior-{args.kind}", autoencoder=args.autoencoder, data=args.data,
+                max_steps=args.max_steps, resume=args.resume)
+    return 0
+
+
 def cmd_generate(args) -> int:
     from .generate import main as generate_main
 
@@ -106,6 +128,7 @@ def cmd_convert(args) -> int:
 HANDLERS = {
     "train-autoencoder": cmd_train_autoencoder,
     "train-diffusion": cmd_train_diffusion,
+    "train-prior": cmd_train_prior,
     "generate": cmd_generate,
     "evaluate": cmd_evaluate,
     "convert": cmd_convert,

@@ -9,6 +9,11 @@ Modes (first positional argument)
   steps for several schedulers (``--steps-sweep 10,20,50``).
 * ``train-features``: train the domain classifier whose penultimate layer gives the features.
 
+Every FD / KID comes with its calibration (``calibration`` in report.json, printed under the value): the same
+metric, in the same features, at the same sample counts, against the same reference images, for another
+real set (the real-vs-real floor), real images blurred by a Gaussian of 0.5 px and 1 px, and real images with
+additive noise; and a line saying where the measured value falls on that scale.
+
 Every run writes ``OUT/report.json`` and PNG plots beside it (atomically).
 """
 
@@ -23,17 +28,24 @@ from ..plumbing.checkpoint import atomic_write_json
 from ..plumbing.errors import UserError
 from . import metrics
 from .evaluation import (
+    prior_code_usage,
+    scheduler_label,
     _device,
     _environment,
     _jsonable,
     _lpips_mean,
     _load_pipeline,
+    calibration_rows,
+    calibration_setup,
     distribution_metrics,
+    format_value,
     generate_images,
     load_reference_data,
+    other_real_images,
     pipeline_data_fit,
     pipeline_num_classes,
-    real_images,
+    place_on_scale,
+    real_indices,
     reconstruct,
     sweep_steps,
     warm_up,
@@ -56,7 +68,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 100; train-features 128)")
     p.add_argument("--steps", type=int, default=None, help="generation: sampling steps (default: the model's default_steps, else 50)")
     p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpm", "euler", "unipc"], default=None, help="generation: sampler (default: the pipeline's)")
-    p.add_argument("--guidance", type=float, default=1.0, help="generation: classifier-free guidance scale (class-conditional models)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="generation: classifier-free guidance scale (class-conditional models; default: the model's default_guidance, else 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps-sweep", default=None, metavar="K1,K2,...", help="generation: also measure FID at these step counts")
     p.add_argument("--sweep-schedulers", default="ddim,dpm,unipc", help="schedulers for --steps-sweep (default ddim,dpm,unipc)")
@@ -139,6 +152,13 @@ def cmd_autoencoder(args) -> int:
     rec_f = extractor(recs, progress, "features (reconstructions)")
     rfid = metrics.fid_from_features(real_f, rec_f)
 
+    # the scale rFID is read on: n other real images vs the originals (floor); the originals blurred / noised
+    # vs themselves (paired, as the reconstructions are)
+    probe, probe_desc = other_real_images(ds, torch.arange(n), n, args.seed, train_when_short=True)
+    calibration = calibration_rows(x, probe, extractor, ref_features=real_f, paired=True, seed=args.seed,
+                                   progress=progress) if probe is not None else []
+    setup = calibration_setup(f"the {n} held-out originals", probe_desc, paired=True)
+
     class_report = None
     if holdout.num_classes >= 2 and bool((labels >= 0).all()):
         class_report = metrics.per_class_code_report(indices, labels, int(vq.config.num_vq_embeddings), holdout.class_names, args.nmi)
@@ -166,6 +186,9 @@ def cmd_autoencoder(args) -> int:
         "lpips_note": lpips_note,
         "rfid": rfid,
         "rfid_features": extractor.name,
+        "rfid_scale": place_on_scale(rfid, calibration),
+        "calibration": calibration,
+        "calibration_setup": setup,
         "feature_dim": extractor.dim,
         "codebook": {k: rec_stats[k] for k in ("codebook_usage", "codes_used", "dead_codes", "perplexity", "perplexity_max", "entropy_bits")},
         "codebook_size": int(vq.config.num_vq_embeddings),
@@ -179,6 +202,7 @@ def cmd_autoencoder(args) -> int:
     print(f"autoencoder {vq_dir} on {n} held-out {ds.source} images ({size}x{size}):")
     print(f"  PSNR {report['psnr']:.2f} dB   SSIM {report['ssim']:.4f}   LPIPS " + (f"{lpips_value:.4f}" if lpips_value is not None else f"- ({lpips_note})"))
     print(f"  rFID {rfid:.3f} ({n} reconstructions vs {n} originals, {extractor.name} features, {extractor.dim}-d)")
+    print(format_calibration(calibration, setup, "rFID", rfid))
     cb = report["codebook"]
     print(f"  codebook usage {cb['codebook_usage']:.1f}% ({cb['codes_used']}/{report['codebook_size']} codes, {cb['dead_codes']} dead), "
           f"perplexity {cb['perplexity']:.1f} of {cb['perplexity_max']:.0f}")
@@ -191,15 +215,35 @@ def cmd_autoencoder(args) -> int:
     return 0
 
 
+def format_calibration(rows: list[dict], setup: dict, metric: str | None = None, value: float | None = None,
+                       indent: str = "    ") -> str:
+    """Where ``metric`` = ``value`` falls on the calibration scale (when given), the scale's header, and one
+    line per calibration row (name, FD, KID mean when computed, sample count)."""
+    if not rows:
+        return f"{indent}calibration: - ({setup['real_vs_real']})"
+    with_kid = any(r.get("kid_mean") is not None for r in rows)
+    lines = [f"{indent}{metric} {format_value(value)} on this scale: {place_on_scale(value, rows)}"] if metric else []
+    lines += [f"{indent}calibration vs {setup['reference']}; real-vs-real: {setup['real_vs_real']}; "
+             f"blur (Gaussian, reflect) and noise (std {setup['noise_std']:g}, clamped) of "
+             + ("the same originals (paired)" if setup["paired"] else "those other images"),
+             f"{indent}  {'':<14} {'FD':>9}" + (f" {'KID mean':>10}" if with_kid else "") + f" {'n':>6}"]
+    for r in rows:
+        kid = "" if not with_kid else f" {r['kid_mean']:>10.4g}" if r.get("kid_mean") is not None else f" {'-':>10}"
+        lines.append(f"{indent}  {r['name']:<14} {r['fd']:>9.3f}{kid} {r['n']:>6}")
+    return "\n".join(lines)
+
+
 def format_kid(result: dict) -> str:
     return f"{result['kid_mean']:.4g} ± {result['kid_std']:.2g}"
 
 
 def format_sweep_table(rows: list[dict]) -> str:
-    lines = [f"{'scheduler':<10} {'steps':>5} {'FID':>9} {'KID (mean ± std)':>20} {'s/image':>9} {'samples':>8}"]
+    scale = any("fid_scale" in r for r in rows)
+    lines = [f"{'scheduler':<10} {'steps':>5} {'FID':>9} {'KID (mean ± std)':>20} {'s/image':>9} {'samples':>8}"
+             + ("  FID on the calibration scale" if scale else "")]
     for r in rows:
         lines.append(f"{r['scheduler']:<10} {r['steps']:>5} {r['fid']:>9.3f} {format_kid(r):>20} "
-                     f"{r['seconds_per_image']:>9.4f} {r['num_generated']:>8}")
+                     f"{r['seconds_per_image']:>9.4f} {r['num_generated']:>8}" + (f"  {r.get('fid_scale', '-')}" if scale else ""))
     return "\n".join(lines)
 
 
@@ -213,12 +257,18 @@ def cmd_generation(args) -> int:
     if args.scheduler:
         pipe.set_scheduler(args.scheduler)
     num_classes = pipeline_num_classes(pipe)
+    if args.guidance is None:
+        args.guidance = float(pipe.info.get("default_guidance") or 1.0) if num_classes else 1.0
+    prior_kind = getattr(pipe, "kind", None)
+    if prior_kind:  # a prior samples codes: its "sweep" is over its own decoding steps
+        sweep_schedulers = [prior_kind]
     size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
     fit = args.fit or pipeline_data_fit(pipe)
     out = _out_dir(args, "runs/evaluate-generation")
 
     ds = load_reference_data(args.data, size, channels, fit, progress)
-    real, real_labels = real_images(ds.holdout, args.num_samples, args.seed)
+    real_idx = real_indices(len(ds.holdout), args.num_samples, args.seed)
+    real, real_labels = ds.holdout.batch(real_idx)  # = real_images(ds.holdout, ...); the indices keep the calibration's images disjoint
     real_f = extractor(real, progress, "features (real)")
     warm_up(pipe, args.batch_size, args.guidance, num_classes)
     if args.steps is None:
@@ -228,6 +278,21 @@ def cmd_generation(args) -> int:
     fake, fake_labels, spi = generate_images(pipe, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed, num_classes, progress)
     fake_f = extractor(fake, progress, "features (generated)")
     result = distribution_metrics(real_f, fake_f, args.kid_subsets, args.kid_subset_size, args.seed)
+
+    # the scale FID / KID are read on: as many other held-out images as were generated, those blurred /
+    # noised, each vs the same real reference (computed once; again for the sweep only at another count)
+    def calibrate(n_measured: int) -> tuple[list[dict], dict]:
+        probe, probe_desc = other_real_images(ds, real_idx, n_measured, args.seed)
+        rows = calibration_rows(real, probe, extractor, ref_features=real_f, kid_subsets=args.kid_subsets,
+                                kid_subset_size=args.kid_subset_size, seed=args.seed, progress=progress) if probe is not None else []
+        return rows, calibration_setup(f"the same {real_f.shape[0]} held-out real images", probe_desc, paired=False)
+
+    calibration, setup = calibrate(fake_f.shape[0])
+    result["fid_scale"] = place_on_scale(result["fid"], calibration, "fd")
+    result["kid_scale"] = place_on_scale(result["kid_mean"], calibration, "kid_mean")
+
+    # codebook report of a prior: which codes it emits, against the codes the autoencoder uses on real data
+    code_usage = prior_code_usage(pipe, real, args.num_samples, args.batch_size, args.guidance, args.seed, num_classes) if prior_kind else None
 
     # class accuracy: a domain classifier with the same classes judges each generated image's class
     class_acc = None
@@ -259,10 +324,12 @@ def cmd_generation(args) -> int:
          (f"generated ({args.steps} steps" + (f", guidance {args.guidance}, one class per column)" if num_classes else ")"), fake[:show])],
         out / "real_vs_generated.png", nrow=nrow).name
 
-    sweep_rows = []
+    sweep_rows, sweep_calibration, sweep_setup = [], None, None
     if sweep:
+        sweep_calibration, sweep_setup = (calibration, setup) if args.sweep_samples == fake_f.shape[0] else calibrate(args.sweep_samples)
         sweep_rows = sweep_steps(pipe, real_f, extractor, sweep_schedulers, sweep, args.sweep_samples,
-                                 args.batch_size, args.guidance, args.seed, num_classes, args.kid_subsets, args.kid_subset_size, progress)
+                                 args.batch_size, args.guidance, args.seed, num_classes, args.kid_subsets, args.kid_subset_size, progress,
+                                 calibration=sweep_calibration)
         plots["fid_vs_steps"] = plot_steps_sweep(sweep_rows, out / "fid_vs_steps.png",
                                                  f"FID vs steps ({args.sweep_samples} generated vs {real_f.shape[0]} real, {extractor.name})").name
 
@@ -273,14 +340,19 @@ def cmd_generation(args) -> int:
         "features": extractor.name,
         "feature_dim": extractor.dim,
         "steps": args.steps,
-        "scheduler": type(pipe.scheduler).__name__,
+        "scheduler": scheduler_label(pipe),
         "guidance": args.guidance if num_classes else None,
         "num_classes": num_classes,
         "seed": args.seed,
         "seconds_per_image": spi,
         **result,
+        "calibration": calibration,
+        "calibration_setup": setup,
         "class_accuracy": class_acc,
+        "prior_code_usage": code_usage,
         "steps_sweep": sweep_rows,
+        "steps_sweep_calibration": sweep_calibration,
+        "steps_sweep_calibration_setup": sweep_setup,
         "plots": plots,
         "environment": _environment(device),
     }
@@ -289,7 +361,10 @@ def cmd_generation(args) -> int:
     n_f, n_r = result["num_generated"], result["num_real"]
     print(f"generation {report['model']} ({report['scheduler']}, {args.steps} steps{', guidance ' + str(args.guidance) if num_classes else ''}) vs held-out {ds.source}:")
     print(f"  FID {result['fid']:.3f}   ({n_f} generated vs {n_r} real images, {extractor.name} features, {extractor.dim}-d)")
+    print(format_calibration(calibration, setup, "FID", result["fid"]))
     print(f"  KID {format_kid(result)}   ({result['kid_subsets']} subsets of {result['kid_subset_size']})")
+    if calibration:
+        print(f"    KID {format_value(result['kid_mean'])} on the scale above (its KID column): {result['kid_scale']}")
     if "precision" in result:
         print(f"  precision {result['precision']:.3f}   recall {result['recall']:.3f}   (k=3, {n_f} generated vs {n_r} real)")
     if class_acc:
@@ -297,8 +372,17 @@ def cmd_generation(args) -> int:
               f"(classifier: {100 * class_acc['classifier_accuracy_on_real']:.1f}% on {n_r} real)")
     elif num_classes:
         print("  class accuracy: - (no domain classifier with matching classes; pass --features with one)")
+    if code_usage:
+        print(f"  codes emitted by the prior: {code_usage['codes_emitted']}/{code_usage['codebook_size']} over {code_usage['samples']} samples; "
+              f"{100 * code_usage['emitted_share_of_real_usage']:.1f}% of the {code_usage['codes_used_on_real']} codes the autoencoder "
+              f"uses on {code_usage['real_images']} real images ({code_usage['emitted_outside_real_usage']} emitted outside them)")
     print(f"  {spi:.4f} s per image on {device} ({torch.get_num_threads()} threads)")
     if sweep_rows:
         print(format_sweep_table(sweep_rows))
+        if sweep_calibration is calibration:
+            print(f"  sweep calibration: the one above ({args.sweep_samples} images per point, as many as generated above)")
+        else:
+            print(f"  sweep calibration ({args.sweep_samples} images per point):")
+            print(format_calibration(sweep_calibration, sweep_setup))
     print(f"report: {out / 'report.json'}  plots: {', '.join(plots.values())}")
     return 0

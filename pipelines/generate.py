@@ -14,6 +14,7 @@ The same arguments give the same images (the noise is drawn on the CPU from one 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -36,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ddim | ddpm | dpm (DPM-Solver++) | euler | unipc (default: the model's default_scheduler, else its own)")
     p.add_argument("--class", dest="class_", default=None, metavar="C",
                    help="class index or name (class-conditional models; default: cycle through all classes)")
-    p.add_argument("--guidance", type=float, default=1.0, metavar="G",
-                   help="classifier-free guidance scale (1 = none; class-conditional models only)")
+    p.add_argument("--guidance", type=float, default=None, metavar="G",
+                   help="classifier-free guidance scale (1 = none; class-conditional models only; default: the model's "
+                        "default_guidance in vqldm.json, else 1)")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per UNet batch (default 16)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic DDIM)")
     p.add_argument("--init-image", default=None, metavar="PATH", help="image-to-image: start from this image")
@@ -55,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="images per decoder call (default: the whole batch)")
     p.add_argument("--freeze-unet", action="store_true",
                    help="CPU: sample through a frozen TorchScript UNet (~1 s to build, then faster steps; pays off over many batches)")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="priors: sampling temperature of the codes (default: the model's, usually 1)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="priors: sample among the K most likely codes")
+    p.add_argument("--top-p", type=float, default=None, metavar="P", help="priors: nucleus sampling, 0 < P <= 1")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -81,8 +87,18 @@ def _check_args(args) -> None:
         raise UserError("--mask needs --init-image (the image whose white-masked part is regenerated)")
     if args.interpolate is not None and args.init_image is not None:
         raise UserError("--interpolate cannot be combined with --init-image; use one or the other")
-    if args.guidance <= 0:
+    for name in ("guidance", "strength", "eta", "temperature", "top_p"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.guidance is not None and args.guidance <= 0:
         raise UserError(f"--guidance must be > 0, got {args.guidance}")
+    if args.temperature is not None and args.temperature <= 0:
+        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
 
 
 def _open_image(path: str, what: str):
@@ -124,18 +140,37 @@ def _write(images: torch.Tensor, out: str, nrow: int | None = None) -> str:
     return str(path)
 
 
-def main(args) -> int:
+def _load(args):
+    """The model at --model: a latent diffusion pipeline, or a code prior (vqldm.json says which)."""
+    from .prior_pipeline import is_prior_folder, load_prior_pipeline
+
+    if is_prior_folder(args.model):
+        for flag, given in (("--scheduler", args.scheduler), ("--interpolate", args.interpolate is not None),
+                            ("--freeze-unet", args.freeze_unet), ("--no-quantize", args.no_quantize),
+                            ("--dtype", args.dtype != "fp32"), ("--strength", args.strength is not None)):
+            if given:
+                raise UserError(f"{flag} is for latent diffusion pipelines; {args.model!r} is a prior over codes: drop {flag}")
+        return load_prior_pipeline(args.model, device=_resolve_device(args.device)), {
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     from .pipeline import load_pipeline
 
+    for flag, given in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p)):
+        if given is not None:
+            raise UserError(f"{flag} is for priors over codes (`vqldm train-prior`); drop it for a latent diffusion model")
+    pipe = load_pipeline(args.model, device=_resolve_device(args.device), dtype=args.dtype, freeze_unet=args.freeze_unet)
+    scheduler = args.scheduler or pipe.info.get("default_scheduler")
+    if scheduler:
+        pipe.set_scheduler(scheduler)
+    return pipe, {"eta": args.eta, "quantize": not args.no_quantize, "decode_batch_size": args.decode_batch_size}
+
+
+def main(args) -> int:
     _check_args(args)
     init_image = _open_image(args.init_image, "--init-image") if args.init_image else None
     mask = _open_image(args.mask, "--mask") if args.mask else None
 
     start = time.perf_counter()
-    pipe = load_pipeline(args.model, device=_resolve_device(args.device), dtype=args.dtype, freeze_unet=args.freeze_unet)
-    scheduler = args.scheduler or pipe.info.get("default_scheduler")
-    if scheduler:
-        pipe.set_scheduler(scheduler)
+    pipe, specific = _load(args)
 
     if args.class_ is not None:
         label = pipe.class_index(args.class_)
@@ -145,10 +180,7 @@ def main(args) -> int:
     else:
         labels_for = lambda lo, hi: None  # noqa: E731
 
-    common = dict(
-        guidance_scale=args.guidance, num_inference_steps=args.steps, eta=args.eta, output_type="pt",
-        quantize=not args.no_quantize, decode_batch_size=args.decode_batch_size,
-    )
+    common = dict(guidance_scale=args.guidance, num_inference_steps=args.steps, output_type="pt", **specific)
     nrow = None
     if args.interpolate is not None:
         pipe.set_progress_bar_config(disable=args.no_progress, desc="interpolating")
@@ -163,8 +195,9 @@ def main(args) -> int:
         for k, lo in enumerate(range(0, n, b)):
             hi = min(lo + b, n)
             pipe.set_progress_bar_config(disable=args.no_progress, desc=f"batch {k + 1}/{batches}")
+            extra = {"strength": args.strength} if args.strength is not None else {}
             out = pipe(batch_size=hi - lo, class_labels=labels_for(lo, hi), generator=generator,
-                       image=init_image, strength=args.strength, mask_image=mask, **common)
+                       image=init_image, mask_image=mask, **extra, **common)
             chunks.append(out.images.cpu())
         images = torch.cat(chunks)
     where = _write(images, args.out, nrow=nrow)

@@ -25,11 +25,13 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..autoencoder.model import apply_missing_scale_rule
-from ..diffusion.export import check_trained_vqvae, export_pipeline_folder, read_vqldm_json
+from ..diffusion.export import export_pipeline_folder
+from ..plumbing.model_folder import check_trained_vqvae, read_vqldm_json
 from ..diffusion.sampling import denoise
 from ..plumbing.checkpoint import refuse_pickle
 from ..plumbing.errors import UserError
 from ..plumbing.geometry import latent_shape, num_classes as geometry_num_classes, scale_latents, size_hw, unet_latent_shape, unscale_latents
+from .classes import ClassConditioning
 from .default_model import DEFAULT_MODEL_DIR
 from .inputs import slerp, to_image_tensor, to_mask_tensor
 from .schedulers import make_scheduler
@@ -56,7 +58,7 @@ def check_components(vqvae, unet) -> None:
 
 
 # ----------------------------------------------------------------------------- the pipeline
-class VQLatentDiffusionPipeline(DiffusionPipeline):
+class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
     """Latent diffusion on a VQ autoencoder's pre-quantization latents (components as in ``LDMPipeline``).
 
     ``pipe(batch_size=4, class_labels=[7]*4, guidance_scale=3.0, num_inference_steps=25, generator=g)``.
@@ -124,43 +126,6 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
         extra = {k: v for k, v in self.info.items() if k not in ("autoencoder_scaling_factor", "latent_shape", "vqvae_weights_sha256")}
         export_pipeline_folder(self.vqvae, self.unet, self.scheduler, target, extra)
 
-    # ------------------------------------------------------------------ classes
-    @property
-    def num_classes(self) -> int:
-        """Number of real classes (0 for an unconditional model); the null class is index num_classes."""
-        if self.info.get("num_classes") is not None:
-            return int(self.info["num_classes"])
-        return geometry_num_classes(self.unet.config)
-
-    @property
-    def null_class(self) -> int | None:
-        if not self.num_classes:
-            return None
-        if self.info.get("null_class") is not None:
-            return int(self.info["null_class"])
-        return self.num_classes
-
-    @property
-    def class_names(self) -> list[str]:
-        names = self.info.get("class_names")
-        return [str(n) for n in names] if names else [str(i) for i in range(self.num_classes)]
-
-    def class_index(self, name_or_index: str | int) -> int:
-        """A class given as an index or a name from vqldm.json -> its index; UserError if unknown."""
-        if not self.num_classes:
-            raise UserError("this model is unconditional; drop --class (and --guidance)")
-        text = str(name_or_index).strip()
-        names = self.class_names
-        if text.lstrip("-").isdigit():
-            idx = int(text)
-        elif text.lower() in [n.lower() for n in names]:
-            idx = [n.lower() for n in names].index(text.lower())
-        else:
-            raise UserError(f"unknown class {text!r}; use an index 0..{self.num_classes - 1} or one of: {', '.join(names)}")
-        if not 0 <= idx < self.num_classes:
-            raise UserError(f"class {idx} is out of range; this model has classes 0..{self.num_classes - 1}")
-        return idx
-
     def use_channels_last(self, enabled: bool = True) -> "VQLatentDiffusionPipeline":
         """Store conv weights NHWC (oneDNN / cuDNN pick faster kernels; results agree to ~1e-6, not bitwise)."""
         fmt = torch.channels_last if enabled else torch.contiguous_format
@@ -188,6 +153,9 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
         if self._frozen is None or self._frozen.unet is not self.unet:
             self._frozen = FrozenUNet(self.unet)
         return self._frozen
+
+    def _model_num_classes(self) -> int:
+        return geometry_num_classes(self.unet.config)
 
     def set_scheduler(self, name: str, **options) -> None:
         """Switch to ``ddim`` / ``ddpm`` / ``dpm`` / ``euler`` / ``unipc`` keeping the training schedule.
@@ -219,23 +187,6 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
         chunks = [self.vqvae.decode(part, force_not_quantize=not quantize).sample for part in h.split(n)]
         return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
-    def _class_tensor(self, class_labels, batch_size: int) -> torch.Tensor | None:
-        if class_labels is None:
-            if self.num_classes:  # unconditional samples from a class-conditional model: the null class
-                return torch.full((batch_size,), self.null_class, dtype=torch.long, device=self.device)
-            return None
-        if not self.num_classes:
-            raise UserError("this model is unconditional; it takes no class labels (drop --class)")
-        labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
-        if labels.numel() == 1 and batch_size > 1:
-            labels = labels.expand(batch_size)
-        if labels.numel() != batch_size:
-            raise UserError(f"got {labels.numel()} class labels for {batch_size} images; pass one label or one per image")
-        bad = labels[(labels < 0) | (labels >= self.num_classes)]
-        if bad.numel():
-            raise UserError(f"class {int(bad[0])} is out of range; this model has classes 0..{self.num_classes - 1}")
-        return labels.to(self.device)
-
     def _autocast(self):
         if self.autocast_dtype in (None, torch.float32) or self.device.type != "cuda":
             return nullcontext()
@@ -247,7 +198,7 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
         self,
         batch_size: int = 1,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
@@ -264,6 +215,7 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
 
         - ``class_labels``: one label or one per image (class-conditional models; None = unconditional via the
           null class). ``guidance_scale`` s: eps = eps_null + s (eps_class - eps_null); s = 1 is plain conditional.
+          None: the model's measured ``default_guidance`` (vqldm.json) with class labels, else 1.
         - ``latents``: initial noise ``B x C x h x w`` (else drawn from ``generator`` on the CPU, as LDMPipeline).
         - ``image`` (+ ``strength`` in [0, 1], default 0.6): SDEdit image-to-image — encode, noise to the step
           that ``strength`` selects, denoise from there (strength 0 = the reconstruction, 1 = a fresh sample).
@@ -275,6 +227,8 @@ class VQLatentDiffusionPipeline(DiffusionPipeline):
             raise UserError(f"unknown output_type {output_type!r}; choose pil, np, pt or latent")
         if mask_image is not None and image is None:
             raise UserError("inpainting needs the image to inpaint as well as the mask (pass --init-image)")
+        if guidance_scale is None:
+            guidance_scale = float(self.info.get("default_guidance") or 1.0) if class_labels is not None else 1.0
         if guidance_scale != 1.0 and not self.num_classes:
             raise UserError("classifier-free guidance needs a class-conditional model; this one is unconditional: drop --guidance")
         if guidance_scale != 1.0 and class_labels is None:

@@ -120,6 +120,19 @@ def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_confi
     )
 
 
+def conditioning_classes(train: "ImageData", class_conditional: bool) -> int:
+    """The number of classes a class-conditional model is trained on (0 when unconditional); a UserError
+    when a class-conditional model is asked for on unlabelled images."""
+    if not class_conditional:
+        return 0
+    if train.num_classes == 0 or bool((train.labels < 0).any()):
+        raise UserError(
+            "model.class_conditional is true but the training images have no class labels; pass --labels folders "
+            "(one subfolder per class), use a labelled dataset, or --set model.class_conditional=false"
+        )
+    return train.num_classes
+
+
 # ----------------------------------------------------------------------------- image decoding
 def pil_to_array(img: Image.Image, channels: int) -> np.ndarray:
     """Any PIL mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) -> uint8 HxWxC array with ``channels``."""

@@ -32,7 +32,7 @@ import torch
 from diffusers import VQModel
 from safetensors.torch import save_file
 
-from .checkpoint import AtomicDir, load_safetensors, weights_sha256
+from .checkpoint import AtomicDir, load_safetensors, save_safetensors, weights_sha256
 from .data import Datasets, ImageData
 from .errors import UserError
 from .geometry import scale_latents
@@ -245,6 +245,16 @@ def load_latent_cache(folder: str | os.PathLike, key: str | None = None) -> Late
     )
 
 
+def cache_root(configured: str | None, autoencoder_run: Path | None, run_dir: Path) -> Path:
+    """Where caches live: the configured folder, else beside the autoencoder run (shared by every model
+    trained on it) when writable, else inside this run."""
+    if configured:
+        return Path(configured)
+    if autoencoder_run is not None and os.access(autoencoder_run, os.W_OK):
+        return Path(autoencoder_run) / "latent_cache"
+    return Path(run_dir) / "latent_cache"
+
+
 def prepare_latent_cache(
     root: str | os.PathLike,
     vqvae: VQModel,
@@ -285,3 +295,82 @@ def prepare_latent_cache(
     cache.built = built
     cache.seconds = time.perf_counter() - start
     return cache
+
+
+# ----------------------------------------------------------------------------- code cache (priors)
+CODES_FILE = "codes.safetensors"
+
+
+@dataclass
+class CodeSplit:
+    """Code indices of one split: ``codes`` N x T (int64, raster order of the h x w grid), ``labels`` N,
+    ``flipped`` N x T codes of the mirrored images or None (items ``N .. 2N-1``, as in :class:`LatentSplit`)."""
+
+    codes: torch.Tensor
+    labels: torch.Tensor
+    flipped: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.codes.shape[0] * (2 if self.flipped is not None else 1)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        n = self.codes.shape[0]
+        src = idx % n
+        out = self.codes[src].clone()
+        if self.flipped is not None:
+            mirrored = idx >= n
+            if mirrored.any():
+                out[mirrored] = self.flipped[src[mirrored]]
+        return out, self.labels[src]
+
+
+@dataclass
+class CodeCache:
+    folder: Path
+    key: str
+    grid: tuple[int, int]  # (h, w)
+    train: CodeSplit
+    holdout: CodeSplit
+    class_names: list[str] = field(default_factory=list)
+    built: bool = False
+
+
+@torch.inference_mode()
+def latents_to_codes(vqvae: VQModel, latents: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Scaled cached latents N x C x h x w -> the vqvae's nearest-code indices N x (h*w), int64."""
+    device = next(vqvae.parameters()).device
+    out = []
+    for part in latents.split(batch_size):
+        h = part.float().to(device) / float(vqvae.config.scaling_factor)  # unscale: the cache holds h * scaling_factor
+        _, _, (_, _, indices) = vqvae.quantize(h)
+        out.append(indices.view(part.shape[0], -1).cpu().long())
+    return torch.cat(out)
+
+
+def prepare_code_cache(root: str | os.PathLike, vqvae: VQModel, datasets: Datasets, cfg: CacheConfig, image_size: int,
+                       channels: int, fit: str, accelerator=None, log: Callable[[str], None] = print, progress: bool = True) -> CodeCache:
+    """The dataset as code indices, stored beside its latent cache (same folder, same key): the latents are
+    encoded once (or reused), their nearest codes written once to ``codes.safetensors`` (atomically, by the
+    main process) and read by every process."""
+    latents = prepare_latent_cache(root, vqvae, datasets, cfg, image_size, channels, fit, accelerator=accelerator, log=log, progress=progress)
+    path = latents.folder / CODES_FILE
+    is_main = accelerator is None or accelerator.is_main_process
+    built = False
+    if is_main and not path.is_file():
+        tensors = {"train": latents_to_codes(vqvae, latents.train.latents), "holdout": latents_to_codes(vqvae, latents.holdout.latents)}
+        if latents.train.flipped is not None:
+            tensors["train_hflip"] = latents_to_codes(vqvae, latents.train.flipped)
+        save_safetensors(tensors, path, metadata={"key": latents.key})
+        built = True
+        log(f"code cache: {tensors['train'].shape[0]} train + {tensors['holdout'].shape[0]} holdout code grids in {path}")
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    codes = load_safetensors(path)
+    _, h, w = latents.latent_shape
+    return CodeCache(
+        folder=latents.folder, key=latents.key, grid=(h, w),
+        train=CodeSplit(codes["train"].long(), latents.train.labels, codes["train_hflip"].long() if "train_hflip" in codes else None),
+        holdout=CodeSplit(codes["holdout"].long(), latents.holdout.labels),
+        class_names=latents.class_names, built=built or latents.built,
+    )

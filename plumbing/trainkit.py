@@ -13,7 +13,8 @@ export); they call these helpers for the steps they have in common:
 * ``NonFiniteGuard`` -- the NaN policy: skip one bad batch (the batch is consumed: the loop advances its
   step, so a resumed run draws the same batches as an uninterrupted one), stop on the next.
 * ``StopSignals`` / ``stop_if_signalled`` -- SIGINT/SIGTERM save a checkpoint and exit 130/143.
-* ``TrainClock`` -- training seconds that keep counting across ``--resume``.
+* ``TrainClock`` / ``keep_training`` -- training seconds that keep counting across ``--resume``, and the
+  loop condition (steps left, and time left under ``train.max_seconds``).
 * ``resume_training`` / ``save_training_state`` -- one checkpoint convention: modules and optimizers by
   name, the torch CPU RNG, ``step`` and ``train_seconds`` in ``state.json``; one wording for a checkpoint
   that does not match the config.
@@ -64,6 +65,9 @@ class TrainLoopConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     skip_nonfinite_once: bool = True  # skip one bad batch with a warning before stopping on NaN/inf
+    # stop after this many seconds of training (all sessions of the run), at an optimizer step, then save and
+    # export as at max_steps: a time budget (the learning-rate schedule still runs over max_steps)
+    max_seconds: float | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -76,6 +80,8 @@ class TrainLoopConfig:
             if getattr(self, name) % self.grad_accumulation:
                 raise ValueError(f"train.{name} ({getattr(self, name)}) must be a multiple of train.grad_accumulation "
                                  f"({self.grad_accumulation})")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"train.max_seconds must be > 0 or null, got {self.max_seconds}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -245,6 +251,19 @@ class TrainClock:
 
     def total(self) -> float:
         return self.seconds_before + self.session()
+
+
+def keep_training(tc: TrainLoopConfig, step: int, clock: TrainClock, accelerator=None) -> bool:
+    """The loop condition of every trainer: steps left and, with ``train.max_seconds``, time left. The time
+    is checked on optimizer-step boundaries and agreed by all processes (the slowest clock decides)."""
+    if step >= tc.max_steps:
+        return False
+    if tc.max_seconds is None or step % tc.grad_accumulation:
+        return True
+    over = clock.total() >= tc.max_seconds
+    if accelerator is not None and accelerator.num_processes > 1:
+        over = bool(accelerator.reduce(torch.tensor(float(over), device=accelerator.device), "max"))
+    return not over
 
 
 def _restoring(ckpt: Path, fn: Callable[[], None]) -> None:

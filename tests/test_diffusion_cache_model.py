@@ -14,7 +14,8 @@ from vqldm.plumbing.errors import UserError
 from vqldm.autoencoder.model import AutoencoderModelConfig, build_vqmodel
 from vqldm.diffusion.config import ObjectiveConfig, UNetConfig
 from vqldm.plumbing.latent_cache import CacheConfig
-from vqldm.diffusion.export import export_pipeline_folder, read_vqldm_json
+from vqldm.diffusion.export import export_pipeline_folder
+from vqldm.plumbing.model_folder import read_vqldm_json
 from vqldm.plumbing.latent_cache import LatentSplit, load_latent_cache, prepare_latent_cache
 from vqldm.diffusion.model import build_unet, check_latent_shape
 from vqldm.plumbing.geometry import latent_shape

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_install_claims_only_the_vqldm_import_name(tmp_path):
+def test_install_claims_only_the_vqldm_import_name(tmp_path, tiny_ae_run):
     target, src = tmp_path / "site", tmp_path / "src"
     # build from a copy, so setuptools' build/ and egg-info folders do not land in the checkout
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "runs", "bench_out", "*.egg-info", "__pycache__", ".whl"))
@@ -34,4 +34,17 @@ def test_install_claims_only_the_vqldm_import_name(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
     cli = subprocess.run([sys.executable, "-m", "vqldm", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert cli.returncode == 0 and "train-autoencoder" in cli.stdout
+    assert cli.returncode == 0 and "train-autoencoder" in cli.stdout and "train-prior" in cli.stdout
+
+    # a prior folder trained here loads and samples with the installed package
+    from vqldm.pipelines.cli import main
+
+    run = tmp_path / "prior-run"
+    assert main(["train-prior", "--kind", "masked", "--config", "tiny", "--autoencoder", str(tiny_ae_run), "--data", "fashion-mnist",
+                 "--out", str(run), "--max-steps", "2", "--set", "data.max_images=64", "--set", "cache.holdout_max_images=16",
+                 "--set", "train.progress=false"]) == 0
+    gen = subprocess.run([sys.executable, "-m", "vqldm", "generate", "--model", str(run / "prior"), "--class", "3", "--num-images", "4",
+                          "--out", str(tmp_path / "p.png"), "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    assert (tmp_path / "p.png").stat().st_size > 0 and str(target) in subprocess.run(
+        [sys.executable, "-c", "import vqldm.priors.model as m; print(m.__file__)"], env=env, capture_output=True, text=True).stdout

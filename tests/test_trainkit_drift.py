@@ -290,3 +290,14 @@ def test_resume_under_gradient_accumulation_is_bit_exact(trainer, run, tmp_path,
     for name in a:
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), f"{trainer}: {name}/{key} differs after the resume"
+
+
+# ----------------------------------------------------------------------------- 8. time budget
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_max_seconds_stops_the_run_and_still_exports(trainer, run, tmp_path):
+    out = tmp_path / "timed"
+    assert run(trainer, out, "--max-steps", 20, "--set", "train.max_seconds=0.001") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 1 <= metrics["step"] < 20  # stopped by the clock, not by max_steps
+    assert latest_checkpoint(out).name == f"step-{metrics['step']:08d}"
+    assert (out / ("vqvae" if trainer == "autoencoder" else "pipeline")).is_dir()

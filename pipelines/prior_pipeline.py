@@ -1,0 +1,216 @@
+"""``CodePriorPipeline``: a prior over the VQ codes -> code grid -> the vqvae's codebook and decoder -> images.
+
+Loads a folder written by ``vqldm train-prior`` (``prior/``, ``vqvae/``, ``vqldm.json``) and samples with
+the same call signature as :class:`VQLatentDiffusionPipeline` where the ideas coincide (``batch_size``,
+``class_labels``, ``guidance_scale``, ``num_inference_steps``, ``generator``, ``output_type``,
+``image`` + ``mask_image`` for inpainting), plus ``temperature``, ``top_k`` and ``top_p``. So
+``vqldm generate`` and ``vqldm evaluate generation`` work on either kind of model folder.
+
+Inpainting (masked prior): the init image is encoded to codes; a code is kept where every pixel it covers
+is kept by the mask, and the prior fills in the rest. Kept codes are unchanged in the output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import ImagePipelineOutput, VQModel
+from tqdm.auto import tqdm
+
+from ..autoencoder.model import apply_missing_scale_rule, decode_codes, encode_indices
+from ..plumbing.checkpoint import refuse_pickle
+from ..plumbing.errors import UserError
+from ..plumbing.geometry import size_hw
+from ..plumbing.model_folder import VQLDM_JSON, check_trained_vqvae, read_vqldm_json
+from ..priors.config import PriorSamplingConfig
+from ..priors.export import MODEL_TYPE
+from ..priors.model import CodePrior
+from ..priors.train import sample_codes
+from .classes import ClassConditioning
+from .inputs import to_image_tensor, to_mask_tensor
+
+
+def is_prior_folder(path: str | os.PathLike | None) -> bool:
+    """True for a folder written by ``vqldm train-prior`` (or its run folder)."""
+    if path is None:
+        return False
+    p = Path(path)
+    for folder in (p, p / "prior"):
+        info = folder / VQLDM_JSON
+        if info.is_file():
+            try:
+                return json.loads(info.read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE
+            except (OSError, json.JSONDecodeError):
+                return False
+    return False
+
+
+class CodePriorPipeline(ClassConditioning):
+    """``pipe(batch_size=8, class_labels=[7] * 8, guidance_scale=2.0, num_inference_steps=8, generator=g)``."""
+
+    def __init__(self, vqvae: VQModel, prior: CodePrior, info: dict):
+        self.vqvae, self.prior, self.info = vqvae, prior, dict(info)
+        self.kind = "autoregressive" if prior.config.causal else "masked"
+        self._progress = {"disable": False}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "CodePriorPipeline":
+        path = Path(path)
+        refuse_pickle(path)
+        if not path.exists():
+            raise UserError(f"model folder {str(path)!r} not found; pass a prior folder (holding prior/, vqvae/ and vqldm.json)")
+        if not (path / VQLDM_JSON).is_file() and (path / "prior" / VQLDM_JSON).is_file():
+            path = path / "prior"  # a train-prior run folder
+        info = read_vqldm_json(path)
+        if info.get("model_type") != MODEL_TYPE:
+            raise UserError(f"{str(path)!r} is not a prior folder (vqldm.json has no model_type {MODEL_TYPE!r}); pass the prior/ folder of `vqldm train-prior`")
+        if info.get("kind") not in ("masked", "autoregressive"):
+            raise UserError(f"{str(path / VQLDM_JSON)!r} names an unknown prior kind {info.get('kind')!r}; choose masked or autoregressive")
+        for part in ("prior", "vqvae"):
+            if not any((path / part).glob("*.safetensors")):
+                raise UserError(f"{str(path / part)!r} holds no .safetensors weights; re-export the prior (vqldm loads no pickles)")
+        try:
+            prior = CodePrior.from_pretrained(path / "prior", use_safetensors=True).eval()
+            vqvae = VQModel.from_pretrained(path / "vqvae", use_safetensors=True).eval()
+        except Exception as err:  # diffusers raises several kinds for bad folders
+            raise UserError(f"could not load the prior folder {str(path)!r} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); re-export it") from None
+        apply_missing_scale_rule(vqvae)
+        check_trained_vqvae(vqvae, info, path, model="prior", check_scale=False)  # codes, not scaled latents
+        if int(vqvae.config.num_vq_embeddings) != int(prior.config.codebook_size):
+            raise UserError(f"the vqvae in {str(path)!r} has {vqvae.config.num_vq_embeddings} codes but the prior models "
+                            f"{prior.config.codebook_size}; put back the vqvae the prior was trained on")
+        if (info.get("kind") == "autoregressive") != bool(prior.config.causal):
+            raise UserError(f"{str(path)!r}: vqldm.json says a {info.get('kind')} prior but the weights are the other kind; re-export it")
+        return cls(vqvae, prior, info)
+
+    def to(self, device) -> "CodePriorPipeline":
+        self.vqvae.to(device)
+        self.prior.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.prior.parameters()).device
+
+    def _model_num_classes(self) -> int:
+        return int(self.prior.config.num_classes)
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        self._progress.update(kwargs)
+
+    def set_scheduler(self, name: str, **options) -> None:
+        if name != self.kind:
+            raise UserError(f"this is a {self.kind} prior: it samples codes, it has no {name!r} scheduler (drop --scheduler)")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.prior.config.grid_height), int(self.prior.config.grid_width)
+
+    def sampling_defaults(self, **overrides) -> PriorSamplingConfig:
+        i = self.info
+        values = dict(steps=int(i.get("default_steps") or 8), temperature=float(i.get("default_temperature") or 1.0),
+                      top_k=i.get("default_top_k"), top_p=i.get("default_top_p"), guidance=float(i.get("default_guidance") or 1.0),
+                      choice_temperature=float(i.get("default_choice_temperature", 4.5)))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return PriorSamplingConfig(**values)
+        except ValueError as err:
+            raise UserError(str(err).replace("sampling.", "--").replace("_", "-")) from None
+
+    # ------------------------------------------------------------------ inpainting
+    def _known_codes(self, image, mask_image, batch_size: int) -> torch.Tensor:
+        """B x T codes of the init image, -1 where the mask says regenerate (a code is kept only if every
+        pixel it covers is kept)."""
+        c = self.vqvae.config.in_channels
+        hw = size_hw(self.vqvae.config.sample_size)
+        x = to_image_tensor(image, c, hw, "init image").to(self.device)
+        with torch.no_grad():
+            _, idx = encode_indices(self.vqvae, self.vqvae.encode(x).latents)
+        codes = idx.reshape(idx.shape[0], -1)
+        if mask_image is not None:
+            repaint = F.adaptive_max_pool2d(to_mask_tensor(mask_image, hw), self.grid).to(self.device)
+            if repaint.shape[0] == 1 and codes.shape[0] > 1:
+                repaint = repaint.expand(codes.shape[0], -1, -1, -1)
+            codes = torch.where(repaint.reshape(repaint.shape[0], -1) > 0, torch.full_like(codes, -1), codes)
+        if codes.shape[0] == 1 and batch_size > 1:
+            codes = codes.expand(batch_size, -1)
+        if codes.shape[0] != batch_size:
+            raise UserError(f"got {codes.shape[0]} init images for {batch_size} outputs; pass one or one per output")
+        return codes
+
+    # ------------------------------------------------------------------ sampling
+    @torch.inference_mode()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        image=None,
+        mask_image=None,
+        strength: float | None = None,
+        return_dict: bool = True,
+        **unused,
+    ):
+        """Generate images (or ``output_type="codes"``: B x h x w code indices).
+
+        ``guidance_scale`` / ``num_inference_steps`` / ``temperature`` / ``top_k`` / ``top_p`` default to the
+        folder's vqldm.json; the autoregressive prior takes one step per code whatever ``num_inference_steps``
+        says. ``image`` + ``mask_image`` inpaint (masked prior). Arguments of the diffusion pipeline that have
+        no meaning here (``eta``, ``decode_batch_size``; ``quantize`` must stay True) are accepted and ignored.
+        """
+        if output_type not in ("pil", "np", "pt", "codes"):
+            raise UserError(f"unknown output_type {output_type!r}; choose pil, np, pt or codes")
+        if unused.get("quantize") is False:
+            raise UserError("a prior generates codes, which are quantized by definition: drop --no-quantize")
+        if strength is not None:
+            raise UserError("--strength is for latent diffusion (image-to-image); a prior inpaints with --init-image and --mask")
+        if image is not None and mask_image is None:
+            raise UserError("a prior regenerates the masked part of an image: pass --mask with --init-image")
+        if guidance_scale is not None and guidance_scale != 1.0 and not self.num_classes:
+            raise UserError("classifier-free guidance needs a class-conditional prior; this one is unconditional: drop --guidance")
+        labels = self._class_tensor(class_labels, batch_size) if class_labels is not None else None
+        if labels is None:
+            guidance_scale = 1.0  # unconditional samples (the null class) are not guided
+        sampling = self.sampling_defaults(steps=num_inference_steps, temperature=temperature, top_k=top_k, top_p=top_p,
+                                          guidance=guidance_scale)
+        known = self._known_codes(image, mask_image, batch_size) if image is not None else None
+        g = generator[0] if isinstance(generator, list) else generator
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=g).item()) if g is not None else int(torch.seed() % (2**63))
+        bar = None if self._progress.get("disable") else (lambda it: tqdm(it, desc=self._progress.get("desc", self.kind), leave=False))
+        codes = sample_codes(self.prior, self.kind, labels, batch_size, sampling, seed, known=known, progress=bar)
+        if output_type == "codes":
+            out = codes.view(batch_size, *self.grid)
+        else:
+            images = (decode_codes(self.vqvae, codes, self.grid).float() / 2 + 0.5).clamp(0, 1)
+            out = images
+            if output_type in ("np", "pil"):
+                out = images.cpu().permute(0, 2, 3, 1).numpy()
+                if output_type == "pil":
+                    from diffusers.utils import numpy_to_pil
+
+                    out = numpy_to_pil(out)
+        if not return_dict:
+            return (out,)
+        return ImagePipelineOutput(images=out)
+
+
+def load_prior_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu") -> CodePriorPipeline:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return CodePriorPipeline.from_pretrained(path).to(device)

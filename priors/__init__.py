@@ -1,0 +1,8 @@
+"""Stage 2, discrete: priors over the code indices of the VQ autoencoder.
+
+The other half of the VQ idea: instead of denoising continuous latents, model p(codes | class) directly.
+``model`` (one transformer, bidirectional or causal), ``sampling`` (MaskGIT parallel decoding;
+raster-order autoregressive decoding with a KV cache), ``config`` (typed run config), ``export`` (the
+prior folder), ``train`` (``vqldm train-prior --kind masked|autoregressive``). Both read the code cache
+(``vqldm.plumbing.latent_cache.prepare_code_cache``) and decode through the same vqvae as latent diffusion.
+"""

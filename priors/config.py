@@ -1,0 +1,101 @@
+"""Typed configuration of a prior run: ``data``, ``model``, ``objective``, ``sampling``, ``cache``, ``train``.
+
+YAML presets live in ``configs/prior/``; ``--set section.key=value`` overrides one key. The grid size and
+codebook size are not typed here: they come from the autoencoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..plumbing.config import load_config
+from ..plumbing.data import LatentDataConfig
+from ..plumbing.latent_cache import CacheConfig
+from ..plumbing.trainkit import TrainLoopConfig
+
+KINDS = ("masked", "autoregressive")
+
+
+@dataclass
+class PriorModelConfig:
+    """The transformer: ``kind`` masked (bidirectional, MaskGIT) or autoregressive (causal, raster order)."""
+
+    kind: Literal["masked", "autoregressive"] | None = None  # set by `train-prior --kind`
+    width: int = 192
+    layers: int = 4
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    class_conditional: bool = True  # needs labels; adds a null class for classifier-free guidance
+
+    def __post_init__(self):
+        if self.width < 8 or self.layers < 1 or self.heads < 1:
+            raise ValueError("model.width must be >= 8 and model.layers, model.heads >= 1")
+        if self.width % self.heads:
+            raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class PriorObjectiveConfig:
+    # classifier-free guidance (Ho & Salimans 2022): the label is dropped to the null class with probability p
+    label_dropout: float = 0.1
+    mask_schedule: Literal["cosine", "linear"] = "cosine"  # masked prior: share of codes masked in training and sampling
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"objective.label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+@dataclass
+class PriorSamplingConfig:
+    """Defaults written into the exported folder's vqldm.json (``vqldm generate`` uses them)."""
+
+    steps: int = 8  # masked prior: parallel decoding rounds (the autoregressive prior takes one per code)
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    guidance: float = 2.0
+    choice_temperature: float = 4.5  # masked prior: MaskGIT's annealed randomness in which codes are kept
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"sampling.steps must be >= 1, got {self.steps}")
+        if not self.temperature > 0:
+            raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"sampling.top_k must be >= 1 or null, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1] or null, got {self.top_p}")
+
+
+@dataclass
+class PriorTrainConfig(TrainLoopConfig):
+    lr: float = 3e-4
+    adam_betas: list[float] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    num_sample_images: int = 20
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class PriorRunConfig:
+    data: LatentDataConfig = field(default_factory=LatentDataConfig)
+    model: PriorModelConfig = field(default_factory=PriorModelConfig)
+    objective: PriorObjectiveConfig = field(default_factory=PriorObjectiveConfig)
+    sampling: PriorSamplingConfig = field(default_factory=PriorSamplingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
+
+
+def load_prior_config(path, overrides=()) -> PriorRunConfig:
+    """A YAML path or preset name from ``configs/prior/``, with ``--set`` overrides applied."""
+    return load_config(PriorRunConfig, path, overrides, stage="prior")

@@ -1,0 +1,234 @@
+"""``vqldm train-prior --kind masked|autoregressive``: one flat training loop for a prior over the codes.
+
+build (autoencoder, data geometry, code cache, transformer, EMA, optimizer) -> resume -> loop (cached
+codes, label dropout, masking (masked prior) or shifting (autoregressive prior), cross-entropy, NaN guard,
+backward, clip, step, EMA, log, sample grids, checkpoints) -> export ``OUT/prior`` (EMA weights, the
+vqvae, vqldm.json) -> ``OUT/metrics.json``.
+
+The random draws of step ``s`` on process ``r`` (masks, label dropout) come from a generator seeded with
+(seed, s, r), and the batch order from :class:`BatchSampler`: a resumed run is bit-exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..autoencoder.model import decode_codes, load_vqvae
+from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint
+from ..plumbing.config import save_config, to_dict
+from ..plumbing.data import BatchSampler, conditioning_classes, load_datasets, resolve_latent_data
+from ..plumbing.ema import EMA
+from ..plumbing.errors import UserError
+from ..plumbing.geometry import latent_shape
+from ..plumbing.images import make_grid, save_png
+from ..plumbing.latent_cache import cache_root, prepare_code_cache
+from ..plumbing.runs import RunLogger, console, prepare_run_dir
+from ..plumbing.trainkit import (
+    NonFiniteGuard,
+    StopSignals,
+    TrainClock,
+    check_max_steps,
+    keep_training,
+    learning_rate,
+    make_accelerator,
+    optimizer_step,
+    resume_training,
+    save_training_state,
+    set_learning_rate,
+    step_generator,
+    stop_if_signalled,
+)
+from .config import KINDS, PriorRunConfig
+from .export import export_prior_folder
+from .model import CodePrior
+from .sampling import prior_loss, sample_autoregressive, sample_masked
+
+
+def build_prior(cfg: PriorRunConfig, codebook_size: int, grid: tuple[int, int], num_classes: int) -> CodePrior:
+    m = cfg.model
+    return CodePrior(codebook_size=codebook_size, grid_height=grid[0], grid_width=grid[1], num_classes=num_classes,
+                     causal=m.kind == "autoregressive", width=m.width, layers=m.layers, heads=m.heads,
+                     mlp_ratio=m.mlp_ratio, dropout=m.dropout)
+
+
+def sample_codes(prior: CodePrior, kind: str, labels: torch.Tensor | None, batch_size: int, sampling, seed: int,
+                 guidance: float | None = None, steps: int | None = None, known: torch.Tensor | None = None, progress=None):
+    """B x T codes from either kind of prior with the given sampling settings (defaults: ``sampling``)."""
+    g = torch.Generator().manual_seed(seed)
+    guidance = sampling.guidance if guidance is None else guidance
+    common = dict(labels=labels, guidance=guidance if labels is not None else 1.0, temperature=sampling.temperature,
+                  top_k=sampling.top_k, top_p=sampling.top_p, generator=g, progress=progress)
+    if kind == "masked":
+        return sample_masked(prior, batch_size, steps=steps or sampling.steps, choice_temperature=sampling.choice_temperature,
+                             known=known, **common)
+    if known is not None:
+        raise UserError("inpainting (--init-image with --mask) needs a masked prior; this one is autoregressive")
+    return sample_autoregressive(prior, batch_size, **common)
+
+
+def train_prior(
+    cfg: PriorRunConfig,
+    out: str | Path,
+    autoencoder: str | Path,
+    data: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train a prior over the autoencoder's codes, export ``out/prior`` and return the final metrics."""
+    if cfg.model.kind not in KINDS:
+        raise UserError(f"unknown prior kind {cfg.model.kind!r}; pass --kind masked or --kind autoregressive")
+    check_max_steps(max_steps, cfg.train.grad_accumulation)
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    tc, kind = cfg.train, cfg.model.kind
+    acc = make_accelerator(tc)
+    is_main = acc.is_main_process
+    log = console if is_main else (lambda msg: None)
+    progress = is_main and tc.progress
+    # Check every input before writing anything: a failed start leaves no (half-)run folder behind.
+    prepare_run_dir(out, resume, is_main, create=False)
+    ae = load_vqvae(autoencoder)
+    vqvae = ae.vqvae
+
+    # ---------------------------------------------------------------- data -> code cache
+    data_cfg = resolve_latent_data(cfg.data, ae.data, vqvae.config)
+    source = data or cfg.data.source or (ae.data or {}).get("source")
+    datasets = load_datasets(source, data_cfg, log=log, progress=progress)
+    cfg.data.source, cfg.data.image_size, cfg.data.channels, cfg.data.fit = datasets.source, data_cfg.image_size, data_cfg.channels, data_cfg.fit
+    _, gh, gw = latent_shape(vqvae.config, data_cfg.image_size)
+    num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
+    class_names = list(datasets.train.class_names) if num_classes else []
+    torch.manual_seed(tc.seed)
+    prior = build_prior(cfg, int(vqvae.config.num_vq_embeddings), (gh, gw), num_classes)
+    run_dir = prepare_run_dir(out, resume, is_main)
+    acc.wait_for_everyone()
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    device = acc.device
+    vqvae.to(device)
+    cache = prepare_code_cache(cache_root(cfg.cache.folder, ae.run_dir, run_dir), vqvae, datasets, cfg.cache, data_cfg.image_size,
+                               data_cfg.channels, data_cfg.fit, accelerator=acc, log=log, progress=progress)
+    del datasets  # training reads codes only
+    sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
+
+    # ---------------------------------------------------------------- EMA, optimizer
+    ema = EMA(prior, tc.ema_decay, tc.ema_warmup)
+    opt = torch.optim.AdamW(prior.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    null = prior.null_class
+
+    # ---------------------------------------------------------------- resume
+    resumed = resume_training(run_dir, resume, {"prior": prior}, {"optimizer": opt}, log=log)
+    if resumed.checkpoint is not None:
+        resumed.restore(lambda: ema.load_state_dict(resumed.files["ema"], int(resumed.state["ema_updates"])))
+    step = resumed.step
+
+    prior, opt = acc.prepare(prior, opt)
+    raw = acc.unwrap_model(prior)
+    ema.to(device)
+    n_params = sum(p.numel() for p in raw.parameters())
+    log(f"train-prior: {kind} prior, {n_params / 1e6:.2f}M parameters, {gh}x{gw} grid of {raw.config.codebook_size} codes, "
+        f"{len(cache.train)} training items, {num_classes or 'no'} classes, {acc.num_processes} process(es), "
+        f"global batch {tc.batch_size * acc.num_processes}")
+
+    def save_checkpoint(at_step: int) -> Path | None:
+        acc.wait_for_everyone()
+        if not is_main:
+            return None
+        return save_training_state(
+            run_dir, at_step, clock, tc.keep_checkpoints, modules={"prior": raw}, optimizers={"optimizer": opt},
+            tensors={"ema": ema.state_dict()}, state={"ema_updates": ema.num_updates, "config": to_dict(cfg), "cache_key": cache.key},
+        )
+
+    def sample_grid(at_step: int) -> None:
+        ema.model.eval()
+        n = tc.num_sample_images
+        labels = torch.arange(n, device=device) % num_classes if num_classes else None
+        codes = sample_codes(ema.model, kind, labels, n, cfg.sampling, tc.seed)
+        images = decode_codes(vqvae, codes, (gh, gw)).float().cpu()
+        save_png(make_grid(images, nrow=min(num_classes, n) if num_classes else None), run_dir / "images" / f"samples_{at_step:08d}.png")
+
+    # ---------------------------------------------------------------- loop
+    logger = RunLogger(run_dir, is_main)
+    guard = NonFiniteGuard(tc.skip_nonfinite_once, log=log)
+    last_ckpt = latest_checkpoint(run_dir)
+    batches = sampler.batches(step)
+    window_loss, window_n, final_loss, steps_done = 0.0, 0, float("nan"), 0
+    clock = TrainClock(resumed.seconds)
+    bar = tqdm(total=tc.max_steps, initial=step, desc=f"train-prior ({kind})", disable=not progress, dynamic_ncols=True)
+    with StopSignals() as signals:
+        while keep_training(tc, step, clock, acc):
+            codes, labels = cache.train.batch(next(batches))  # B x T code ids, B labels
+            codes = codes.to(device, non_blocking=True)
+            g = step_generator(tc.seed, step, acc.process_index)
+            if num_classes:  # classifier-free guidance: drop the label to the null class with probability p
+                drop = torch.rand(labels.shape[0], generator=g) < cfg.objective.label_dropout
+                class_labels = torch.where(drop, torch.full_like(labels, null), labels).to(device)
+            else:
+                class_labels = None
+            set_learning_rate(opt, learning_rate(tc, step))
+            prior.train()
+            with acc.accumulate(prior):
+                with acc.autocast():
+                    loss = prior_loss(prior, codes, class_labels, g, raw.config.causal, raw.mask_id, cfg.objective.mask_schedule)
+                if not guard.check(loss, step, last_ckpt):
+                    opt.zero_grad(set_to_none=True)
+                    step += 1  # the batch and its draws are consumed, so a resumed run stays in step
+                    bar.update(1)
+                    continue
+                optimizer_step(loss, opt, prior.parameters(), tc.grad_clip, acc)
+            if acc.sync_gradients:
+                ema.update(raw)
+            step += 1
+            steps_done += 1
+            bar.update(1)
+
+            # -------------------------------------------------------- logging, grids, checkpoints
+            window_loss += float(loss.detach())
+            window_n += 1
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                mean_loss = float(acc.reduce(torch.tensor(window_loss / window_n, device=device), "mean"))
+                final_loss = mean_loss
+                logger.scalars(step, {"train/loss": mean_loss, "train/lr": opt.param_groups[0]["lr"]})
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                window_loss, window_n = 0.0, 0
+            if is_main and (step % tc.image_every == 0 or step == tc.max_steps):
+                sample_grid(step)
+            if step % tc.checkpoint_every == 0 and step < tc.max_steps:
+                last_ckpt = save_checkpoint(step) or last_ckpt
+            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
+    bar.close()
+    session_seconds, train_seconds = clock.session(), clock.total()
+    save_checkpoint(step)
+    logger.loss_curves(["train/loss", "train/lr"])
+
+    # ---------------------------------------------------------------- export + final metrics
+    metrics: dict = {}
+    if is_main:
+        metrics = {
+            "kind": kind,
+            "step": step,
+            "steps_this_session": steps_done,
+            "processes": acc.num_processes,
+            "final_loss": final_loss,
+            "train_seconds": train_seconds,  # all sessions of this run (resumes included)
+            "session_seconds": session_seconds,
+            "steps_per_s": steps_done / session_seconds if session_seconds > 0 else None,
+            "global_batch": tc.batch_size * acc.num_processes,
+            "parameters": n_params,
+            "grid": [gh, gw],
+            "train_items": len(cache.train),
+            "num_classes": num_classes,
+            "code_cache": {"folder": str(cache.folder), "key": cache.key, "built": cache.built},
+            "torch_threads": torch.get_num_threads(),
+        }
+        export_prior_folder(vqvae.cpu(), ema.model.cpu(), run_dir / "prior", kind, cfg.sampling, class_names, data_cfg.image_size,
+                            extra={"step": step, "training_config": to_dict(cfg)})
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        log(f"done: {step} steps, loss {final_loss:.4f}; {kind} prior in {run_dir / 'prior'}")
+    logger.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return metrics
