@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..plumbing.errors import UserError
 
@@ -29,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="pipeline folder (model_index.json, vqvae/, unet/, scheduler/); default: the shipped model")
     p.add_argument("--num-images", type=int, default=16, metavar="N", help="how many images (default 16)")
     p.add_argument("--out", default="samples.png", metavar="PATH",
-                   help="x.png writes one grid; a folder path ending in / writes one PNG per image (default samples.png)")
+                   help="x.png / x.jpg / x.webp writes one grid; a folder path ending in / writes one file per image, "
+                        "each batch as soon as it is decoded (default samples.png)")
+    p.add_argument("--format", default="png", choices=["png", "jpg", "webp"],
+                   help="file format of the images written to a folder --out (default png)")
+    p.add_argument("--resume", action="store_true",
+                   help="folder --out: keep the images an earlier run with the same settings wrote, and generate the rest")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--steps", type=int, default=None, metavar="K",
                    help="denoising steps (default: the model's default_steps, else 50)")
@@ -120,24 +128,112 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def _write(images: torch.Tensor, out: str, nrow: int | None = None) -> str:
-    """images: B x c x H x W in [0, 1]. A folder path (trailing / or existing folder) gets one PNG per image."""
+MAX_GRID_IMAGES = 1024  # a grid of more is unreadable (and a large image); write a folder instead
+MANIFEST = "generate.json"  # in a folder --out: the settings, the batches done and the generator state after them
+
+
+def _plan_output(args) -> dict:
+    """Where and how images go, checked before any model is loaded: a grid file (its format from the
+    suffix, at most MAX_GRID_IMAGES images) or a folder of files; the target must be writable."""
+    from ..plumbing.checkpoint import ensure_writable_dir
+    from ..plumbing.images import IMAGE_FORMATS
+    from ..plumbing.runs import check_writable_target
+
+    path = Path(args.out)
+    folder = args.out.endswith(("/", "\\")) or path.is_dir()
+    n = args.frames if args.interpolate is not None else args.num_images
+    if folder:
+        check_writable_target(path, "--out")
+        ensure_writable_dir(path)  # made now (empty), so that a folder that cannot exist fails before any sampling
+        return {"folder": path, "suffix": "." + args.format}
+    if path.suffix.lower() not in IMAGE_FORMATS:
+        raise UserError(f"--out {args.out!r}: a grid file must end in .png, .jpg or .webp; or pass a folder path ending in /")
+    if n > MAX_GRID_IMAGES:
+        raise UserError(f"{n} images do not fit one grid (at most {MAX_GRID_IMAGES}); write them to a folder: --out {path.with_suffix('')}/")
+    if args.resume:
+        raise UserError("--resume continues a folder of images: pass a folder --out (ending in /)")
+    check_writable_target(path.parent, "--out")
+    ensure_writable_dir(path.parent)
+    try:  # a real write probe: permission bits do not tell every refusal (read-only mounts, /proc, quotas)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as err:
+        raise UserError(f"cannot write to {str(path.parent)!r} ({err.strerror}); choose a writable --out") from None
+    return {"folder": None, "file": path}
+
+
+def _fingerprint(model: str | None) -> str:
+    """Identity of the model folder for --resume: its weights files (names, sizes, modification times) and vqldm.json."""
+    import hashlib
+
+    from .default_model import DEFAULT_MODEL_DIR
+
+    root = Path(model) if model else DEFAULT_MODEL_DIR
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and (p.suffix == ".safetensors" or p.name.endswith(".json")):
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _settings(args) -> dict:
+    """What decides the images (their count excepted): --resume continues only a run with these settings."""
+    keys = ("seed", "steps", "scheduler", "class_", "guidance", "batch_size", "eta", "init_image", "strength", "mask",
+            "no_quantize", "device", "dtype", "freeze_unet", "temperature", "top_k", "top_p", "format")
+    return {"model": str(Path(args.model).resolve()) if args.model else "shipped", "model_fingerprint": _fingerprint(args.model),
+            **{k: getattr(args, k) for k in keys}}
+
+
+def _resume_point(folder: Path, settings: dict, resume: bool, suffix: str, batch_size: int) -> tuple[int, bytes | None]:
+    """(batches already written, generator state after them) for --resume; (0, None) for a fresh run."""
+    import base64
+    import json
+
+    path = folder / MANIFEST
+    if not resume:
+        return 0, None
+    if not path.is_file():
+        tqdm.write(f"nothing to resume in {folder} (no {MANIFEST}); starting from the first image", file=sys.stderr)
+        return 0, None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{str(path)!r} is not readable JSON ({err}); delete it to start again") from None
+    if manifest.get("settings") != settings:
+        diff = sorted(k for k in settings if manifest.get("settings", {}).get(k) != settings[k])
+        raise UserError(f"{folder} holds images made with other settings ({', '.join(diff)} differ); "
+                        f"use the same settings, another --out, or drop --resume to start again")
+    done = int(manifest["batches_done"])
+    missing = [i for i in range(int(manifest["images_done"])) if not (folder / f"{i:04d}{suffix}").is_file()]
+    if missing:
+        raise UserError(f"{folder} lacks {len(missing)} of the images its {MANIFEST} says were written (first: {missing[0]:04d}{suffix}); "
+                        f"drop --resume to regenerate them all")
+    return done, base64.b64decode(manifest["generator_state"])
+
+
+def _write_batch(images: torch.Tensor, folder: Path, first: int, suffix: str) -> None:
+    """images: B x c x H x W in [0, 1] -> files first, first + 1, ... (each written atomically)."""
     from PIL import Image
 
-    from ..plumbing.images import images_to_uint8, make_grid, save_png
+    from ..plumbing.images import images_to_uint8, save_image
 
-    path = Path(out)
-    as_folder = out.endswith(("/", "\\")) or path.is_dir()
-    signed = images * 2 - 1  # the [-1, 1] convention of autoencoder.runtime
-    if as_folder:
-        arr = images_to_uint8(signed)
-        for i, a in enumerate(arr):
-            save_png(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), path / f"{i:04d}.png")
-        return f"{len(arr)} PNGs in {path}/"
-    if path.suffix.lower() != ".png":
-        raise UserError(f"--out {out!r} must end in .png (a grid) or / (a folder of PNGs)")
-    save_png(make_grid(signed, nrow=nrow), path)
-    return str(path)
+    for i, a in enumerate(images_to_uint8(images * 2 - 1)):
+        save_image(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), folder / f"{first + i:04d}{suffix}")
+
+
+def _write_manifest(folder: Path, settings: dict, batches_done: int, images_done: int, generator: torch.Generator) -> None:
+    import base64
+
+    from ..plumbing.checkpoint import atomic_write_json
+
+    atomic_write_json(folder / MANIFEST, {"settings": settings, "batches_done": batches_done, "images_done": images_done,
+                                          "generator_state": base64.b64encode(generator.get_state().numpy().tobytes()).decode()})
+
+
+def _write_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
+    from ..plumbing.images import make_grid, save_image
+
+    save_image(make_grid(images * 2 - 1, nrow=nrow), path)
 
 
 def _load(args):
@@ -166,8 +262,12 @@ def _load(args):
 
 def main(args) -> int:
     _check_args(args)
+    plan = _plan_output(args)
     init_image = _open_image(args.init_image, "--init-image") if args.init_image else None
     mask = _open_image(args.mask, "--mask") if args.mask else None
+    folder, suffix = plan["folder"], plan.get("suffix", "")
+    settings = _settings(args) if folder is not None else None
+    done_batches, state = _resume_point(folder, settings, args.resume, suffix, args.batch_size) if folder is not None else (0, None)
 
     start = time.perf_counter()
     pipe, specific = _load(args)
@@ -181,26 +281,52 @@ def main(args) -> int:
         labels_for = lambda lo, hi: None  # noqa: E731
 
     common = dict(guidance_scale=args.guidance, num_inference_steps=args.steps, output_type="pt", **specific)
-    nrow = None
     if args.interpolate is not None:
         pipe.set_progress_bar_config(disable=args.no_progress, desc="interpolating")
         labels = labels_for(0, 1)
         images = pipe.interpolate(args.seed, args.interpolate, frames=args.frames,
-                                  class_labels=labels[0] if labels else None, **common).images
-        nrow = args.frames
+                                  class_labels=labels[0] if labels else None, **common).images.cpu()
+        if folder is not None:
+            _write_batch(images, folder, 0, suffix)
+            where = f"{images.shape[0]} images in {folder}/"
+        else:
+            _write_grid(images, plan["file"], nrow=args.frames)
+            where = str(plan["file"])
+        n_made = images.shape[0]
     else:
+        # One generator, consumed batch after batch: the same arguments give the same images. In a folder,
+        # each batch is written as soon as it is decoded, then the manifest records the generator state after
+        # it, so a run stopped at any point keeps every finished image and --resume continues exactly.
         generator = torch.Generator().manual_seed(args.seed)
-        chunks, n, b = [], args.num_images, args.batch_size
-        batches = (n + b - 1) // b
-        for k, lo in enumerate(range(0, n, b)):
+        if state is not None:
+            generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+        n, b = args.num_images, args.batch_size
+        first = min(done_batches * b, n)
+        pipe.set_progress_bar_config(disable=True)
+        bar = tqdm(total=n, initial=first, desc="generate", unit="img", disable=args.no_progress, dynamic_ncols=True)
+        chunks = []
+        for k, lo in enumerate(range(first, n, b), start=done_batches):
             hi = min(lo + b, n)
-            pipe.set_progress_bar_config(disable=args.no_progress, desc=f"batch {k + 1}/{batches}")
             extra = {"strength": args.strength} if args.strength is not None else {}
             out = pipe(batch_size=hi - lo, class_labels=labels_for(lo, hi), generator=generator,
                        image=init_image, mask_image=mask, **extra, **common)
-            chunks.append(out.images.cpu())
-        images = torch.cat(chunks)
-    where = _write(images, args.out, nrow=nrow)
+            images = out.images.cpu()
+            if folder is not None:
+                _write_batch(images, folder, lo, suffix)
+                _write_manifest(folder, settings, k + 1, hi, generator)
+            else:
+                chunks.append(images)
+            bar.update(hi - lo)
+        bar.close()
+        n_made = n - first
+        if folder is not None:
+            where = f"{n_made} images in {folder}/" + (f" (resumed after image {first:04d}; {n} in all)" if first else "")
+        else:
+            _write_grid(torch.cat(chunks), plan["file"])
+            where = str(plan["file"])
     seconds = time.perf_counter() - start
-    print(f"wrote {where} ({images.shape[0]} images, {seconds:.1f} s, {seconds / images.shape[0]:.2f} s/image)")
+    if n_made == 0:
+        print(f"nothing to do: all {args.num_images} images are already in {folder}/")
+    else:
+        print(f"wrote {where} ({n_made} images, {seconds:.1f} s, {seconds / n_made:.2f} s/image)")
     return 0

@@ -1,4 +1,4 @@
-"""Image I/O: [-1, 1] tensors -> uint8 arrays, grids, and PNG files written atomically."""
+"""Image I/O: [-1, 1] tensors -> uint8 arrays, grids, and image files (PNG, JPEG, WebP) written atomically."""
 
 from __future__ import annotations
 
@@ -33,7 +33,18 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
     return Image.fromarray(grid[:, :, 0] if c == 1 else grid)
 
 
-def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def save_image(image: Image.Image, path: str | os.PathLike, fmt: str | None = None) -> None:
+    """Write ``image`` atomically as ``fmt`` (default: the format the suffix names: .png, .jpg/.jpeg at
+    quality 95, .webp lossless)."""
+    fmt = fmt or IMAGE_FORMATS[os.path.splitext(str(path))[1].lower()]
+    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format=fmt, **options)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+    save_image(image, path, "PNG")

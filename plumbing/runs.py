@@ -23,6 +23,25 @@ def console(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout)
 
 
+def check_writable_target(out: Path, flag: str = "--out") -> None:
+    """A folder that exists and is writable, or whose nearest existing ancestor is a writable folder (so it
+    can be created); a one-line UserError naming ``flag`` otherwise. Creates nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {str(out)!r} is a file; choose a folder path")
+    if out.is_dir():
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UserError(f"output folder {str(out)!r} is not writable; choose a writable {flag}")
+        return
+    for parent in out.absolute().parents:  # the nearest existing ancestor must be a writable folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create output folder {str(out)!r} ({str(parent)!r} is a file); choose a writable {flag}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"cannot create output folder {str(out)!r} ({str(parent)!r} is not writable); choose a writable {flag}")
+            return
+
+
 def prepare_run_dir(out: str | os.PathLike, resume: bool, is_main: bool, create: bool = True) -> Path:
     """Create the run folder; refuse to mix a new run into an old one unless --resume is given.
 
@@ -30,15 +49,7 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool, is_main: bool, create:
     slow data scan and still create nothing until the inputs are known to be good.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; choose a folder path")
-    for parent in out.absolute().parents:  # the nearest existing ancestor must be a folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"cannot create output folder {str(out)!r} ({str(parent)!r} is a file); choose a writable --out")
-            if not out.exists() and not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"cannot create output folder {str(out)!r} ({str(parent)!r} is not writable); choose a writable --out")
-            break
+    check_writable_target(out)
     if not resume and latest_checkpoint(out) is not None:
         raise UserError(f"{str(out)!r} already holds a run with checkpoints; pass --resume to continue it or choose another --out")
     if is_main and create:

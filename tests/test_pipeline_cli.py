@@ -50,7 +50,7 @@ def test_grid_and_folder_outputs(folders, tmp_path, capsys):
                          "--guidance", 2, "--scheduler", "dpm", "--out", f"{tmp_path / 'imgs'}/")
     assert code == 0, err
     files = sorted(p.name for p in (tmp_path / "imgs").iterdir())
-    assert files == ["0000.png", "0001.png", "0002.png"]
+    assert files == ["0000.png", "0001.png", "0002.png", "generate.json"]  # + the manifest --resume reads
     assert not [p for p in tmp_path.rglob(".*tmp*")]  # atomic writes leave no temporaries
 
 
@@ -101,7 +101,7 @@ def _assert_one_line_error(code, err, *needles):
         (["--model", "{root}/uncond", "--mask", "{root}/mask.png"], ["--mask needs --init-image"]),
         (["--model", "{root}/uncond", "--steps", "0"], ["--steps"]),
         (["--model", "{root}/uncond", "--dtype", "fp8"], ["--dtype"]),
-        (["--model", "{root}/uncond", "--out", "{root}/x.jpg"], [".png"]),
+        (["--model", "{root}/uncond", "--out", "{root}/x.gif"], [".png, .jpg or .webp"]),
     ],
 )
 def test_errors_are_one_line_exit_2(folders, capsys, argv, needles):
