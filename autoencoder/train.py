@@ -139,8 +139,7 @@ def train_autoencoder(
                         g_loss = hinge_g_loss(disc(rec))
                         d_weight = adaptive_weight(nll, g_loss, raw.last_layer(), cfg.loss.adaptive_weight_max)
                         loss = loss + cfg.loss.disc_weight * d_weight * g_loss
-                if not guard.check(loss, step, last_ckpt):
-                    opt.zero_grad(set_to_none=True)
+                if not guard.check(loss, step, last_ckpt, opt):
                     step += 1  # the batch is consumed, so a resumed run stays in step with an uninterrupted one
                     bar.update(1)
                     continue
@@ -184,6 +183,7 @@ def train_autoencoder(
                 last_ckpt = save_checkpoint(step) or last_ckpt
             stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
     bar.close()
+    clock.stop()
     train_seconds = clock.total()
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/rec_loss", "train/psnr", "train/perplexity", "train/codebook_usage_epoch_so_far"])

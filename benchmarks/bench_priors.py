@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,16 +35,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from common import cpu_name  # noqa: E402
 
 
 def cli(args: list[str], env: dict) -> None:
@@ -119,37 +111,25 @@ def main(argv=None) -> int:
     print(f"  parameter counts within {100 * (max(sizes) / min(sizes) - 1):.1f}% of each other (limit 20%)")
 
     # ---------------------------------------------------------------- evaluation
-    from vqldm.pipelines.evaluation import (
-        _load_pipeline,
-        calibration_rows,
-        distribution_metrics,
-        generate_images,
-        load_reference_data,
-        other_real_images,
-        pipeline_data_fit,
-        pipeline_num_classes,
-        place_on_scale,
-        real_indices,
-        warm_up,
-    )
+    import vqldm.pipelines.evaluation as ev
     from vqldm.pipelines.features import load_feature_extractor
 
     device = torch.device(args.device)
     extractor = load_feature_extractor(None, args.batch_size, device)
-    pipes = {"continuous": _load_pipeline(args.work / "continuous" / "pipeline", device)}
+    pipes = {"continuous": ev._load_pipeline(args.work / "continuous" / "pipeline", device)}
     # the continuous model samples with vqldm's measured default sampler for this model family (docs/results.md)
     pipes["continuous"].set_scheduler("unipc", timestep_spacing="trailing")
     pipes["continuous"].info["default_steps"] = 10
     for name in ("masked", "autoregressive"):
-        pipes[name] = _load_pipeline(args.work / name / "prior", device)
+        pipes[name] = ev._load_pipeline(args.work / name / "prior", device)
     any_pipe = pipes["continuous"]
     size, channels = int(any_pipe.vqvae.config.sample_size), int(any_pipe.vqvae.config.in_channels)
-    ds = load_reference_data(args.data, size, channels, pipeline_data_fit(any_pipe), progress=False)
-    idx = real_indices(len(ds.holdout), args.num_samples, args.seed)
+    ds = ev.load_reference_data(args.data, size, channels, ev.pipeline_data_fit(any_pipe), progress=False)
+    idx = ev.real_indices(len(ds.holdout), args.num_samples, args.seed)
     real, real_labels = ds.holdout.batch(idx)
     real_f = extractor(real)
-    probe, probe_desc = other_real_images(ds, idx, real.shape[0], args.seed)
-    calibration = calibration_rows(real, probe, extractor, ref_features=real_f, seed=args.seed)
+    probe, probe_desc = ev.other_real_images(ds, idx, real.shape[0], args.seed)
+    calibration = ev.calibration_rows(real, probe, extractor, ref_features=real_f, seed=args.seed)
     real_acc = float((extractor.classify(real) == real_labels).float().mean())
     n_real = real.shape[0]
     print(f"evaluation: {args.num_samples} generated images per setting vs {n_real} held-out real images "
@@ -162,15 +142,15 @@ def main(argv=None) -> int:
     rows = []
     for name, steps_list in sweeps.items():
         pipe = pipes[name]
-        num_classes = pipeline_num_classes(pipe)
-        warm_up(pipe, args.batch_size, args.guidance, num_classes)
+        num_classes = ev.pipeline_num_classes(pipe)
+        ev.warm_up(pipe, args.batch_size, args.guidance, num_classes)
         for steps in steps_list:
-            fake, labels, spi = generate_images(pipe, args.num_samples, args.batch_size, steps, args.guidance, args.seed,
+            fake, labels, spi = ev.generate_images(pipe, args.num_samples, args.batch_size, steps, args.guidance, args.seed,
                                                 num_classes, progress=False)
-            m = distribution_metrics(real_f, extractor(fake), with_pr=False, kid_subsets=10, kid_subset_size=min(1000, args.num_samples))
+            m = ev.distribution_metrics(real_f, extractor(fake), with_pr=False, kid_subsets=10, kid_subset_size=min(1000, args.num_samples))
             acc = float((extractor.classify(fake) == labels).float().mean()) if labels is not None else None
             shown_steps = steps if steps is not None else int(pipe.info.get("default_steps") or 0)
-            rows.append({"model": name, "steps": shown_steps, "fd": m["fid"], "fd_scale": place_on_scale(m["fid"], calibration),
+            rows.append({"model": name, "steps": shown_steps, "fd": m["fid"], "fd_scale": ev.place_on_scale(m["fid"], calibration),
                          "class_accuracy": acc, "class_accuracy_vs_real": acc / real_acc if acc is not None else None,
                          "seconds_per_image": spi, "parameters": runs[name]["parameters"]})
 

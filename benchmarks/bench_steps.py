@@ -16,11 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+
+from common import run_main  # noqa: E402
 
 import torch  # noqa: E402
 
-from vqldm.plumbing.errors import UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -95,8 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

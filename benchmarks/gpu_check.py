@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,15 +35,7 @@ from PIL import Image
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from common import cpu_name  # noqa: E402
 
 
 def write_folder(root: Path, n_per_class: int = 64, size: int = 16) -> Path:

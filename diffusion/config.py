@@ -13,7 +13,7 @@ from typing import Literal
 from ..plumbing.data import LatentDataConfig
 from ..plumbing.geometry import downsampling_factor
 from ..plumbing.latent_cache import CacheConfig
-from ..plumbing.trainkit import TrainLoopConfig
+from ..plumbing.trainkit import EMATrainLoopConfig
 
 
 @dataclass
@@ -89,25 +89,19 @@ class ObjectiveConfig:
 
 
 @dataclass
-class DiffusionTrainConfig(TrainLoopConfig):
+class DiffusionTrainConfig(EMATrainLoopConfig):
     """Loop settings; ``image_every`` is how often a grid of EMA samples is written to ``RUN/images``."""
 
     lr: float = 1e-4
     adam_betas: list[float] = (0.9, 0.999)
-    # EMA of the weights (LDM/DiT use 0.9999); with ema_warmup the decay is min(decay, (1+n)/(10+n)) at
-    # update n, so short runs are not dominated by the random initialisation.
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True
-    num_sample_images: int = 16
+    ema_decay: float = 0.9999  # LDM / DiT
     sample_steps: int = 50  # DDIM steps for the periodic sample grids
     sample_guidance: float = 2.0  # classifier-free guidance scale of the grids (class-conditional models)
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.num_sample_images < 1 or self.sample_steps < 1:
-            raise ValueError("train.num_sample_images and train.sample_steps must be >= 1")
+        if self.sample_steps < 1:
+            raise ValueError("train.sample_steps must be >= 1")
 
 
 @dataclass

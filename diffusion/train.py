@@ -21,20 +21,23 @@ from tqdm.auto import tqdm
 from ..autoencoder.model import load_vqvae
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint, weights_sha256
 from ..plumbing.config import load_config, save_config, to_dict
-from ..plumbing.data import BatchSampler, conditioning_classes, load_datasets, resolve_latent_data
+from ..plumbing.data import BatchSampler, conditioning_classes, load_latent_stage_data
 from ..plumbing.geometry import latent_shape, null_class, unscale_latents
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (
+    LossWindow,
     NonFiniteGuard,
     StopSignals,
     TrainClock,
     check_max_steps,
+    due,
     keep_training,
     learning_rate,
     make_accelerator,
     optimizer_step,
     resume_training,
+    run_metrics,
     save_training_state,
     set_learning_rate,
     step_generator,
@@ -115,10 +118,7 @@ def train_diffusion(
     vqvae, ae_data, ae_run = ae.vqvae, ae.data, ae.run_dir
 
     # ---------------------------------------------------------------- data -> latent cache
-    data_cfg = resolve_latent_data(cfg.data, ae_data, vqvae.config)
-    source = data or cfg.data.source or (ae_data or {}).get("source")
-    datasets = load_datasets(source, data_cfg, log=log, progress=progress)
-    cfg.data.source, cfg.data.image_size, cfg.data.channels, cfg.data.fit = datasets.source, data_cfg.image_size, data_cfg.channels, data_cfg.fit
+    datasets, data_cfg = load_latent_stage_data(cfg.data, ae_data, vqvae.config, data, log=log, progress=progress)
     latent = latent_shape(vqvae.config, data_cfg.image_size)
     num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
     class_names = list(datasets.train.class_names) if num_classes else []
@@ -178,8 +178,7 @@ def train_diffusion(
     guard = NonFiniteGuard(tc.skip_nonfinite_once, log=log)
     last_ckpt = latest_checkpoint(run_dir)
     batches = sampler.batches(step)
-    window_loss, window_n, final_loss = 0.0, 0, float("nan")
-    steps_done = 0
+    window, steps_done = LossWindow(), 0
     clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-diffusion", disable=not progress, dynamic_ncols=True)
     with StopSignals() as signals:
@@ -198,8 +197,7 @@ def train_diffusion(
                 target = training_target(oc.prediction_type, x0, noise, timesteps, noise_scheduler)
                 weights = min_snr_weights(noise_scheduler, timesteps, oc.prediction_type, oc.min_snr_gamma)
                 loss = diffusion_loss(prediction, target, weights)
-                if not guard.check(loss, step, last_ckpt):
-                    opt.zero_grad(set_to_none=True)
+                if not guard.check(loss, step, last_ckpt, opt):
                     step += 1  # the batch and its noise are consumed, so a resumed run stays in step
                     bar.update(1)
                     continue
@@ -211,22 +209,19 @@ def train_diffusion(
             bar.update(1)
 
             # -------------------------------------------------------- logging, grids, checkpoints
-            window_loss += float(loss.detach())
-            window_n += 1
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                mean_loss = float(acc.reduce(torch.tensor(window_loss / window_n, device=device), "mean"))
-                final_loss = mean_loss
+            window.add(loss)
+            if due(step, tc.log_every, tc):
+                mean_loss = window.mean(acc)
                 logger.scalars(step, {"train/loss": mean_loss, "train/lr": opt.param_groups[0]["lr"],
                                       "train/ema_decay": ema_decay_at(ema.num_updates, ema.decay, ema.warmup)})
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
-                window_loss, window_n = 0.0, 0
-            if is_main and (step % tc.image_every == 0 or step == tc.max_steps):
+            if is_main and due(step, tc.image_every, tc):
                 sample_grid(step)
             if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 last_ckpt = save_checkpoint(step) or last_ckpt
             stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
     bar.close()
-    session_seconds, train_seconds = clock.session(), clock.total()
+    clock.stop()
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/lr"])
 
@@ -234,25 +229,9 @@ def train_diffusion(
     done = acc.gather(torch.tensor([steps_done], device=device)).cpu().tolist()
     metrics: dict = {}
     if is_main:
-        images_per_s = steps_done * tc.batch_size * acc.num_processes / session_seconds if session_seconds > 0 else None
-        metrics = {
-            "step": step,
-            "steps_this_session": steps_done,
-            "steps_per_process": done,
-            "processes": acc.num_processes,
-            "final_loss": final_loss,
-            "images_per_s": images_per_s,
-            "steps_per_s": steps_done / session_seconds if session_seconds > 0 else None,
-            "train_seconds": train_seconds,  # all sessions of this run (resumes included)
-            "session_seconds": session_seconds,
-            "global_batch": tc.batch_size * acc.num_processes,
-            "parameters": n_params,
-            "latent_shape": list(latent),
-            "train_items": len(cache.train),
-            "num_classes": num_classes,
-            "latent_cache": {"folder": str(cache.folder), "key": cache.key, "built": cache.built, "seconds": cache.seconds},
-            "torch_threads": torch.get_num_threads(),
-        }
+        metrics = run_metrics(step, steps_done, clock, tc, acc, n_params, window.last_mean, steps_per_process=done,
+                              latent_shape=list(latent), train_items=len(cache.train), num_classes=num_classes,
+                              latent_cache={"folder": str(cache.folder), "key": cache.key, "built": cache.built, "seconds": cache.seconds})
         export_pipeline_folder(
             vqvae.cpu(), ema.model.cpu(), sample_scheduler, run_dir / "pipeline",
             extra={"class_names": class_names, "num_classes": num_classes, "image_size": data_cfg.image_size,
@@ -260,7 +239,7 @@ def train_diffusion(
                    "step": step, "prediction_type": oc.prediction_type, "training_config": to_dict(cfg)},
         )
         atomic_write_json(run_dir / "metrics.json", metrics)
-        log(f"done: {step} steps, loss {final_loss:.4f}, {images_per_s or 0:.0f} images/s on {acc.num_processes} process(es); "
+        log(f"done: {step} steps, loss {window.last_mean:.4f}, {metrics['images_per_s'] or 0:.0f} images/s on {acc.num_processes} process(es); "
             f"pipeline in {run_dir / 'pipeline'}")
     logger.close()
     acc.wait_for_everyone()

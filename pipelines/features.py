@@ -293,10 +293,8 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
                     x = _augment(x, g)
                 set_learning_rate(opt, learning_rate(tc, step))
                 loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-                if guard.check(loss, step, None):
+                if guard.check(loss, step, None, opt):
                     optimizer_step(loss, opt, model.parameters(), tc.grad_clip)
-                else:
-                    opt.zero_grad(set_to_none=True)
                 step += 1
                 bar.update(1)
                 if step % 20 == 0:

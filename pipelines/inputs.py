@@ -14,6 +14,20 @@ from PIL import Image
 from ..plumbing.errors import UserError
 
 
+def to_output(images: torch.Tensor, output_type: str):
+    """Decoded images in [-1, 1] -> what a pipeline returns: "pt" (B x c x H x W in [0, 1]), "np"
+    (B x H x W x c in [0, 1]) or "pil" (a list of PIL images), as diffusers pipelines do."""
+    images = (images.float() / 2 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return images
+    array = images.cpu().permute(0, 2, 3, 1).numpy()
+    if output_type == "np":
+        return array
+    from diffusers.utils import numpy_to_pil
+
+    return numpy_to_pil(array)
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     """Spherical interpolation between two Gaussian noise tensors (keeps the norm typical of N(0, I);
     linear interpolation would shrink it mid-way). Exact endpoints at t = 0 and t = 1."""

@@ -33,7 +33,7 @@ from ..plumbing.errors import UserError
 from ..plumbing.geometry import latent_shape, num_classes as geometry_num_classes, scale_latents, size_hw, unet_latent_shape, unscale_latents
 from .classes import ClassConditioning
 from .default_model import DEFAULT_MODEL_DIR
-from .inputs import slerp, to_image_tensor, to_mask_tensor
+from .inputs import slerp, to_image_tensor, to_mask_tensor, to_output
 from .schedulers import make_scheduler
 
 DEFAULT_STEPS = 50  # diffusers' LDMPipeline default; a folder may override it with vqldm.json "default_steps"
@@ -279,11 +279,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
                 images = self.decode_latents(x, quantize=quantize, decode_batch_size=decode_batch_size)
 
         if output_type != "latent":
-            images = (images.float() / 2 + 0.5).clamp(0, 1)
-            if output_type in ("np", "pil"):
-                images = images.cpu().permute(0, 2, 3, 1).numpy()
-                if output_type == "pil":
-                    images = self.numpy_to_pil(images)
+            images = to_output(images, output_type)
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)

@@ -32,7 +32,7 @@ from ..priors.export import MODEL_TYPE
 from ..priors.model import CodePrior
 from ..priors.train import sample_codes
 from .classes import ClassConditioning
-from .inputs import to_image_tensor, to_mask_tensor
+from .inputs import to_image_tensor, to_mask_tensor, to_output
 
 
 def is_prior_folder(path: str | os.PathLike | None) -> bool:
@@ -193,14 +193,7 @@ class CodePriorPipeline(ClassConditioning):
         if output_type == "codes":
             out = codes.view(batch_size, *self.grid)
         else:
-            images = (decode_codes(self.vqvae, codes, self.grid).float() / 2 + 0.5).clamp(0, 1)
-            out = images
-            if output_type in ("np", "pil"):
-                out = images.cpu().permute(0, 2, 3, 1).numpy()
-                if output_type == "pil":
-                    from diffusers.utils import numpy_to_pil
-
-                    out = numpy_to_pil(out)
+            out = to_output(decode_codes(self.vqvae, codes, self.grid), output_type)
         if not return_dict:
             return (out,)
         return ImagePipelineOutput(images=out)

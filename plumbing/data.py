@@ -120,6 +120,17 @@ def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_confi
     )
 
 
+def load_latent_stage_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_config, data: str | None,
+                           log: Callable[[str], None] = print, progress: bool = True) -> tuple["Datasets", DataConfig]:
+    """The images a stage trained on an autoencoder's latents reads: geometry from the autoencoder, source
+    from ``--data``, the config, or the autoencoder run's; ``cfg`` is filled in with what was used (so the
+    run's config.yaml says it)."""
+    data_cfg = resolve_latent_data(cfg, ae_data, vqvae_config)
+    datasets = load_datasets(data or cfg.source or (ae_data or {}).get("source"), data_cfg, log=log, progress=progress)
+    cfg.source, cfg.image_size, cfg.channels, cfg.fit = datasets.source, data_cfg.image_size, data_cfg.channels, data_cfg.fit
+    return datasets, data_cfg
+
+
 def conditioning_classes(train: "ImageData", class_conditional: bool) -> int:
     """The number of classes a class-conditional model is trained on (0 when unconditional); a UserError
     when a class-conditional model is asked for on unlabelled images."""

@@ -58,6 +58,20 @@ FORMAT = "vqldm-latent-cache"
 VERSION = 1
 
 
+def gather_views(items: torch.Tensor, flipped: torch.Tensor | None, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items ``indices`` of a split stored as N originals (+ N mirrored views: items N .. 2N-1) -> (the
+    gathered rows, their source rows 0 .. N-1)."""
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    n = items.shape[0]
+    src = idx % n
+    out = items[src].clone()
+    if flipped is not None:
+        mirrored = idx >= n
+        if mirrored.any():
+            out[mirrored] = flipped[src[mirrored]].to(out.dtype)
+    return out, src
+
+
 @dataclass
 class LatentSplit:
     """Cached latents of one split.
@@ -76,15 +90,8 @@ class LatentSplit:
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 latents B x C x h x w and labels B for item ``indices`` (views included)."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        n = self.latents.shape[0]
-        src = idx % n
-        out = self.latents[src].float()
-        if self.flipped is not None:
-            mirrored = idx >= n
-            if mirrored.any():
-                out[mirrored] = self.flipped[src[mirrored]].float()
-        return out, self.labels[src]
+        out, src = gather_views(self.latents, self.flipped, indices)
+        return out.float(), self.labels[src]
 
 
 @dataclass
@@ -314,14 +321,7 @@ class CodeSplit:
         return self.codes.shape[0] * (2 if self.flipped is not None else 1)
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        n = self.codes.shape[0]
-        src = idx % n
-        out = self.codes[src].clone()
-        if self.flipped is not None:
-            mirrored = idx >= n
-            if mirrored.any():
-                out[mirrored] = self.flipped[src[mirrored]]
+        out, src = gather_views(self.codes, self.flipped, indices)
         return out, self.labels[src]
 
 

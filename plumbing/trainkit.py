@@ -93,6 +93,67 @@ class TrainLoopConfig:
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
 
 
+@dataclass
+class EMATrainLoopConfig(TrainLoopConfig):
+    """Loop settings of a trainer that keeps an EMA of its weights (latent diffusion, priors)."""
+
+    # EMA of the weights; with ema_warmup the decay is min(decay, (1+n)/(10+n)) at update n, so short runs
+    # are not dominated by the random initialisation
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    num_sample_images: int = 16  # images in each periodic sample grid (RUN/images)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.num_sample_images < 1:
+            raise ValueError(f"train.num_sample_images must be >= 1, got {self.num_sample_images}")
+
+
+def due(step: int, every: int, tc: TrainLoopConfig) -> bool:
+    """True at every ``every``-th step and at the last one (logs, grids)."""
+    return step % every == 0 or step == tc.max_steps
+
+
+class LossWindow:
+    """The mean loss over the steps since the last log line, averaged over every process."""
+
+    def __init__(self):
+        self.total, self.count, self.last_mean = 0.0, 0, float("nan")
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += float(loss.detach())
+        self.count += 1
+
+    def mean(self, accelerator) -> float:
+        """Reduce over processes, remember as ``last_mean``, and start a new window."""
+        local = self.total / max(self.count, 1)
+        self.last_mean = float(accelerator.reduce(torch.tensor(local, device=accelerator.device), "mean"))
+        self.total, self.count = 0.0, 0
+        return self.last_mean
+
+
+def run_metrics(step: int, steps_done: int, clock: TrainClock, tc: TrainLoopConfig, accelerator, parameters: int,
+                final_loss: float, **extra) -> dict:
+    """The ``metrics.json`` fields every trainer writes, plus the stage's own ``extra``."""
+    session = clock.session()
+    return {
+        "step": step,
+        "steps_this_session": steps_done,
+        "processes": accelerator.num_processes,
+        "final_loss": final_loss,
+        "steps_per_s": steps_done / session if session > 0 else None,
+        "images_per_s": steps_done * tc.batch_size * accelerator.num_processes / session if session > 0 else None,
+        "train_seconds": clock.total(),  # all sessions of this run (resumes included)
+        "session_seconds": session,
+        "global_batch": tc.batch_size * accelerator.num_processes,
+        "parameters": parameters,
+        "torch_threads": torch.get_num_threads(),
+        **extra,
+    }
+
+
 def check_max_steps(max_steps: int | None, grad_accumulation: int = 1) -> None:
     """``--max-steps`` must be a positive integer, a multiple of ``train.grad_accumulation`` (checked before
     any file or folder is created)."""
@@ -170,14 +231,17 @@ class NonFiniteGuard:
         self.skipped = 0
         self.log = log
 
-    def check(self, loss: torch.Tensor, step: int, last_checkpoint: Path | None) -> bool:
-        """True if the step may proceed, False if the batch should be skipped; raises UserError to stop."""
+    def check(self, loss: torch.Tensor, step: int, last_checkpoint: Path | None, optimizer=None) -> bool:
+        """True if the step may proceed, False if the batch should be skipped (``optimizer``'s gradients are
+        cleared then); raises UserError to stop."""
         value = float(loss.detach())
         if math.isfinite(value):
             return True
         if self.allow_skip and self.skipped == 0:
             self.skipped += 1
             self.log(f"warning: loss is {value} at step {step}; skipping this batch once")
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
             return False
         where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
         raise UserError(f"loss became {value} at step {step} ({where}); lower train.lr, enable train.grad_clip, or check the data, then --resume")
@@ -245,9 +309,14 @@ class TrainClock:
     def __init__(self, seconds_before: float = 0.0):
         self.seconds_before = float(seconds_before)
         self.start = time.perf_counter()
+        self.stopped: float | None = None
+
+    def stop(self) -> None:
+        """End of the training loop: the final checkpoint and metrics.json report the same seconds."""
+        self.stopped = time.perf_counter()
 
     def session(self) -> float:
-        return time.perf_counter() - self.start
+        return (self.stopped or time.perf_counter()) - self.start
 
     def total(self) -> float:
         return self.seconds_before + self.session()

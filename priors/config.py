@@ -12,7 +12,7 @@ from typing import Literal
 from ..plumbing.config import load_config
 from ..plumbing.data import LatentDataConfig
 from ..plumbing.latent_cache import CacheConfig
-from ..plumbing.trainkit import TrainLoopConfig
+from ..plumbing.trainkit import EMATrainLoopConfig
 
 KINDS = ("masked", "autoregressive")
 
@@ -72,18 +72,11 @@ class PriorSamplingConfig:
 
 
 @dataclass
-class PriorTrainConfig(TrainLoopConfig):
+class PriorTrainConfig(EMATrainLoopConfig):
     lr: float = 3e-4
     adam_betas: list[float] = (0.9, 0.95)
     weight_decay: float = 0.01
-    ema_decay: float = 0.999
-    ema_warmup: bool = True
     num_sample_images: int = 20
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass

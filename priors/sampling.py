@@ -18,6 +18,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from .config import PriorSamplingConfig
+
 
 def mask_ratio(progress: torch.Tensor | float, schedule: str = "cosine"):
     """Share of the grid masked at ``progress`` in [0, 1] (1 at the start, 0 at the end).
@@ -77,22 +79,21 @@ def sample_masked(
     model,
     batch_size: int,
     labels: torch.Tensor | None = None,
-    steps: int = 8,
-    guidance: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    choice_temperature: float = 4.5,
-    schedule: str = "cosine",
+    settings: PriorSamplingConfig | None = None,
     known: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    schedule: str = "cosine",
 ) -> torch.Tensor:
-    """B x T code ids. ``known``: B x T ids with -1 where the code is to be generated (inpainting).
+    """B x T code ids in ``settings.steps`` parallel rounds. ``known``: B x T ids with -1 where the code is
+    to be generated (inpainting); known codes never change.
 
-    ``choice_temperature`` adds annealed Gumbel noise to the confidences that decide which codes stay
-    (MaskGIT's 4.5): early choices are less greedy, the last ones are the model's most confident codes.
+    ``settings.choice_temperature`` adds annealed Gumbel noise to the confidences that decide which codes
+    stay (MaskGIT's 4.5): early choices are less greedy, the last ones are the model's most confident codes.
     """
+    s_ = settings or PriorSamplingConfig()
+    steps, guidance, temperature, top_k, top_p = s_.steps, s_.guidance, s_.temperature, s_.top_k, s_.top_p
+    choice_temperature = s_.choice_temperature
     device = model.position.device
     generator = device_generator(generator, device)
     t = model.seq_len
@@ -130,14 +131,14 @@ def sample_autoregressive(
     model,
     batch_size: int,
     labels: torch.Tensor | None = None,
-    guidance: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    settings: PriorSamplingConfig | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> torch.Tensor:
-    """B x T code ids, one per step in raster order, with a KV cache (T steps of one token each)."""
+    """B x T code ids, one per step in raster order, with a KV cache (T steps of one token each;
+    ``settings.steps`` does not apply)."""
+    s_ = settings or PriorSamplingConfig()
+    guidance, temperature, top_k, top_p = s_.guidance, s_.temperature, s_.top_k, s_.top_p
     device = model.position.device
     generator = device_generator(generator, device)
     guided = labels is not None and guidance != 1.0

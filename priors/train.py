@@ -11,6 +11,7 @@ The random draws of step ``s`` on process ``r`` (masks, label dropout) come from
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from ..autoencoder.model import decode_codes, load_vqvae
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint
 from ..plumbing.config import save_config, to_dict
-from ..plumbing.data import BatchSampler, conditioning_classes, load_datasets, resolve_latent_data
+from ..plumbing.data import BatchSampler, conditioning_classes, load_latent_stage_data
 from ..plumbing.ema import EMA
 from ..plumbing.errors import UserError
 from ..plumbing.geometry import latent_shape
@@ -27,15 +28,18 @@ from ..plumbing.images import make_grid, save_png
 from ..plumbing.latent_cache import cache_root, prepare_code_cache
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (
+    LossWindow,
     NonFiniteGuard,
     StopSignals,
     TrainClock,
     check_max_steps,
+    due,
     keep_training,
     learning_rate,
     make_accelerator,
     optimizer_step,
     resume_training,
+    run_metrics,
     save_training_state,
     set_learning_rate,
     step_generator,
@@ -58,15 +62,14 @@ def sample_codes(prior: CodePrior, kind: str, labels: torch.Tensor | None, batch
                  guidance: float | None = None, steps: int | None = None, known: torch.Tensor | None = None, progress=None):
     """B x T codes from either kind of prior with the given sampling settings (defaults: ``sampling``)."""
     g = torch.Generator().manual_seed(seed)
-    guidance = sampling.guidance if guidance is None else guidance
-    common = dict(labels=labels, guidance=guidance if labels is not None else 1.0, temperature=sampling.temperature,
-                  top_k=sampling.top_k, top_p=sampling.top_p, generator=g, progress=progress)
+    settings = dataclasses.replace(sampling, **{k: v for k, v in (("guidance", guidance), ("steps", steps)) if v is not None})
+    if labels is None:
+        settings = dataclasses.replace(settings, guidance=1.0)  # unconditional samples are not guided
     if kind == "masked":
-        return sample_masked(prior, batch_size, steps=steps or sampling.steps, choice_temperature=sampling.choice_temperature,
-                             known=known, **common)
+        return sample_masked(prior, batch_size, labels, settings, known=known, generator=g, progress=progress)
     if known is not None:
         raise UserError("inpainting (--init-image with --mask) needs a masked prior; this one is autoregressive")
-    return sample_autoregressive(prior, batch_size, **common)
+    return sample_autoregressive(prior, batch_size, labels, settings, generator=g, progress=progress)
 
 
 def train_prior(
@@ -94,10 +97,7 @@ def train_prior(
     vqvae = ae.vqvae
 
     # ---------------------------------------------------------------- data -> code cache
-    data_cfg = resolve_latent_data(cfg.data, ae.data, vqvae.config)
-    source = data or cfg.data.source or (ae.data or {}).get("source")
-    datasets = load_datasets(source, data_cfg, log=log, progress=progress)
-    cfg.data.source, cfg.data.image_size, cfg.data.channels, cfg.data.fit = datasets.source, data_cfg.image_size, data_cfg.channels, data_cfg.fit
+    datasets, data_cfg = load_latent_stage_data(cfg.data, ae.data, vqvae.config, data, log=log, progress=progress)
     _, gh, gw = latent_shape(vqvae.config, data_cfg.image_size)
     num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
     class_names = list(datasets.train.class_names) if num_classes else []
@@ -155,7 +155,7 @@ def train_prior(
     guard = NonFiniteGuard(tc.skip_nonfinite_once, log=log)
     last_ckpt = latest_checkpoint(run_dir)
     batches = sampler.batches(step)
-    window_loss, window_n, final_loss, steps_done = 0.0, 0, float("nan"), 0
+    window, steps_done = LossWindow(), 0
     clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc=f"train-prior ({kind})", disable=not progress, dynamic_ncols=True)
     with StopSignals() as signals:
@@ -173,8 +173,7 @@ def train_prior(
             with acc.accumulate(prior):
                 with acc.autocast():
                     loss = prior_loss(prior, codes, class_labels, g, raw.config.causal, raw.mask_id, cfg.objective.mask_schedule)
-                if not guard.check(loss, step, last_ckpt):
-                    opt.zero_grad(set_to_none=True)
+                if not guard.check(loss, step, last_ckpt, opt):
                     step += 1  # the batch and its draws are consumed, so a resumed run stays in step
                     bar.update(1)
                     continue
@@ -186,48 +185,31 @@ def train_prior(
             bar.update(1)
 
             # -------------------------------------------------------- logging, grids, checkpoints
-            window_loss += float(loss.detach())
-            window_n += 1
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                mean_loss = float(acc.reduce(torch.tensor(window_loss / window_n, device=device), "mean"))
-                final_loss = mean_loss
+            window.add(loss)
+            if due(step, tc.log_every, tc):
+                mean_loss = window.mean(acc)
                 logger.scalars(step, {"train/loss": mean_loss, "train/lr": opt.param_groups[0]["lr"]})
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
-                window_loss, window_n = 0.0, 0
-            if is_main and (step % tc.image_every == 0 or step == tc.max_steps):
+            if is_main and due(step, tc.image_every, tc):
                 sample_grid(step)
             if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 last_ckpt = save_checkpoint(step) or last_ckpt
             stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
     bar.close()
-    session_seconds, train_seconds = clock.session(), clock.total()
+    clock.stop()
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/lr"])
 
     # ---------------------------------------------------------------- export + final metrics
     metrics: dict = {}
     if is_main:
-        metrics = {
-            "kind": kind,
-            "step": step,
-            "steps_this_session": steps_done,
-            "processes": acc.num_processes,
-            "final_loss": final_loss,
-            "train_seconds": train_seconds,  # all sessions of this run (resumes included)
-            "session_seconds": session_seconds,
-            "steps_per_s": steps_done / session_seconds if session_seconds > 0 else None,
-            "global_batch": tc.batch_size * acc.num_processes,
-            "parameters": n_params,
-            "grid": [gh, gw],
-            "train_items": len(cache.train),
-            "num_classes": num_classes,
-            "code_cache": {"folder": str(cache.folder), "key": cache.key, "built": cache.built},
-            "torch_threads": torch.get_num_threads(),
-        }
+        metrics = run_metrics(step, steps_done, clock, tc, acc, n_params, window.last_mean, kind=kind, grid=[gh, gw],
+                              train_items=len(cache.train), num_classes=num_classes,
+                              code_cache={"folder": str(cache.folder), "key": cache.key, "built": cache.built})
         export_prior_folder(vqvae.cpu(), ema.model.cpu(), run_dir / "prior", kind, cfg.sampling, class_names, data_cfg.image_size,
                             extra={"step": step, "training_config": to_dict(cfg)})
         atomic_write_json(run_dir / "metrics.json", metrics)
-        log(f"done: {step} steps, loss {final_loss:.4f}; {kind} prior in {run_dir / 'prior'}")
+        log(f"done: {step} steps, loss {window.last_mean:.4f}; {kind} prior in {run_dir / 'prior'}")
     logger.close()
     acc.wait_for_everyone()
     acc.end_training()

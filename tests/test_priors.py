@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vqldm.pipelines.cli import main
+from vqldm.priors.config import PriorSamplingConfig
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint, weights_sha256
 from vqldm.plumbing.errors import UserError
 from vqldm.priors.model import CodePrior
@@ -355,7 +356,7 @@ def tiny_prior(causal: bool, seed: int = 0, num_classes: int = 3, grid=(3, 4), c
 def test_sample_masked_with_one_step_leaves_no_mask(guidance):
     model = tiny_prior(False)
     labels = torch.tensor([0, 1, 2, 1])
-    codes = sample_masked(model, 4, labels, steps=1, guidance=guidance, generator=torch.Generator().manual_seed(0))
+    codes = sample_masked(model, 4, labels, PriorSamplingConfig(steps=1, guidance=guidance), generator=torch.Generator().manual_seed(0))
     assert codes.shape == (4, 12)
     assert not (codes == model.mask_id).any()
     assert int(codes.min()) >= 0 and int(codes.max()) < 11
@@ -383,7 +384,7 @@ def test_sample_masked_keeps_known_codes(which):
     known[:, ::3] = -1  # these are generated
     known[2] = -1  # a row with nothing known
     for steps in (1, 4):
-        codes = sample_masked(model, 3, torch.tensor([0, 1, 2]), steps=steps, known=known, guidance=2.0,
+        codes = sample_masked(model, 3, torch.tensor([0, 1, 2]), PriorSamplingConfig(steps=steps, guidance=2.0), known=known,
                               generator=torch.Generator().manual_seed(steps))
         fixed = known >= 0
         assert torch.equal(codes[fixed], known[fixed])
@@ -442,7 +443,7 @@ def test_greedy_autoregressive_sampling_equals_greedy_full_decoding():
     pass with the same guidance picks, code after code."""
     model = tiny_prior(True, seed=3)
     labels, guidance = torch.tensor([0, 1, 2]), 3.0
-    codes = sample_autoregressive(model, 3, labels, guidance=guidance, top_k=1, generator=torch.Generator().manual_seed(0))
+    codes = sample_autoregressive(model, 3, labels, PriorSamplingConfig(guidance=guidance, top_k=1), generator=torch.Generator().manual_seed(0))
     assert codes.shape == (3, model.seq_len)
     null = torch.full_like(labels, model.null_class)
     with torch.no_grad():
