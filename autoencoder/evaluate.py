@@ -15,15 +15,8 @@ from .model import encode_indices
 
 
 @torch.inference_mode()
-def evaluate_reconstruction(
-    vqmodel: VQModel,
-    data: ImageData,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    max_images: int | None = None,
-    progress: bool = True,
-    return_details: bool = False,
-) -> dict:
+def evaluate_reconstruction(vqmodel: VQModel, data: ImageData, batch_size: int = 256, device: torch.device | str = "cpu",
+                            max_images: int | None = None, progress: bool = True, return_details: bool = False) -> dict:
     """PSNR / SSIM (means over images) and codebook statistics counted over the whole split."""
     vqmodel.eval()
     n = len(data) if max_images is None else min(len(data), max_images)
@@ -49,14 +42,8 @@ def evaluate_reconstruction(
 
 
 @torch.inference_mode()
-def measure_scaling_factor(
-    vqmodel: VQModel,
-    data: ImageData,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    max_images: int | None = 10_000,
-    progress: bool = True,
-) -> float:
+def measure_scaling_factor(vqmodel: VQModel, data: ImageData, batch_size: int = 256, device: torch.device | str = "cpu",
+                           max_images: int | None = 10_000, progress: bool = True) -> float:
     """1 / std of the pre-quantization latents h over (up to ``max_images`` of) ``data``.
 
     LDM convention (Rombach et al. 2022, sec. 4.3.2 / D.1): the diffusion model sees h * scaling_factor,

@@ -284,7 +284,26 @@ def _gen(scratch: Path, shared: dict, *extra: str, model: Path | str | None = No
     return ["generate", "--model", str(model), "--out", out, "--num-images", "2", "--steps", "2", "--no-progress", *extra]
 
 
-AE, LDM, GEN, CONVERT = "train-autoencoder", "train-diffusion", "generate", "convert"
+def _prior(scratch: Path, shared: dict, *extra: str, kind: str = "masked") -> list[str]:
+    return ["train-prior", "--kind", kind, "--autoencoder", str(shared["ae_run"]), "--data", str(scratch / "none"),
+            "--out", str(scratch / "out"), "--config", "tiny", "--max-steps", "2", "--set", "train.progress=false", *extra]
+
+
+def _prior_with_other_vqvae(scratch: Path, shared: dict) -> Path:
+    """A copy of the shared prior folder whose vqvae codebook was changed after training."""
+    import torch
+    from diffusers import VQModel
+
+    folder = scratch / "prior"
+    shutil.copytree(shared["prior"], folder)
+    vq = VQModel.from_pretrained(folder / "vqvae")
+    with torch.no_grad():
+        vq.quantize.embedding.weight.add_(0.01)
+    vq.save_pretrained(folder / "vqvae", safe_serialization=True)
+    return folder
+
+
+AE, LDM, PRIOR, GEN, CONVERT = "train-autoencoder", "train-diffusion", "train-prior", "generate", "convert"
 CASES: list[Case] = [
     # ------------------------------------------------------------------ train-autoencoder: data
     Case(AE, "data path does not exist", lambda s, _: _ae(s, data=s / "missing")),
@@ -362,6 +381,24 @@ CASES: list[Case] = [
     Case(GEN, "--class out of range (99)", lambda s, sh: _gen(s, sh, "--class", "99"), flags=("--model", "--class"), needs=("pipeline",)),
     Case(GEN, "--out inside a file (not writable)", lambda s, sh: _gen(s, sh, out=str(_a_file(s) / "grid.png")), flags=("--model", "--out"),
          needs=("pipeline",)),
+    Case(GEN, "--out with an unknown image format (.gif)", lambda s, sh: _gen(s, sh, out=str(s / "grid.gif")), flags=("--model", "--out"),
+         needs=("pipeline",)),
+    Case(GEN, "--num-images 100000000 into one grid", lambda s, sh: _gen(s, sh, "--num-images", "100000000"),
+         flags=("--model", "--num-images"), needs=("pipeline",)),
+    Case(GEN, "--guidance nan", lambda s, sh: _gen(s, sh, "--guidance", "nan"), flags=("--model", "--guidance"), needs=("pipeline",)),
+    Case(GEN, "--resume with a grid --out", lambda s, sh: _gen(s, sh, "--resume"), flags=("--model", "--resume"), needs=("pipeline",)),
+    Case(GEN, "--resume into a folder of images made with another seed",
+         lambda s, sh: (run_cli(_gen(s, sh, out=str(s / "imgs") + "/")), _gen(s, sh, "--seed", "5", "--resume", out=str(s / "imgs") + "/"))[1],
+         flags=("--model", "--resume"), needs=("pipeline",)),
+    # ------------------------------------------------------------------ train-prior / priors in generate
+    Case(PRIOR, "--kind unknown", lambda s, sh: _prior(s, sh, kind="diffusion"), flags=("--kind",), needs=("ae_run",)),
+    Case(PRIOR, "--max-steps 0", lambda s, sh: _prior(s, sh, "--max-steps", "0"), flags=("--max-steps",), needs=("ae_run",)),
+    Case(GEN, "prior folder whose vqvae codebook changed after training", lambda s, sh: _gen(s, sh, model=_prior_with_other_vqvae(s, sh)),
+         flags=("--model",), needs=("prior",)),
+    Case(GEN, "--scheduler on a prior", lambda s, sh: _gen(s, sh, "--scheduler", "ddim", model=sh["prior"]), flags=("--model", "--scheduler"),
+         needs=("prior",)),
+    Case(GEN, "--class out of range (99) on a prior", lambda s, sh: _gen(s, sh, "--class", "99", model=sh["prior"]),
+         flags=("--model", "--class"), needs=("prior",)),
 ]
 
 
@@ -443,6 +480,16 @@ def build_shared(kind: str, root: Path, shared: dict) -> str | None:
                 shared[kind] = str(out / "pipeline")
                 return None
             why = "the tiny pipeline could not be trained: " + _last_line(proc.stderr, root)
+    elif kind == "prior":
+        why = build_shared("ae_run", root, shared)
+        if why is None:
+            out = root / "shared_prior"
+            proc = run_cli(["train-prior", "--kind", "masked", "--autoencoder", shared["ae_run"], "--data", str(root / "shared_images"),
+                            "--labels", "folders", "--out", str(out), "--config", "tiny", "--max-steps", "2", "--set", "train.progress=false"])
+            if proc.returncode == 0 and (out / "prior" / "vqldm.json").is_file():
+                shared[kind] = str(out / "prior")
+                return None
+            why = "the tiny prior could not be trained: " + _last_line(proc.stderr, root)
     else:
         raise ValueError(kind)
     shared[f"{kind}:failed"] = why

@@ -27,4 +27,15 @@ run bash benchmarks/first_run.sh | tee bench_out/first_run.txt
 run bash benchmarks/first_run.sh --fresh | tee bench_out/first_run_fresh.txt
 run python benchmarks/bench_latent_vs_pixel.py --autoencoder-run runs/ae --diffusion-run runs/ldm --num-samples 1000 --steps 50 \
   --threads 1 --out bench_out/latent_vs_pixel --no-progress | tee bench_out/latent_vs_pixel.txt
+# discrete priors: the presets (about 20-50 minutes each on 2 CPU cores), then the equal-time comparison
+SHIPPED=$(python -c "from vqldm.pipelines.default_model import DEFAULT_MODEL_DIR as d; print(d)")
+for kind in masked autoregressive; do
+  [ -f runs/prior-$kind/metrics.json ] || vqldm train-prior --kind $kind --config fashion-mnist --autoencoder "$SHIPPED" --out runs/prior-$kind \
+    --set cache.folder=runs/cache_fm
+  run vqldm evaluate generation --model runs/prior-$kind/prior --num-samples 1000 --batch-size 250 --out bench_out/eval_prior_$kind \
+    | tee bench_out/eval_prior_$kind.txt
+done
+run python benchmarks/bench_priors.py --device cpu --budget 300 --num-samples 1000 --batch-size 250 --work bench_out/priors_cpu \
+  | tee bench_out/bench_priors_cpu.txt
+# on a GPU machine: bash benchmarks/gpu_check.sh | tee bench_out/gpu_check.txt
 run python benchmarks/bad_inputs.py

@@ -14,16 +14,16 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from .config import ObjectiveConfig
 
 
+def schedule_kwargs(cfg: ObjectiveConfig) -> dict:
+    """The training schedule in diffusers' scheduler arguments (one definition for every scheduler built
+    from it); ``clip_sample=False``: latents are not bounded to [-1, 1]."""
+    return dict(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
+                beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=False)
+
+
 def make_train_scheduler(cfg: ObjectiveConfig) -> DDPMScheduler:
     """The forward process used in training (``add_noise``, ``get_velocity``, ``alphas_cumprod``)."""
-    return DDPMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_start=cfg.beta_start,
-        beta_end=cfg.beta_end,
-        beta_schedule=cfg.beta_schedule,
-        prediction_type=cfg.prediction_type,
-        clip_sample=False,  # latents are not bounded to [-1, 1]
-    )
+    return DDPMScheduler(**schedule_kwargs(cfg))
 
 
 def make_sampling_scheduler(cfg: ObjectiveConfig) -> DDIMScheduler:
@@ -32,16 +32,7 @@ def make_sampling_scheduler(cfg: ObjectiveConfig) -> DDIMScheduler:
     ``clip_sample=False`` (latents are unbounded), ``set_alpha_to_one=False`` and ``steps_offset=1``
     as in the diffusers configs of LDM / Stable Diffusion (the last step uses ᾱ_0, not 1).
     """
-    return DDIMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_start=cfg.beta_start,
-        beta_end=cfg.beta_end,
-        beta_schedule=cfg.beta_schedule,
-        prediction_type=cfg.prediction_type,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    return DDIMScheduler(**schedule_kwargs(cfg), set_alpha_to_one=False, steps_offset=1)
 
 
 def training_target(

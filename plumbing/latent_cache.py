@@ -73,25 +73,30 @@ def gather_views(items: torch.Tensor, flipped: torch.Tensor | None, indices) -> 
 
 
 @dataclass
-class LatentSplit:
-    """Cached latents of one split.
+class CachedSplit:
+    """One split of a cache: ``items`` N x ... (scaled latents, or code ids), ``labels`` N int64 (-1 = none),
+    ``flipped`` the items of the mirrored images or None. Item ``i`` is image ``i`` for ``i < N`` and the
+    mirrored image ``i - N`` for ``N <= i < 2N``."""
 
-    ``latents``: N x C x h x w (scaled pre-quantization latents); ``labels``: N int64 (-1 = none);
-    ``flipped``: N x C x h x w latents of the mirrored images, or None. Item ``i`` of the training set
-    is image ``i`` for ``i < N`` and the mirrored image ``i - N`` for ``N <= i < 2N``.
-    """
-
-    latents: torch.Tensor
+    items: torch.Tensor
     labels: torch.Tensor
     flipped: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return self.latents.shape[0] * (2 if self.flipped is not None else 1)
+        return self.items.shape[0] * (2 if self.flipped is not None else 1)
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 latents B x C x h x w and labels B for item ``indices`` (views included)."""
-        out, src = gather_views(self.latents, self.flipped, indices)
-        return out.float(), self.labels[src]
+        """Items ``indices`` (views included; float32 for latents, int64 for codes) and their labels."""
+        out, src = gather_views(self.items, self.flipped, indices)
+        return (out.float() if out.is_floating_point() else out), self.labels[src]
+
+
+class LatentSplit(CachedSplit):
+    """Cached latents of one split: ``latents`` N x C x h x w, scaled pre-quantization latents."""
+
+    @property
+    def latents(self) -> torch.Tensor:
+        return self.items
 
 
 @dataclass
@@ -308,21 +313,12 @@ def prepare_latent_cache(
 CODES_FILE = "codes.safetensors"
 
 
-@dataclass
-class CodeSplit:
-    """Code indices of one split: ``codes`` N x T (int64, raster order of the h x w grid), ``labels`` N,
-    ``flipped`` N x T codes of the mirrored images or None (items ``N .. 2N-1``, as in :class:`LatentSplit`)."""
+class CodeSplit(CachedSplit):
+    """Code indices of one split: ``codes`` N x T, int64, raster order of the h x w grid."""
 
-    codes: torch.Tensor
-    labels: torch.Tensor
-    flipped: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.codes.shape[0] * (2 if self.flipped is not None else 1)
-
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, src = gather_views(self.codes, self.flipped, indices)
-        return out, self.labels[src]
+    @property
+    def codes(self) -> torch.Tensor:
+        return self.items
 
 
 @dataclass
