@@ -201,7 +201,7 @@ def _resume_point(folder: Path, settings: dict, resume: bool, suffix: str, batch
         raise UserError(f"{str(path)!r} is not readable JSON ({err}); delete it to start again") from None
     if manifest.get("settings") != settings:
         diff = sorted(k for k in settings if manifest.get("settings", {}).get(k) != settings[k])
-        raise UserError(f"{folder} holds images made with other settings ({', '.join(diff)} differ); "
+        raise UserError(f"{folder} holds images made with other settings ({', '.join(diff)} {'differs' if len(diff) == 1 else 'differ'}); "
                         f"use the same settings, another --out, or drop --resume to start again")
     done = int(manifest["batches_done"])
     missing = [i for i in range(int(manifest["images_done"])) if not (folder / f"{i:04d}{suffix}").is_file()]
