@@ -8,9 +8,9 @@ of the shipped model) and the same data, for the same wall-clock training time o
 continuous latent diffusion (`vqldm train-diffusion`, preset `fashion-mnist`), the masked prior and the
 autoregressive prior (`vqldm train-prior --kind ...`, preset `fashion-mnist`, one transformer, causal or
 not). Their parameter counts are printed and must lie within 20% of each other. Equal time: a short probe
-run measures each model's steps per second on this device; the real run's learning-rate schedule is sized
-to 1.1 x budget x steps/s steps, and ``train.max_seconds`` stops every run when its training clock reaches
-the budget. The seconds each run actually trained are printed next to the budget.
+runs (N and 2N steps, whose difference cancels fixed costs) measure each model's steps per second on this
+device; the real run's learning-rate schedule is sized to 1.1 x budget x steps/s steps, and
+``train.max_seconds`` stops every run when its training clock reaches the budget. The seconds each run actually trained are printed next to the budget.
 
 Each model is then sampled at a sweep of steps (masked: 1-16 decoding rounds; continuous: 5-50 steps of
 UniPC with trailing timesteps, vqldm's measured default for this model family; autoregressive: one step
@@ -96,8 +96,11 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- equal-time training
     runs = {}
     for name in MODELS:
-        probe = train(name, args.work / f"probe-{name}", args, env, args.probe_steps, extra)
-        steps_per_s = probe["steps_this_session"] / probe["session_seconds"]
+        # two probes, N and 2N steps: their difference cancels the fixed costs in the training clock (first
+        # steps, the final sample grid), which dominate short runs on a GPU
+        short = train(name, args.work / f"probe-{name}", args, env, args.probe_steps, extra)
+        long = train(name, args.work / f"probe2-{name}", args, env, 2 * args.probe_steps, extra)
+        steps_per_s = args.probe_steps / max(long["session_seconds"] - short["session_seconds"], 1e-3)
         # a schedule sized for the budget from the probe's rate; the clock (train.max_seconds) ends every run at
         # the same training time, whichever way the probe erred
         steps = max(2, int(1.1 * args.budget * steps_per_s) // 2 * 2)
