@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     # generate / evaluate own their arguments (pipelines/generate.py, pipelines/evaluate.py)
     from . import evaluate, generate
 
-    p = sub.add_parser("generate", help="generate images with a trained (or the shipped) pipeline")
+    p = sub.add_parser("generate", help="generate images with a pipeline or prior folder (default: the shipped model)")
     generate.add_arguments(p)
     p = sub.add_parser("evaluate", help="reconstruction, codebook and generation metrics, with plots")
     evaluate.add_arguments(p)

@@ -28,8 +28,9 @@ from ..plumbing.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
-    p.add_argument("--model", default=None, metavar="PIPELINE_DIR",
-                   help="pipeline folder (model_index.json, vqvae/, unet/, scheduler/); default: the shipped model")
+    p.add_argument("--model", default=None, metavar="MODEL_DIR",
+                   help="pipeline folder (model_index.json, vqvae/, unet/, scheduler/) or prior folder (prior/, vqvae/, "
+                        "vqldm.json), or their run folder; default: the shipped model")
     p.add_argument("--num-images", type=int, default=16, metavar="N", help="how many images (default 16)")
     p.add_argument("--out", default="samples.png", metavar="PATH",
                    help="x.png / x.jpg / x.webp writes one grid; a folder path ending in / writes one file per image, "
