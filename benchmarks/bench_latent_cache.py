@@ -29,7 +29,7 @@ from vqldm.autoencoder.model import build_vqmodel  # noqa: E402
 from vqldm.autoencoder.config import load_autoencoder_config  # noqa: E402
 from vqldm.plumbing.latent_cache import prepare_latent_cache  # noqa: E402
 from vqldm.diffusion.model import build_unet  # noqa: E402
-from vqldm.plumbing.geometry import latent_shape  # noqa: E402
+from vqldm.plumbing.geometry import latent_shape, scale_latents  # noqa: E402
 from vqldm.diffusion.objective import (  # noqa: E402
     diffusion_loss,
     make_train_scheduler,
@@ -88,7 +88,6 @@ def main(argv=None) -> dict:
     scheduler = make_train_scheduler(cfg.objective)
     oc = cfg.objective
     n = len(datasets.train)
-    sf = float(vqvae.config.scaling_factor)
 
     def cached(idx):
         return cache.train.batch(idx)
@@ -96,7 +95,7 @@ def main(argv=None) -> dict:
     @torch.no_grad()
     def on_the_fly(idx):
         x, y = datasets.train.batch(idx)
-        return vqvae.encode(x).latents * sf, y
+        return scale_latents(vqvae.encode(x).latents, vqvae), y
 
     def run(get_batch) -> float:
         unet = build_unet(cfg.model, latent, num_classes)

@@ -275,7 +275,9 @@ def cmd_generation(args) -> int:
         from .pipeline import DEFAULT_STEPS
 
         args.steps = int(pipe.info.get("default_steps") or DEFAULT_STEPS)
-    fake, fake_labels, spi = generate_images(pipe, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed, num_classes, progress)
+    codes: list = []
+    fake, fake_labels, spi = generate_images(pipe, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed, num_classes,
+                                             progress, codes_out=codes)
     fake_f = extractor(fake, progress, "features (generated)")
     result = distribution_metrics(real_f, fake_f, args.kid_subsets, args.kid_subset_size, args.seed)
 
@@ -292,7 +294,7 @@ def cmd_generation(args) -> int:
     result["kid_scale"] = place_on_scale(result["kid_mean"], calibration, "kid_mean")
 
     # codebook report of a prior: which codes it emits, against the codes the autoencoder uses on real data
-    code_usage = prior_code_usage(pipe, real, args.num_samples, args.batch_size, args.guidance, args.seed, num_classes) if prior_kind else None
+    code_usage = prior_code_usage(pipe, torch.cat(codes), real, args.batch_size) if prior_kind else None
 
     # class accuracy: a domain classifier with the same classes judges each generated image's class
     class_acc = None

@@ -129,18 +129,11 @@ def scheduler_label(pipe) -> str:
 
 
 @torch.inference_mode()
-def prior_code_usage(pipe, real: torch.Tensor, num_images: int, batch_size: int, guidance: float, seed: int,
-                     num_classes: int | None) -> dict:
-    """The share of the codebook a prior ever emits (over ``num_images`` samples, same seeds and classes as
-    :func:`generate_images`), next to the codes the autoencoder uses on the real images ``real``."""
+def prior_code_usage(pipe, codes: torch.Tensor, real: torch.Tensor, batch_size: int) -> dict:
+    """The share of the codebook a prior emitted in ``codes`` (the grids behind the generated images, collected
+    by :func:`generate_images`), next to the codes the autoencoder uses on the real images ``real``."""
     k = int(pipe.vqvae.config.num_vq_embeddings)
-    emitted = torch.zeros(k, dtype=torch.long)
-    for b, start in enumerate(range(0, num_images, batch_size)):
-        size = min(batch_size, num_images - start)
-        kwargs = {"batch_size": size, "generator": torch.Generator().manual_seed(seed + b), "output_type": "codes"}
-        if num_classes:
-            kwargs.update(class_labels=[i % num_classes for i in range(start, start + size)], guidance_scale=guidance)
-        emitted += torch.bincount(pipe(**kwargs).images.flatten().cpu(), minlength=k)
+    emitted = torch.bincount(codes.flatten().cpu(), minlength=k)
     used = torch.zeros(k, dtype=torch.long)
     for part in real.split(batch_size):
         _, idx = encode_indices(pipe.vqvae, pipe.vqvae.encode(part.to(pipe.device)).latents)
@@ -149,7 +142,7 @@ def prior_code_usage(pipe, real: torch.Tensor, num_images: int, batch_size: int,
     return {"codebook_size": k, "codes_emitted": int(emitted_set.sum()), "codes_used_on_real": int(used_set.sum()),
             "emitted_share_of_real_usage": float((emitted_set & used_set).sum()) / max(int(used_set.sum()), 1),
             "emitted_outside_real_usage": int((emitted_set & ~used_set).sum()),
-            "samples": num_images, "real_images": int(real.shape[0])}
+            "samples": int(codes.shape[0]), "real_images": int(real.shape[0])}
 
 
 def pipeline_data_fit(pipe, default: str = "pad") -> str:
@@ -168,10 +161,11 @@ def pipeline_num_classes(pipe) -> int | None:
 
 
 def generate_images(pipe, num_images: int, batch_size: int, steps: int, guidance: float, seed: int,
-                    num_classes: int | None, progress: bool = True, desc: str = "generating") -> tuple[torch.Tensor, torch.Tensor | None, float]:
+                    num_classes: int | None, progress: bool = True, desc: str = "generating",
+                    codes_out: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """``num_images`` images in [-1, 1] (CPU), their class labels (balanced: i mod num_classes) or None, and
     the seconds spent per image. Batch b uses ``torch.Generator().manual_seed(seed + b)``, so results do not
-    depend on anything but the arguments."""
+    depend on anything but the arguments. ``codes_out`` (a list) collects a prior's code grids per batch."""
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(num_images) % num_classes if num_classes else None
@@ -183,8 +177,10 @@ def generate_images(pipe, num_images: int, batch_size: int, steps: int, guidance
         kwargs = {"batch_size": size, "num_inference_steps": steps, "generator": torch.Generator().manual_seed(seed + b), "output_type": "pt"}
         if labels is not None:
             kwargs.update(class_labels=labels[start : start + size], guidance_scale=guidance)
-        images = pipe(**kwargs).images
-        images = torch.as_tensor(images).float().cpu()
+        result = pipe(**kwargs)
+        if codes_out is not None and getattr(result, "codes", None) is not None:
+            codes_out.append(result.codes.cpu())
+        images = torch.as_tensor(result.images).float().cpu()
         if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
             images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW
         out.append(images.clamp(0, 1) * 2 - 1)

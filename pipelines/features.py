@@ -15,7 +15,6 @@ Two kinds, one interface (:class:`FeatureExtractor`: images in [-1, 1] NCHW -> N
 from __future__ import annotations
 
 import json
-import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ..plumbing.trainkit import (
     learning_rate,
     optimizer_step,
     set_learning_rate,
+    stop_if_signalled,
 )
 
 DEFAULT_FEATURES_DIR = Path(__file__).resolve().parent / "default_model" / "features"
@@ -299,11 +299,7 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                if signals.requested:
-                    bar.close()
-                    stop = UserError(f"stopped by {signals.requested} at step {step}; nothing was saved; run train-features again")
-                    stop.exit_code = 128 + int(signal.Signals[signals.requested])
-                    raise stop
+                stop_if_signalled(signals, step, None, bar)
     bar.close()
     seconds = clock.total()
     accuracy = classifier_accuracy(model, ds.holdout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +34,13 @@ from ..priors.model import CodePrior
 from ..priors.train import sample_codes
 from .classes import ClassConditioning
 from .inputs import to_image_tensor, to_mask_tensor, to_output
+
+
+@dataclass
+class PriorPipelineOutput(ImagePipelineOutput):
+    """The images, and the code grids (B x h x w) they were decoded from."""
+
+    codes: torch.Tensor | None = None
 
 
 def is_prior_folder(path: str | os.PathLike | None) -> bool:
@@ -187,7 +195,8 @@ class CodePriorPipeline(ClassConditioning):
                                           guidance=guidance_scale)
         known = self._known_codes(image, mask_image, batch_size) if image is not None else None
         g = generator[0] if isinstance(generator, list) else generator
-        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=g).item()) if g is not None else int(torch.seed() % (2**63))
+        # one draw from the caller's generator (or torch's global one) seeds the sampler: no global reseeding
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=g).item())
         bar = None if self._progress.get("disable") else (lambda it: tqdm(it, desc=self._progress.get("desc", self.kind), leave=False))
         codes = sample_codes(self.prior, self.kind, labels, batch_size, sampling, seed, known=known, progress=bar)
         if output_type == "codes":
@@ -196,7 +205,7 @@ class CodePriorPipeline(ClassConditioning):
             out = to_output(decode_codes(self.vqvae, codes, self.grid), output_type)
         if not return_dict:
             return (out,)
-        return ImagePipelineOutput(images=out)
+        return PriorPipelineOutput(images=out, codes=codes.view(batch_size, *self.grid))
 
 
 def load_prior_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu") -> CodePriorPipeline:

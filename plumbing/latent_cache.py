@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from .checkpoint import AtomicDir, load_safetensors, save_safetensors, weights_sha256
 from .data import Datasets, ImageData
 from .errors import UserError
-from .geometry import scale_latents
+from .geometry import scale_latents, unscale_latents
 
 
 @dataclass
@@ -338,7 +338,7 @@ def latents_to_codes(vqvae: VQModel, latents: torch.Tensor, batch_size: int = 10
     device = next(vqvae.parameters()).device
     out = []
     for part in latents.split(batch_size):
-        h = part.float().to(device) / float(vqvae.config.scaling_factor)  # unscale: the cache holds h * scaling_factor
+        h = unscale_latents(part.float().to(device), vqvae)  # the cache holds h * scaling_factor
         _, _, (_, _, indices) = vqvae.quantize(h)
         out.append(indices.view(part.shape[0], -1).cpu().long())
     return torch.cat(out)

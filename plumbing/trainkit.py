@@ -208,17 +208,22 @@ class StopSignals:
         return False
 
 
-def stop_if_signalled(signals: "StopSignals", step: int, save_checkpoint, bar, logger, run_dir: Path,
+def stop_if_signalled(signals: "StopSignals", step: int, save_checkpoint, bar, logger=None, run_dir: Path | None = None,
                       grad_accumulation: int = 1) -> None:
     """After a SIGINT/SIGTERM: save a checkpoint, close the bar and logs, and stop with one line. Under
     gradient accumulation the loop runs on to the next optimizer step first (at most k - 1 micro-batches),
-    so the checkpoint holds no half-summed gradients and the resumed run stays bit-exact."""
+    so the checkpoint holds no half-summed gradients and the resumed run stays bit-exact. A loop that does
+    not resume (``save_checkpoint=None``) stops saying that nothing was saved."""
     if not signals.requested or step % grad_accumulation:
         return
-    path = save_checkpoint(step)
+    path = save_checkpoint(step) if save_checkpoint is not None else None
     bar.close()
-    logger.close()
-    stop = UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+    if logger is not None:
+        logger.close()
+    if save_checkpoint is None:
+        stop = UserError(f"stopped by {signals.requested} at step {step}; nothing was saved (this run does not resume); run it again")
+    else:
+        stop = UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
     stop.exit_code = 128 + int(signal.Signals[signals.requested])  # the shell convention: 130 for SIGINT, 143 for SIGTERM
     raise stop
 

@@ -141,6 +141,13 @@ def test_sampling_is_reproducible(kind, pipes):
     codes = pipe(batch_size=3, class_labels=3, generator=torch.Generator().manual_seed(0), output_type="codes").images
     assert codes.shape == (3, 8, 8) and codes.dtype == torch.long
     assert int(codes.min()) >= 0 and int(codes.max()) < 32
+    # the codes returned beside the images are the ones they were decoded from
+    out = pipe(batch_size=3, class_labels=[0, 3, 7], generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert torch.equal(out.images, a)
+    from vqldm.autoencoder.model import decode_codes
+
+    redecoded = (decode_codes(pipe.vqvae, out.codes.reshape(3, -1), (8, 8)).float() / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(redecoded, a, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
