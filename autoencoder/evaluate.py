@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 from diffusers import VQModel
 
-from ..plumbing.data import ImageData
+from ..plumbing.data import ImageSplit
 from .metrics import codebook_stats, psnr, ssim
 from .model import encode_indices
 
 
 @torch.inference_mode()
-def evaluate_reconstruction(vqmodel: VQModel, data: ImageData, batch_size: int = 256, device: torch.device | str = "cpu",
+def evaluate_reconstruction(vqmodel: VQModel, data: ImageSplit, batch_size: int = 256, device: torch.device | str = "cpu",
                             max_images: int | None = None, progress: bool = True, return_details: bool = False) -> dict:
     """PSNR / SSIM (means over images) and codebook statistics counted over the whole split."""
     vqmodel.eval()
@@ -42,7 +42,7 @@ def evaluate_reconstruction(vqmodel: VQModel, data: ImageData, batch_size: int =
 
 
 @torch.inference_mode()
-def measure_scaling_factor(vqmodel: VQModel, data: ImageData, batch_size: int = 256, device: torch.device | str = "cpu",
+def measure_scaling_factor(vqmodel: VQModel, data: ImageSplit, batch_size: int = 256, device: torch.device | str = "cpu",
                            max_images: int | None = 10_000, progress: bool = True) -> float:
     """1 / std of the pre-quantization latents h over (up to ``max_images`` of) ``data``.
 

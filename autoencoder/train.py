@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..plumbing.checkpoint import AtomicDir, atomic_write_json, latest_checkpoint
 from ..plumbing.config import save_config, to_dict
-from ..plumbing.data import BatchSampler, load_datasets
+from ..plumbing.data import BatchSampler, load_datasets, train_batches
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (
@@ -60,7 +60,7 @@ def train_autoencoder(
     vqmodel = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)  # rejects impossible sizes
 
     # ---------------------------------------------------------------- data
-    datasets = load_datasets(source, cfg.data, log=log, progress=is_main and tc.progress)
+    datasets = load_datasets(source, cfg.data, log=log, progress=is_main and tc.progress, accelerator=acc)
     cfg.data.source = datasets.source
     run_dir = prepare_run_dir(out, resume, is_main)
     if is_main:
@@ -116,12 +116,12 @@ def train_autoencoder(
     window_n = 0
     fixed_batch, _ = datasets.holdout.batch(torch.arange(min(16, len(datasets.holdout))))
     last_ckpt = latest_checkpoint(run_dir)
-    batches = sampler.batches(step)
+    batches = train_batches(datasets.train, sampler, step, cfg.data, tc.seed, pin_memory=acc.device.type == "cuda")
     clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-autoencoder", disable=not (is_main and tc.progress), dynamic_ncols=True)
     with StopSignals() as signals:
         while keep_training(tc, step, clock, acc):
-            x, _ = datasets.train.batch(next(batches))
+            x, _ = next(batches)
             x = x.to(device, non_blocking=True)
             model.train()
             set_learning_rate(opt, learning_rate(tc, step))  # a function of the step: resume needs no state
@@ -183,6 +183,7 @@ def train_autoencoder(
                 last_ckpt = save_checkpoint(step) or last_ckpt
             stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
     bar.close()
+    batches.close()  # stops the loader's worker processes
     clock.stop()
     train_seconds = clock.total()
     save_checkpoint(step)

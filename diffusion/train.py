@@ -118,7 +118,7 @@ def train_diffusion(
     vqvae, ae_data, ae_run = ae.vqvae, ae.data, ae.run_dir
 
     # ---------------------------------------------------------------- data -> latent cache
-    datasets, data_cfg = load_latent_stage_data(cfg.data, ae_data, vqvae.config, data, log=log, progress=progress)
+    datasets, data_cfg = load_latent_stage_data(cfg.data, ae_data, vqvae.config, data, log=log, progress=progress, accelerator=acc)
     latent = latent_shape(vqvae.config, data_cfg.image_size)
     num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
     class_names = list(datasets.train.class_names) if num_classes else []
@@ -132,7 +132,7 @@ def train_diffusion(
     device = acc.device
     vqvae.to(device)
     cache = prepare_latent_cache(cache_root(cfg.cache.folder, ae_run, run_dir), vqvae, datasets, cfg.cache, data_cfg.image_size, data_cfg.channels, data_cfg.fit,
-                                 accelerator=acc, log=log, progress=progress)
+                                 accelerator=acc, log=log, progress=progress, num_workers=data_cfg.num_workers)
     del datasets  # the images are not needed any more: training reads latents only
     sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
 

@@ -248,8 +248,7 @@ def classifier_accuracy(model: DomainClassifier, data, batch_size: int = 500, ma
     model.eval()
     n = len(data) if max_images is None else min(len(data), max_images)
     correct = 0
-    for start in range(0, n, batch_size):
-        x, y = data.batch(torch.arange(start, min(n, start + batch_size)))
+    for x, y in data.batches(batch_size, n):
         correct += int((model(x).argmax(dim=1) == y).sum())
     return correct / max(n, 1)
 
@@ -261,7 +260,7 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
     step (15% linear warm-up, then cosine to zero), the NaN policy skips one bad batch and then stops,
     and SIGINT/SIGTERM stop it with one line (nothing is written: a classifier is retrained, not resumed).
     """
-    from ..plumbing.data import DataConfig, load_datasets
+    from ..plumbing.data import BatchSampler, DataConfig, load_datasets, train_batches
 
     check_max_steps(cfg.max_steps)
     data_cfg = DataConfig(image_size=cfg.image_size, channels=cfg.channels, fit=cfg.fit, max_images=cfg.max_images,
@@ -280,27 +279,25 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
     g = torch.Generator().manual_seed(cfg.seed)
     clock = TrainClock()
     step = 0
+    batches = train_batches(ds.train, BatchSampler(len(ds.train), cfg.batch_size, cfg.seed), 0, data_cfg, cfg.seed)
     bar = tqdm(total=total, desc="train-features", disable=not progress, dynamic_ncols=True)
     model.train()
     with StopSignals() as signals:
         while step < total:
-            order = torch.randperm(len(ds.train), generator=g)
-            for i in range(steps_per_epoch):
-                if step >= total:
-                    break
-                x, y = ds.train.batch(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-                if cfg.augment:
-                    x = _augment(x, g)
-                set_learning_rate(opt, learning_rate(tc, step))
-                loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-                if guard.check(loss, step, None, opt):
-                    optimizer_step(loss, opt, model.parameters(), tc.grad_clip)
-                step += 1
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                stop_if_signalled(signals, step, None, bar)
+            x, y = next(batches)
+            if cfg.augment:
+                x = _augment(x, g)
+            set_learning_rate(opt, learning_rate(tc, step))
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            if guard.check(loss, step, None, opt):
+                optimizer_step(loss, opt, model.parameters(), tc.grad_clip)
+            step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            stop_if_signalled(signals, step, None, bar)
     bar.close()
+    batches.close()
     seconds = clock.total()
     accuracy = classifier_accuracy(model, ds.holdout)
     info = {"source": ds.source, "train_images": len(ds.train), "steps": step, "train_seconds": round(seconds, 1),

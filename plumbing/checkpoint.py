@@ -34,7 +34,7 @@ CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _tmp_sibling(path: Path) -> Path:
+def tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
@@ -62,10 +62,10 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Persist a rename: fsync the folder holding it (a no-op where folders cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -92,7 +92,7 @@ def ensure_writable_dir(directory: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     ensure_writable_dir(path.parent)
-    tmp = _tmp_sibling(path)
+    tmp = tmp_sibling(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -102,7 +102,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise UserError(f"could not write {str(path)!r} ({write_error_reason(err)}); free disk space or choose another --out") from None
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -151,7 +151,7 @@ class AtomicDir:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.target)
-        _fsync_dir(self.target.parent)
+        fsync_dir(self.target.parent)
         # old copies left by a replace that was killed between its two renames (never a write in progress)
         for stale in self.target.parent.glob(f".{glob.escape(self.target.name)}.old-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -183,7 +183,7 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
     ensure_writable_dir(path.parent)
-    tmp = _tmp_sibling(path)
+    tmp = tmp_sibling(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         fd = os.open(tmp, os.O_RDONLY)
@@ -198,7 +198,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
         if reason is None:
             raise
         raise UserError(f"could not write {str(path)!r} ({reason}); free disk space or choose another --out") from None
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def convert_pickle_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> int:

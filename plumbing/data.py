@@ -1,45 +1,52 @@
-"""Data: image folders and named datasets as [-1, 1] NCHW tensors, with a held-out split.
+"""Data: image folders, Hugging Face datasets and named datasets, read a batch at a time, with a
+held-out split.
 
-Sources
+Sources (``--data``)
 * a folder of images, searched recursively (PNG, JPEG, WebP, BMP, GIF, TIFF); with ``labels: folders``
-  each first-level subfolder is a class. Every file is decoded once while scanning: corrupt, truncated,
-  zero-byte, non-image and oversized files are skipped with a warning and counted; no usable image at
-  all is an error.
+  each first-level subfolder is a class. The folder is indexed once (:mod:`.folder_index`: corrupt,
+  truncated, zero-byte, non-image and oversized files are skipped with a warning and counted; a restart
+  only ``stat``s the files); images are decoded when a batch needs them, in DataLoader workers.
+* ``hf:NAME``: a Hugging Face ``datasets`` dataset: a Hub name (downloaded once by ``datasets``), a
+  folder written by ``save_to_disk``, or a local folder of data files (parquet, arrow, or an image
+  folder). Arrow files are memory-mapped, so every process shares them. The first Image column holds
+  the images, a ClassLabel column (``label``, else the first) the classes; the ``test`` (or
+  ``validation``) split is the held-out one, else a stable fraction of the rows.
 * a named dataset: ``fashion-mnist``, ``mnist``, ``cifar10`` (torchvision downloads them for online
-  users; Fashion-MNIST is also read from Debian's ``/usr/share/datasets/fashion-mnist``).
+  users; Fashion-MNIST is also read from Debian's ``/usr/share/datasets/fashion-mnist``). These are
+  small and kept in memory as uint8.
 
-All images are brought to ``channels`` x ``image_size`` x ``image_size`` (``fit``: pad, resize or crop)
-and kept as uint8 until a batch is drawn. Batches are drawn by :class:`BatchSampler`, whose order depends
-only on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+Every image is brought to ``channels`` x ``image_size`` x ``image_size`` (``fit``: pad, resize or crop),
+with optional random crops and flips for training. Batches are drawn by :class:`BatchSampler`, whose
+order depends only on (seed, epoch, rank), and the random crop and flip of an image only on (seed,
+epoch, image): a resumed run, and a run on 1 or N processes, sees exactly the same batches.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import struct
-import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .decode import IMAGE_SUFFIXES, decode_image, fit_array, load_image, pil_to_array  # noqa: F401 (re-exported)
 from .errors import UserError
+from .folder_index import SkippedFile, cache_dir, default_workers, index_folder, skipped_summary
 from .geometry import size_hw
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 NAMED_DATASETS = ("fashion-mnist", "mnist", "cifar10")
+HF_PREFIX = "hf:"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb limit: 64 megapixels (8000 x 8000)
 
 
 @dataclass
@@ -53,7 +60,9 @@ class DataConfig:
     labels: Literal["none", "folders"] = "none"  # class labels from first-level subfolders of an image folder
     holdout_fraction: float = 0.05  # image folders only; named datasets use their official test split
     max_images: int | None = None  # use at most this many training images (quick runs)
-    num_workers: int = 0
+    num_workers: int | None = None  # decoding processes for folders and hf: datasets (None: cores - 1, at most 8)
+    random_crop: bool = False  # training: crop at a random place instead of the centre (fit resize/crop, non-square images)
+    random_flip: bool = False  # training: mirror each image left-right with probability 1/2
 
     def __post_init__(self):
         if self.image_size < 8:
@@ -62,6 +71,8 @@ class DataConfig:
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (or null for automatic), got {self.num_workers}")
 
 
 @dataclass
@@ -85,6 +96,8 @@ class LatentDataConfig(DataConfig):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (or null for automatic), got {self.num_workers}")
 
 
 def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_config) -> DataConfig:
@@ -117,21 +130,24 @@ def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_confi
         holdout_fraction=cfg.holdout_fraction,
         max_images=cfg.max_images,
         num_workers=cfg.num_workers,
+        random_crop=cfg.random_crop,
+        random_flip=cfg.random_flip,
     )
 
 
 def load_latent_stage_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_config, data: str | None,
-                           log: Callable[[str], None] = print, progress: bool = True) -> tuple["Datasets", DataConfig]:
+                           log: Callable[[str], None] = print, progress: bool = True, accelerator=None) -> tuple["Datasets", DataConfig]:
     """The images a stage trained on an autoencoder's latents reads: geometry from the autoencoder, source
     from ``--data``, the config, or the autoencoder run's; ``cfg`` is filled in with what was used (so the
     run's config.yaml says it)."""
     data_cfg = resolve_latent_data(cfg, ae_data, vqvae_config)
-    datasets = load_datasets(data or cfg.source or (ae_data or {}).get("source"), data_cfg, log=log, progress=progress)
+    datasets = load_datasets(data or cfg.source or (ae_data or {}).get("source"), data_cfg, log=log, progress=progress,
+                             accelerator=accelerator)
     cfg.source, cfg.image_size, cfg.channels, cfg.fit = datasets.source, data_cfg.image_size, data_cfg.channels, data_cfg.fit
     return datasets, data_cfg
 
 
-def conditioning_classes(train: "ImageData", class_conditional: bool) -> int:
+def conditioning_classes(train: "ImageSplit", class_conditional: bool) -> int:
     """The number of classes a class-conditional model is trained on (0 when unconditional); a UserError
     when a class-conditional model is asked for on unlabelled images."""
     if not class_conditional:
@@ -144,137 +160,96 @@ def conditioning_classes(train: "ImageData", class_conditional: bool) -> int:
     return train.num_classes
 
 
-# ----------------------------------------------------------------------------- image decoding
-def pil_to_array(img: Image.Image, channels: int) -> np.ndarray:
-    """Any PIL mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) -> uint8 HxWxC array with ``channels``."""
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode == "F":
-            peak = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
-        else:
-            peak = 65535.0 if (mode.startswith("I;16") or (arr.size and arr.max() > 255)) else 255.0
-        arr = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-        mode = "L"
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
-    if mode in ("LA", "RGBA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # alpha composited over white
-        img = Image.alpha_composite(background, rgba).convert("RGB")
-    img = img.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(img, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return arr
+
+# ----------------------------------------------------------------------------- splits
+def chw_tensor(arr: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x C array -> a C x H x W tensor that owns its memory (a decoded image can be read-only)."""
+    return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C"))
 
 
-def fit_array(arr: np.ndarray, size: int, fit: str, pad_value: int = 0) -> np.ndarray:
-    """HxWxC uint8 -> size x size x C, by centered pad/crop or resize-shorter-side + center crop."""
-    h, w, c = arr.shape
-    if fit == "resize" and (h, w) != (size, size):
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        img = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
-        arr = np.asarray(img, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        h, w = nh, nw
-    # center crop where larger
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    arr = arr[top : top + size, left : left + size]
-    h, w = arr.shape[:2]
-    if (h, w) != (size, size):  # center pad where smaller
-        out = np.full((size, size, c), pad_value, dtype=np.uint8)
-        t, l = (size - h) // 2, (size - w) // 2
-        out[t : t + h, l : l + w] = arr
-        arr = out
-    return arr
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
 
 
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag (photos from phones/cameras), as diffusers' ``load_image`` does."""
-    try:
-        return ImageOps.exif_transpose(img) or img
-    except Exception:  # a malformed EXIF block is not worth losing the image over
-        return img
+class ImageSplit(torch.utils.data.Dataset):
+    """One split of a dataset, read on demand: item ``i`` is (uint8 C x H x W image, int64 label, -1 = none).
 
+    Subclasses say how image ``i`` is read (:meth:`read`); the split knows its labels, class names and
+    a fingerprint that identifies its content for caches without reading any image.
+    """
 
-def load_image(path: str | os.PathLike, channels: int, size: int, fit: str) -> np.ndarray:
-    """Decode one file fully; raises ValueError with a short reason for anything unusable."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise ValueError("zero-byte file")
-    except OSError as err:
-        raise ValueError(f"unreadable ({err.strerror})") from None
-    previous = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise ValueError(f"too large ({img.width}x{img.height} pixels, limit {MAX_IMAGE_PIXELS})")
-                img.load()
-                arr = pil_to_array(_upright(img), channels)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"too large (over {MAX_IMAGE_PIXELS} pixels; decompression-bomb limit)") from None
-    except UnidentifiedImageError:
-        raise ValueError("not an image") from None
-    except (OSError, SyntaxError, struct.error, EOFError) as err:
-        msg = str(err).lower()
-        reason = "truncated" if "truncat" in msg or "incomplete" in msg or "eof" in msg else "corrupt"
-        raise ValueError(f"{reason} ({err})") from None
-    except MemoryError:
-        raise ValueError("too large (out of memory while decoding)") from None
-    except Exception as err:  # PIL's decoders raise many types on malformed files (ValueError, IndexError, ...)
-        raise ValueError(f"corrupt ({type(err).__name__}: {err})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-    return fit_array(arr, size, fit)
-
-
-# ----------------------------------------------------------------------------- datasets
-@dataclass
-class SkippedFile:
-    path: str
-    reason: str
-
-
-@dataclass
-class ImageData:
-    """A split of images in memory: uint8 N x C x H x W, int64 labels (-1 = none)."""
-
-    images: torch.Tensor
     labels: torch.Tensor
-    class_names: list[str] = field(default_factory=list)
+    class_names: list[str]
+    in_memory = False  # True: items are cheap (no decoding), read them in the main process
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return int(self.labels.shape[0])
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def batch(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float images in [-1, 1] and labels for ``indices``."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.images[idx].float().div_(127.5).sub_(1.0)
-        return x, self.labels[idx]
+    def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+        """Image ``i`` as uint8 H x W x C at the split's geometry, cropped at ``offset`` where larger."""
+        raise NotImplementedError
 
-    def batches(self, batch_size: int, limit: int | None = None, progress: bool = False, desc: str = "images"):
-        """(images in [-1, 1], labels) for the first ``limit`` items (all when None), in order, ``batch_size`` at a time."""
+    def subset(self, n: int) -> "ImageSplit":
+        """The first ``n`` items."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return chw_tensor(self.read(int(i))), self.labels[i]
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images in [-1, 1] and labels for ``indices`` (decoded here, or by workers when many)."""
+        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
+        if len(idx) > 256:  # many: decode in worker processes
+            chunks = [c.tolist() for c in idx.split(64)]
+            return to_float(torch.cat([x for x, _ in make_loader(self, chunks)])), self.labels[idx]
+        images = torch.stack([self[int(i)][0] for i in idx]) if len(idx) else torch.empty(0, dtype=torch.uint8)
+        return to_float(images), self.labels[idx]
+
+    def batches(self, batch_size: int, limit: int | None = None, progress: bool = False, desc: str = "images",
+                num_workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images in [-1, 1], labels) for the first ``limit`` items (all when None), in order, ``batch_size``
+        at a time, decoded by DataLoader workers."""
+        n = len(self) if limit is None else min(len(self), limit)
+        loader = make_loader(self, [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)], num_workers)
+        with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for x, y in loader:
+                bar.update(len(y))
+                yield to_float(x), y
+
+
+class ArraySplit(ImageSplit):
+    """A split held in memory as uint8 N x C x H x W (the small named datasets, tests)."""
+
+    in_memory = True
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None = None):
+        self.images, self.labels, self.class_names = images, labels, list(class_names or [])
+
+    def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+        return self.images[i].permute(1, 2, 0).numpy()  # already at the model's geometry: nothing to crop
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
+        return to_float(self.images[idx]), self.labels[idx]
+
+    def batches(self, batch_size: int, limit: int | None = None, progress: bool = False, desc: str = "images",
+                num_workers: int | None = None):
         n = len(self) if limit is None else min(len(self), limit)
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
             yield self.batch(torch.arange(start, min(n, start + batch_size)))
 
+    def subset(self, n: int) -> "ArraySplit":
+        return ArraySplit(self.images[:n], self.labels[:n], self.class_names)
+
     def fingerprint(self) -> str:
-        """A content hash: identifies the data for caches (latent cache invalidation)."""
         h = hashlib.sha256()
         h.update(str(tuple(self.images.shape)).encode())
         h.update(self.images.numpy().tobytes())
@@ -283,9 +258,82 @@ class ImageData:
 
 
 @dataclass
+class Geometry:
+    """What every image is brought to."""
+
+    channels: int
+    size: int
+    fit: str
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> "Geometry":
+        return cls(cfg.channels, cfg.image_size, cfg.fit)
+
+
+class FileSplit(ImageSplit):
+    """Image files of an indexed folder (paths relative to ``root``), decoded and fitted when read."""
+
+    def __init__(self, root: Path, files: list[str], stats: list[tuple[int, int]], labels: torch.Tensor,
+                 class_names: list[str], geometry: Geometry):
+        self.root, self.files, self.stats = root, files, stats
+        self.labels, self.class_names, self.geometry = labels, list(class_names), geometry
+
+    def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+        g = self.geometry
+        try:
+            return load_image(self.root / self.files[i], g.channels, g.size, g.fit, offset)
+        except ValueError as err:
+            raise UserError(f"image {self.files[i]!r} in {str(self.root)!r} cannot be read any more ({err}); it changed "
+                            "after the folder was indexed: run again to re-index") from None
+
+    def subset(self, n: int) -> "FileSplit":
+        return FileSplit(self.root, self.files[:n], self.stats[:n], self.labels[:n], self.class_names, self.geometry)
+
+    def fingerprint(self) -> str:
+        """From the index (path, size, mtime, label of each file), not from the pixels."""
+        h = hashlib.sha256()
+        for rel, (size, mtime), label in zip(self.files, self.stats, self.labels.tolist()):
+            h.update(f"{rel}\0{size}\0{mtime}\0{label}\n".encode())
+        return h.hexdigest()[:16]
+
+
+class HFSplit(ImageSplit):
+    """Rows of a Hugging Face ``datasets.Dataset`` (memory-mapped Arrow); the image column is read
+    undecoded and decoded here, so every image goes through the same checks as a file."""
+
+    def __init__(self, dataset, image_column: str, rows: np.ndarray, labels: torch.Tensor, class_names: list[str],
+                 geometry: Geometry, name: str):
+        self.dataset, self.image_column, self.rows = dataset, image_column, rows
+        self.labels, self.class_names, self.geometry, self.name = labels, list(class_names), geometry, name
+
+    def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+        g = self.geometry
+        row = int(self.rows[i])
+        value = self.dataset[row][self.image_column]
+        try:
+            data = value.get("bytes") if isinstance(value, dict) else None
+            source = data if data else (value or {}).get("path")
+            if not source:
+                raise ValueError("empty")
+            return fit_array(decode_image(source, g.channels), g.size, g.fit, offset=offset)
+        except ValueError as err:
+            raise UserError(f"row {row} of {self.name!r} is not a usable image ({err}); remove it from the dataset") from None
+
+    def subset(self, n: int) -> "HFSplit":
+        return HFSplit(self.dataset, self.image_column, self.rows[:n], self.labels[:n], self.class_names, self.geometry, self.name)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(str(getattr(self.dataset, "_fingerprint", self.name)).encode())
+        h.update(self.rows.tobytes())
+        h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
 class Datasets:
-    train: ImageData
-    holdout: ImageData
+    train: ImageSplit
+    holdout: ImageSplit
     skipped: list[SkippedFile] = field(default_factory=list)
     source: str = ""
 
@@ -294,6 +342,69 @@ class Datasets:
         return self.train.num_classes
 
 
+# ----------------------------------------------------------------------------- loaders
+def make_loader(split: ImageSplit, batches, num_workers: int | None = None, pin_memory: bool = False):
+    """A DataLoader that reads ``split`` in the index lists ``batches`` (any iterable, also endless):
+    uint8 images and labels, decoded in ``num_workers`` processes (None: one per core but one; in-memory
+    splits are read in this process)."""
+    workers = 0 if split.in_memory else (default_workers() if num_workers is None else num_workers)
+    # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG, which a
+    # resumed run would then continue differently (nothing here is random: crops and flips have their own).
+    return torch.utils.data.DataLoader(split, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                                       prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0))
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Training views of a split: item (i, epoch) is image i, cropped at a random place and/or mirrored
+    as drawn from (seed, epoch, i) alone, so resumed and multi-process runs see the same pixels."""
+
+    def __init__(self, split: ImageSplit, seed: int, crop: bool, flip: bool):
+        self.split, self.seed, self.crop, self.flip = split, seed, crop, flip
+        self.in_memory, self.labels = split.in_memory, split.labels
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, epoch = item
+        rng = np.random.default_rng([self.seed, epoch, i])
+        u = rng.integers(0, 1001, size=3) / 1000.0
+        offset = (float(u[0]), float(u[1])) if self.crop else (0.5, 0.5)
+        arr = self.split.read(i, offset)
+        if self.flip and u[2] >= 0.5:
+            arr = arr[:, ::-1]
+        return chw_tensor(arr), self.split.labels[i]
+
+
+class _StepBatches:
+    """The batch_sampler of a training loader: the sampler's batches from ``start_step`` on, each index
+    paired with its epoch (for the augmentation)."""
+
+    def __init__(self, sampler: "BatchSampler", start_step: int, with_epoch: bool):
+        self.sampler, self.start_step, self.with_epoch = sampler, start_step, with_epoch
+
+    def __iter__(self):
+        for step, idx in enumerate(self.sampler.batches(self.start_step), self.start_step):
+            epoch = step // self.sampler.steps_per_epoch
+            yield [(int(i), epoch) for i in idx] if self.with_epoch else idx.tolist()
+
+
+def train_batches(split: ImageSplit, sampler: "BatchSampler", start_step: int, cfg: DataConfig, seed: int,
+                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless training batches (images in [-1, 1], labels) from global step ``start_step`` on: the same
+    images, in the same order, with the same crops and flips, as an uninterrupted run would see."""
+    augment = cfg.random_crop or cfg.random_flip
+    dataset = _Augmented(split, seed, cfg.random_crop, cfg.random_flip) if augment else split
+    if split.in_memory and not augment:  # no decoding: gather in this process
+        for idx in sampler.batches(start_step):
+            yield split.batch(idx)
+        return
+    loader = make_loader(dataset, _StepBatches(sampler, start_step, augment), cfg.num_workers, pin_memory)
+    for x, y in loader:
+        yield to_float(x), y
+
+
+# ----------------------------------------------------------------------------- named datasets
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -372,103 +483,151 @@ def load_named(name: str, cfg: DataConfig) -> Datasets:
     splits = {}
     for split in ("train", "test"):
         images, labels = _load_cifar10(split) if name == "cifar10" else _load_mnist_like(name, split)
-        splits[split] = ImageData(_prepare_arrays(images, cfg), torch.as_tensor(np.array(labels), dtype=torch.long), list(classes))
+        splits[split] = ArraySplit(_prepare_arrays(images, cfg), torch.as_tensor(np.array(labels), dtype=torch.long), list(classes))
     return Datasets(train=splits["train"], holdout=splits["test"], source=name)
 
 
-def scan_folder(root: Path) -> list[Path]:
-    """All non-hidden files under ``root``, sorted; symlinked folders are followed once (no loops)."""
-    files = []
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a symlink back into an already scanned folder
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return files
-
-
-def _in_holdout(rel_path: str, fraction: float) -> bool:
-    """Stable split: a file's membership depends only on its relative path."""
-    digest = int(hashlib.md5(rel_path.encode("utf-8")).hexdigest()[:8], 16)
+# ----------------------------------------------------------------------------- folders
+def _in_holdout(key: str, fraction: float) -> bool:
+    """Stable split: membership depends only on ``key`` (a file's relative path, a row number)."""
+    digest = int(hashlib.md5(key.encode("utf-8")).hexdigest()[:8], 16)
     return digest / 0xFFFFFFFF < fraction
 
 
 def load_folder(root: Path, cfg: DataConfig, log: Callable[[str], None] = print, progress: bool = True) -> Datasets:
-    files = scan_folder(root)
-    if not files:
-        raise UserError(f"data folder {str(root)!r} is empty; put PNG/JPEG/WebP images in it (subfolders are searched)")
+    """The folder's index (built or refreshed: :func:`index_folder`), split into train and held-out
+    files; no image is decoded here unless the index needs it."""
+    index = index_folder(root, log=log, progress=progress, num_workers=cfg.num_workers)
+    skipped = index.skipped
+    usable = index.usable
     class_names: list[str] = []
     if cfg.labels == "folders":
-        class_names = sorted({f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1})
-        if not class_names:
+        class_names = sorted({rel.split("/")[0] for rel in usable if "/" in rel})
+        if usable and not class_names:
             raise UserError(f"--labels folders needs one subfolder per class in {str(root)!r}, found none")
     class_index = {name: i for i, name in enumerate(class_names)}
-    arrays: dict[str, list] = {"train": [], "holdout": []}
-    labels: dict[str, list] = {"train": [], "holdout": []}
-    skipped: list[SkippedFile] = []
-    from tqdm.auto import tqdm
-
-    for path in tqdm(files, desc="scanning images", unit="file", disable=not progress, leave=False):
-        rel = path.relative_to(root)
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(SkippedFile(str(rel), "not an image (unsupported extension)"))
-            continue
+    splits: dict[str, tuple[list, list, list]] = {"train": ([], [], []), "holdout": ([], [], [])}
+    for rel in usable:
         label = -1
         if cfg.labels == "folders":
-            if len(rel.parts) < 2:
-                skipped.append(SkippedFile(str(rel), "not in a class subfolder"))
+            if "/" not in rel:
+                skipped.append(SkippedFile(rel, "not in a class subfolder"))
                 continue
-            label = class_index[rel.parts[0]]
-        try:
-            arr = load_image(path, cfg.channels, cfg.image_size, cfg.fit)
-        except ValueError as err:
-            skipped.append(SkippedFile(str(rel), str(err).split(" (")[0]))
-            continue
-        split = "holdout" if _in_holdout(rel.as_posix(), cfg.holdout_fraction) else "train"
-        arrays[split].append(arr)
-        labels[split].append(label)
-    if not arrays["train"] and not arrays["holdout"]:  # the error says it all: no warning line before it
+            label = class_index[rel.split("/")[0]]
+        e = index.entries[rel]
+        files, stats, labels = splits["holdout" if _in_holdout(rel, cfg.holdout_fraction) else "train"]
+        files.append(rel)
+        stats.append((e.size, e.mtime_ns))
+        labels.append(label)
+    train, holdout = splits["train"], splits["holdout"]
+    if not train[0] and not holdout[0]:  # the error says it all: no warning line before it
         raise UserError(f"no usable image in {str(root)!r} ({len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped: corrupt, truncated, too large or not images); add valid PNG/JPEG/WebP files")
     if skipped:
-        counts = Counter(s.reason for s in skipped)
-        log(f"warning: skipped {len(skipped)} of {len(files)} files in {root}: " + ", ".join(f"{n} {r}" for r, n in counts.most_common()))
-    if not arrays["train"]:  # tiny folders: keep at least one training image
-        arrays["train"].append(arrays["holdout"].pop())
-        labels["train"].append(labels["holdout"].pop())
-    if not arrays["holdout"]:  # and one held-out image, shared with training when there is only one
-        arrays["holdout"].append(arrays["train"][-1])
-        labels["holdout"].append(labels["train"][-1])
+        log(skipped_summary(skipped, index.num_files, root))
+    if not train[0]:  # tiny folders: keep at least one training image
+        for part_t, part_h in zip(train, holdout):
+            part_t.append(part_h.pop())
+    if not holdout[0]:  # and one held-out image, shared with training when there is only one
+        for part_t, part_h in zip(train, holdout):
+            part_h.append(part_t[-1])
+    geometry = Geometry.of(cfg)
 
-    def to_data(split: str) -> ImageData:
-        x = torch.from_numpy(np.ascontiguousarray(np.stack(arrays[split]).transpose(0, 3, 1, 2)))
-        return ImageData(x, torch.as_tensor(labels[split], dtype=torch.long), list(class_names))
+    def split(parts) -> FileSplit:
+        files, stats, labels = parts
+        return FileSplit(root, files, stats, torch.as_tensor(labels, dtype=torch.long), class_names, geometry)
 
-    return Datasets(train=to_data("train"), holdout=to_data("holdout"), skipped=skipped, source=str(root))
+    return Datasets(train=split(train), holdout=split(holdout), skipped=skipped, source=str(root))
 
 
-def load_datasets(source: str | None, cfg: DataConfig, log: Callable[[str], None] = print, progress: bool = True) -> Datasets:
-    """Load ``source`` (folder path or named dataset) into train and held-out splits."""
-    if not source:
-        raise UserError("no data given; pass --data with an image folder or one of: " + ", ".join(NAMED_DATASETS))
-    path = Path(source).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"--data {source!r} is a file, not a folder of images; pass its folder or a named dataset")
-        ds = load_folder(path, cfg, log=log, progress=progress)
-    elif source.lower() in NAMED_DATASETS:
-        ds = load_named(source.lower(), cfg)
+# ----------------------------------------------------------------------------- Hugging Face datasets
+def _hf_load(name: str):
+    import datasets as hf
+
+    path = Path(name).expanduser()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            return hf.load_from_disk(str(path))  # written by save_to_disk
+        return hf.load_dataset(str(path) if path.is_dir() else name)
+    except Exception as err:  # datasets raises many types (hub, file, builder errors)
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UserError(f"could not load the Hugging Face dataset {name!r} ({type(err).__name__}: {first}); check the name "
+                        "(or the folder), connect to the internet for a Hub dataset, or pass an image folder") from None
+
+
+def load_hf(name: str, cfg: DataConfig) -> Datasets:
+    """``hf:NAME``: train and held-out splits of a ``datasets`` dataset (see the module docstring)."""
+    import datasets as hf
+
+    loaded = _hf_load(name)
+    splits = {"train": loaded} if isinstance(loaded, hf.Dataset) else dict(loaded)
+    if not splits:
+        raise UserError(f"the Hugging Face dataset {name!r} has no splits; pass another dataset")
+    train_name = "train" if "train" in splits else sorted(splits)[0]
+    holdout_name = next((s for s in ("test", "validation", "valid", "val") if s in splits and s != train_name), None)
+    train_ds = splits[train_name]
+    features = train_ds.features
+    image_column = next((k for k, f in features.items() if isinstance(f, hf.Image)), None)
+    if image_column is None:
+        raise UserError(f"the Hugging Face dataset {name!r} has no Image column (columns: {', '.join(features)}); pass a dataset of images")
+    label_columns = [k for k, f in features.items() if isinstance(f, hf.ClassLabel)]
+    label_column = next((k for k in ("label", "labels") if k in label_columns), label_columns[0] if label_columns else None)
+    class_names = list(features[label_column].names) if label_column else []
+    geometry = Geometry.of(cfg)
+
+    def make(ds, rows: np.ndarray) -> HFSplit:
+        ds = ds.cast_column(image_column, hf.Image(decode=False))  # bytes in, decoded by decode_image
+        if label_column:
+            labels = torch.as_tensor(np.asarray(ds[label_column])[rows] if len(rows) else np.zeros(0), dtype=torch.long)
+        else:
+            labels = torch.full((len(rows),), -1, dtype=torch.long)
+        return HFSplit(ds, image_column, rows, labels, class_names, geometry, f"hf:{name}")
+
+    n = len(train_ds)
+    if n == 0:
+        raise UserError(f"the {train_name!r} split of the Hugging Face dataset {name!r} is empty; pass another dataset")
+    if holdout_name is not None:
+        train = make(train_ds, np.arange(n, dtype=np.int64))
+        holdout = make(splits[holdout_name], np.arange(len(splits[holdout_name]), dtype=np.int64))
     else:
-        raise UserError(f"data path {source!r} not found; pass an existing image folder or one of: {', '.join(NAMED_DATASETS)}")
+        held = np.array([_in_holdout(str(i), cfg.holdout_fraction) for i in range(n)], dtype=bool)
+        if held.all():
+            held[0] = False
+        rows_train, rows_held = np.flatnonzero(~held), np.flatnonzero(held)
+        if len(rows_held) == 0:
+            rows_held = rows_train[-1:]
+        train, holdout = make(train_ds, rows_train), make(train_ds, rows_held)
+    return Datasets(train=train, holdout=holdout, source=HF_PREFIX + name)
+
+
+# ----------------------------------------------------------------------------- any source
+def load_datasets(source: str | None, cfg: DataConfig, log: Callable[[str], None] = print, progress: bool = True,
+                  accelerator=None) -> Datasets:
+    """Train and held-out splits of ``source``: a folder path, ``hf:NAME``, or a named dataset. With an
+    ``accelerate.Accelerator``, the main process indexes a folder first and the others then reuse its index."""
+    if not source:
+        raise UserError("no data given; pass --data with an image folder, hf:NAME (a Hugging Face dataset) or one of: "
+                        + ", ".join(NAMED_DATASETS))
+    if source.startswith(HF_PREFIX):
+        if not source[len(HF_PREFIX):]:
+            raise UserError("--data hf: needs a dataset name or folder after 'hf:', e.g. hf:user/dataset")
+        ds = load_hf(source[len(HF_PREFIX):], cfg)
+    else:
+        path = Path(source).expanduser()
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"--data {source!r} is a file, not a folder of images; pass its folder or a named dataset")
+            is_main = accelerator is None or accelerator.is_main_process
+            if not is_main:  # let the main process index (decode-check) the folder once
+                accelerator.wait_for_everyone()
+            ds = load_folder(path, cfg, log=log, progress=progress and is_main)
+            if accelerator is not None and is_main:
+                accelerator.wait_for_everyone()
+        elif source.lower() in NAMED_DATASETS:
+            ds = load_named(source.lower(), cfg)
+        else:
+            raise UserError(f"data path {source!r} not found; pass an existing image folder, hf:NAME, or one of: {', '.join(NAMED_DATASETS)}")
     if cfg.max_images is not None and len(ds.train) > cfg.max_images:
-        ds.train = ImageData(ds.train.images[: cfg.max_images], ds.train.labels[: cfg.max_images], ds.train.class_names)
+        ds.train = ds.train.subset(cfg.max_images)
     return ds
 
 

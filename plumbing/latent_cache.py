@@ -2,20 +2,27 @@
 
 What is stored is what the UNet trains on: the *pre-quantization* latents h = ``vqvae.encode(x).latents``
 times ``scaling_factor`` (LDM convention, DESIGN.md), as N x C x h x w tensors, plus the labels (int64,
--1 = none). With ``hflip`` a second view holds the latents of the horizontally flipped images (the
+-1 = none). With ``hflip`` a second tensor holds the latents of the horizontally flipped images (the
 encoder is not flip-equivariant, so the flip is applied to the image, not to the latent).
 
 Layout (one folder per key, so runs with different autoencoders or data never overwrite each other)::
 
-    <root>/<key[:16]>/index.json                  format, key, shapes, shard names, class names
-    <root>/<key[:16]>/train-00000.safetensors     "latents" [, "latents_hflip"], "labels"
-    <root>/<key[:16]>/holdout-00000.safetensors   "latents", "labels"   (for evaluation / FID)
+    <root>/<key[:16]>/index.json             format, key, shapes, class names
+    <root>/<key[:16]>/train.safetensors      "latents" [, "latents_hflip"], "labels"
+    <root>/<key[:16]>/holdout.safetensors    "latents", "labels"   (for evaluation / FID)
+    <root>/<key[:16]>/codes.safetensors      the nearest-code indices of the same latents (priors)
 
-The key is a hash of the vqvae (config + every weight), the data fingerprints, the image geometry,
-``hflip`` and the stored dtype: anything that changes the latents changes the key, and a cache is reused
-only when the key in its ``index.json`` matches. Folders are built under a temporary name and renamed
-into place, so a half-written cache is never read. In a distributed run the main process builds it while
-the others wait at a barrier, then every process reads it.
+Building streams: images are decoded by DataLoader workers a batch at a time, encoded, and written
+into their rows of a file laid out in advance (:mod:`.tensorfile`), so memory does not grow with the
+dataset. Reading maps the files into memory: a batch reads only its own rows, and the processes of a
+distributed run share the pages.
+
+The key is a hash of the vqvae (config + every weight), the splits' fingerprints (for a folder: its
+index of paths, sizes and mtimes, never the pixels), the image geometry, ``hflip`` and the stored
+dtype: anything that changes the latents changes the key, and a cache is reused only when the key in
+its ``index.json`` matches. Folders are built under a temporary name and renamed into place, so a
+half-written cache is never read. In a distributed run the main process builds it while the others
+wait at a barrier, then every process maps it.
 """
 
 from __future__ import annotations
@@ -30,12 +37,12 @@ from typing import Callable, Literal
 
 import torch
 from diffusers import VQModel
-from safetensors.torch import save_file
 
-from .checkpoint import AtomicDir, load_safetensors, save_safetensors, weights_sha256
-from .data import Datasets, ImageData
+from .checkpoint import AtomicDir, weights_sha256
+from .data import Datasets, ImageSplit
 from .errors import UserError
 from .geometry import scale_latents, unscale_latents
+from .tensorfile import TensorFileWriter, mmap_tensors
 
 
 @dataclass
@@ -43,19 +50,18 @@ class CacheConfig:
     """The latent cache: the dataset encoded once through the autoencoder (this module)."""
 
     folder: str | None = None  # default: <autoencoder run>/latent_cache if writable, else <out>/latent_cache
-    shard_size: int = 16384  # latents per safetensors shard
     hflip: bool = False  # also store the latents of horizontally flipped images (a second view)
     encode_batch_size: int = 256
     holdout_max_images: int | None = None  # encode at most this many held-out images (None = all)
     dtype: Literal["float32", "float16"] = "float32"  # float16 halves disk and memory for large latents
 
     def __post_init__(self):
-        if self.shard_size < 1 or self.encode_batch_size < 1:
-            raise ValueError("cache.shard_size and cache.encode_batch_size must be >= 1")
+        if self.encode_batch_size < 1:
+            raise ValueError("cache.encode_batch_size must be >= 1")
 
 
 FORMAT = "vqldm-latent-cache"
-VERSION = 1
+VERSION = 2  # 2: one memory-mapped file per split, codes as int32
 
 
 def gather_views(items: torch.Tensor, flipped: torch.Tensor | None, indices) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +94,7 @@ class CachedSplit:
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Items ``indices`` (views included; float32 for latents, int64 for codes) and their labels."""
         out, src = gather_views(self.items, self.flipped, indices)
-        return (out.float() if out.is_floating_point() else out), self.labels[src]
+        return (out.float() if out.is_floating_point() else out.long()), self.labels[src]
 
 
 class LatentSplit(CachedSplit):
@@ -144,35 +150,49 @@ def cache_key(vqvae: VQModel, datasets: Datasets, cfg: CacheConfig, image_size: 
 
 # ----------------------------------------------------------------------------- encoding
 @torch.inference_mode()
-def encode_latents(
-    vqvae: VQModel,
-    data: ImageData,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    hflip: bool = False,
-    progress: bool = False,
-    desc: str = "encoding latents",
-) -> torch.Tensor:
-    """N x C x h x w float32: ``vqvae.encode(x).latents * scaling_factor`` for every image (mirrored
-    first when ``hflip``), in dataset order."""
+def encode_batch(vqvae: VQModel, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """[-1, 1] images -> ``vqvae.encode(x).latents * scaling_factor``, float32 on the CPU."""
+    return scale_latents(vqvae.encode(x.to(device)).latents.float(), vqvae).cpu()
+
+
+@torch.inference_mode()
+def encode_latents(vqvae: VQModel, data: ImageSplit, batch_size: int = 256, device: torch.device | str = "cpu",
+                   hflip: bool = False, progress: bool = False, desc: str = "encoding latents") -> torch.Tensor:
+    """N x C x h x w float32 latents of every image of a (small) split, mirrored first when ``hflip``, in
+    order, in memory (the cache itself streams: :func:`build_latent_cache`)."""
     vqvae.eval()
-    chunks = []
-    for x, _ in data.batches(batch_size, progress=progress, desc=desc):
-        if hflip:
-            x = x.flip(-1)
-        h = vqvae.encode(x.to(device)).latents
-        chunks.append(scale_latents(h.float(), vqvae).cpu())
-    return torch.cat(chunks)
+    return torch.cat([encode_batch(vqvae, x.flip(-1) if hflip else x, device)
+                      for x, _ in data.batches(batch_size, progress=progress, desc=desc)])
 
 
-def _write_split(tmp: Path, name: str, tensors: dict[str, torch.Tensor], shard_size: int) -> list[str]:
-    n = tensors["labels"].shape[0]
-    shards = []
-    for i, start in enumerate(range(0, max(n, 1), shard_size)):
-        fname = f"{name}-{i:05d}.safetensors"
-        save_file({k: v[start : start + shard_size].contiguous() for k, v in tensors.items()}, str(tmp / fname))
-        shards.append(fname)
-    return shards
+@torch.inference_mode()
+def _encode_split(path: Path, vqvae: VQModel, data: ImageSplit, cfg: CacheConfig, device, progress: bool, desc: str,
+                  hflip: bool, num_workers: int | None) -> tuple[int, ...]:
+    """Stream one split into ``path``: read a batch (workers decode), encode it (and its mirror), write
+    its rows. Returns the latent shape."""
+    dtype = getattr(torch, cfg.dtype)
+    n = len(data)
+    writer = None
+    start = 0
+    try:
+        for x, y in data.batches(cfg.encode_batch_size, progress=progress, desc=desc, num_workers=num_workers):
+            h = encode_batch(vqvae, x, device)
+            if writer is None:  # the shapes are known from the first batch: lay the file out
+                specs = {"latents": (dtype, (n, *h.shape[1:])), "labels": (torch.int64, (n,))}
+                if hflip:
+                    specs["latents_hflip"] = (dtype, (n, *h.shape[1:]))
+                writer = TensorFileWriter(path, specs)
+            writer.write("latents", start, h.to(dtype))
+            writer.write("labels", start, y)
+            if hflip:
+                writer.write("latents_hflip", start, encode_batch(vqvae, x.flip(-1), device).to(dtype))
+            start += len(y)
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.__exit__(RuntimeError, None, None)
+        raise
+    return tuple(h.shape[1:])
 
 
 def build_latent_cache(
@@ -184,38 +204,28 @@ def build_latent_cache(
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> None:
-    """Encode both splits and write the cache folder atomically (temporary folder, then rename)."""
+    """Encode both splits, streaming, and write the cache folder atomically (temporary folder, then rename)."""
     folder = Path(folder)
-    dtype = getattr(torch, cfg.dtype)
     start = time.perf_counter()
-    train = {
-        "latents": encode_latents(vqvae, datasets.train, cfg.encode_batch_size, device, progress=progress, desc="encoding train latents").to(dtype),
-        "labels": datasets.train.labels.clone(),
-    }
-    if cfg.hflip:
-        train["latents_hflip"] = encode_latents(
-            vqvae, datasets.train, cfg.encode_batch_size, device, hflip=True, progress=progress, desc="encoding mirrored latents"
-        ).to(dtype)
-    holdout = {
-        "latents": encode_latents(vqvae, datasets.holdout, cfg.encode_batch_size, device, progress=progress, desc="encoding holdout latents").to(dtype),
-        "labels": datasets.holdout.labels.clone(),
-    }
+    vqvae.eval()
     with AtomicDir(folder) as tmp:
+        shape = _encode_split(tmp / "train.safetensors", vqvae, datasets.train, cfg, device, progress,
+                              "encoding train latents", cfg.hflip, num_workers)
+        _encode_split(tmp / "holdout.safetensors", vqvae, datasets.holdout, cfg, device, progress,
+                      "encoding holdout latents", False, num_workers)
         index = {
             "format": FORMAT,
             "version": VERSION,
             "key": key,
-            "latent_shape": list(train["latents"].shape[1:]),
+            "latent_shape": list(shape),
             "dtype": cfg.dtype,
             "hflip": cfg.hflip,
             "scaling_factor": float(vqvae.config.scaling_factor),
             "class_names": list(datasets.train.class_names),
             "source": datasets.source,
-            "splits": {
-                "train": {"count": len(datasets.train), "shards": _write_split(tmp, "train", train, cfg.shard_size)},
-                "holdout": {"count": len(datasets.holdout), "shards": _write_split(tmp, "holdout", holdout, cfg.shard_size)},
-            },
+            "splits": {"train": {"count": len(datasets.train)}, "holdout": {"count": len(datasets.holdout)}},
             "build_seconds": round(time.perf_counter() - start, 3),
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
@@ -232,7 +242,7 @@ def read_index(folder: str | os.PathLike) -> dict | None:
 
 
 def load_latent_cache(folder: str | os.PathLike, key: str | None = None) -> LatentCache:
-    """Read a cache folder into memory; with ``key``, refuse a cache built for something else."""
+    """Map a cache folder into memory; with ``key``, refuse a cache built for something else."""
     folder = Path(folder)
     start = time.perf_counter()
     index = read_index(folder)
@@ -242,9 +252,8 @@ def load_latent_cache(folder: str | os.PathLike, key: str | None = None) -> Late
         raise UserError(f"latent cache {str(folder)!r} was built for another autoencoder or data; delete it to rebuild")
 
     def split(name: str) -> LatentSplit:
-        parts = [load_safetensors(folder / s) for s in index["splits"][name]["shards"]]
-        cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        return LatentSplit(cat["latents"], cat["labels"], cat.get("latents_hflip"))
+        tensors = mmap_tensors(folder / f"{name}.safetensors")
+        return LatentSplit(tensors["latents"], tensors["labels"], tensors.get("latents_hflip"))
 
     return LatentCache(
         folder=folder,
@@ -278,6 +287,7 @@ def prepare_latent_cache(
     accelerator=None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> LatentCache:
     """Reuse the cache under ``root`` whose key matches, or build it (main process only), then load it.
 
@@ -285,9 +295,7 @@ def prepare_latent_cache(
     ``wait_for_everyone``; afterwards every process reads the same folder (shared storage for multi-node).
     """
     if cfg.holdout_max_images is not None and len(datasets.holdout) > cfg.holdout_max_images:
-        h = datasets.holdout
-        n = cfg.holdout_max_images
-        datasets = Datasets(datasets.train, ImageData(h.images[:n], h.labels[:n], h.class_names), datasets.skipped, datasets.source)
+        datasets = Datasets(datasets.train, datasets.holdout.subset(cfg.holdout_max_images), datasets.skipped, datasets.source)
     key = cache_key(vqvae, datasets, cfg, image_size, channels, fit)
     folder = Path(root) / key[:16]
     is_main = accelerator is None or accelerator.is_main_process
@@ -297,7 +305,7 @@ def prepare_latent_cache(
         index = read_index(folder)
         if index is None or index.get("key") != key:
             device = accelerator.device if accelerator is not None else next(vqvae.parameters()).device
-            build_latent_cache(folder, vqvae, datasets, cfg, key, device=device, log=log, progress=progress)
+            build_latent_cache(folder, vqvae, datasets, cfg, key, device=device, log=log, progress=progress, num_workers=num_workers)
             built = True
         else:
             log(f"latent cache: reusing {folder}")
@@ -338,35 +346,54 @@ def latents_to_codes(vqvae: VQModel, latents: torch.Tensor, batch_size: int = 10
     device = next(vqvae.parameters()).device
     out = []
     for part in latents.split(batch_size):
-        h = unscale_latents(part.float().to(device), vqvae)  # the cache holds h * scaling_factor
-        _, _, (_, _, indices) = vqvae.quantize(h)
-        out.append(indices.view(part.shape[0], -1).cpu().long())
-    return torch.cat(out)
+        out.append(_codes(vqvae, part, device))
+    return torch.cat(out) if out else torch.zeros(0, 0, dtype=torch.long)
+
+
+def _codes(vqvae: VQModel, part: torch.Tensor, device) -> torch.Tensor:
+    h = unscale_latents(part.float().to(device), vqvae)  # the cache holds h * scaling_factor
+    _, _, (_, _, indices) = vqvae.quantize(h)
+    return indices.view(part.shape[0], -1).cpu().long()
+
+
+@torch.inference_mode()
+def _write_codes(path: Path, vqvae: VQModel, latents: LatentCache, key: str, batch_size: int = 1024) -> None:
+    """codes.safetensors, streaming from the mapped latents: ``train`` [, ``train_hflip``], ``holdout``,
+    N x (h*w) int32."""
+    device = next(vqvae.parameters()).device
+    _, h, w = latents.latent_shape
+    sources = {"train": latents.train.latents, "holdout": latents.holdout.latents}
+    if latents.train.flipped is not None:
+        sources["train_hflip"] = latents.train.flipped
+    specs = {name: (torch.int32, (t.shape[0], h * w)) for name, t in sources.items()}
+    with TensorFileWriter(path, specs, metadata={"key": key}) as writer:
+        for name, t in sources.items():
+            for start in range(0, t.shape[0], batch_size):
+                writer.write(name, start, _codes(vqvae, t[start : start + batch_size], device).to(torch.int32))
 
 
 def prepare_code_cache(root: str | os.PathLike, vqvae: VQModel, datasets: Datasets, cfg: CacheConfig, image_size: int,
-                       channels: int, fit: str, accelerator=None, log: Callable[[str], None] = print, progress: bool = True) -> CodeCache:
+                       channels: int, fit: str, accelerator=None, log: Callable[[str], None] = print, progress: bool = True,
+                       num_workers: int | None = None) -> CodeCache:
     """The dataset as code indices, stored beside its latent cache (same folder, same key): the latents are
     encoded once (or reused), their nearest codes written once to ``codes.safetensors`` (atomically, by the
-    main process) and read by every process."""
-    latents = prepare_latent_cache(root, vqvae, datasets, cfg, image_size, channels, fit, accelerator=accelerator, log=log, progress=progress)
+    main process) and mapped by every process."""
+    latents = prepare_latent_cache(root, vqvae, datasets, cfg, image_size, channels, fit, accelerator=accelerator, log=log,
+                                   progress=progress, num_workers=num_workers)
     path = latents.folder / CODES_FILE
     is_main = accelerator is None or accelerator.is_main_process
     built = False
     if is_main and not path.is_file():
-        tensors = {"train": latents_to_codes(vqvae, latents.train.latents), "holdout": latents_to_codes(vqvae, latents.holdout.latents)}
-        if latents.train.flipped is not None:
-            tensors["train_hflip"] = latents_to_codes(vqvae, latents.train.flipped)
-        save_safetensors(tensors, path, metadata={"key": latents.key})
+        _write_codes(path, vqvae, latents, latents.key)
         built = True
-        log(f"code cache: {tensors['train'].shape[0]} train + {tensors['holdout'].shape[0]} holdout code grids in {path}")
+        log(f"code cache: {len(latents.train.latents)} train + {len(latents.holdout.latents)} holdout code grids in {path}")
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    codes = load_safetensors(path)
+    codes = mmap_tensors(path)
     _, h, w = latents.latent_shape
     return CodeCache(
         folder=latents.folder, key=latents.key, grid=(h, w),
-        train=CodeSplit(codes["train"].long(), latents.train.labels, codes["train_hflip"].long() if "train_hflip" in codes else None),
-        holdout=CodeSplit(codes["holdout"].long(), latents.holdout.labels),
+        train=CodeSplit(codes["train"], latents.train.labels, codes.get("train_hflip")),
+        holdout=CodeSplit(codes["holdout"], latents.holdout.labels),
         class_names=latents.class_names, built=built or latents.built,
     )

@@ -97,7 +97,7 @@ def train_prior(
     vqvae = ae.vqvae
 
     # ---------------------------------------------------------------- data -> code cache
-    datasets, data_cfg = load_latent_stage_data(cfg.data, ae.data, vqvae.config, data, log=log, progress=progress)
+    datasets, data_cfg = load_latent_stage_data(cfg.data, ae.data, vqvae.config, data, log=log, progress=progress, accelerator=acc)
     _, gh, gw = latent_shape(vqvae.config, data_cfg.image_size)
     num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
     class_names = list(datasets.train.class_names) if num_classes else []
@@ -110,7 +110,7 @@ def train_prior(
     device = acc.device
     vqvae.to(device)
     cache = prepare_code_cache(cache_root(cfg.cache.folder, ae.run_dir, run_dir), vqvae, datasets, cfg.cache, data_cfg.image_size,
-                               data_cfg.channels, data_cfg.fit, accelerator=acc, log=log, progress=progress)
+                               data_cfg.channels, data_cfg.fit, accelerator=acc, log=log, progress=progress, num_workers=data_cfg.num_workers)
     del datasets  # training reads codes only
     sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# The folder indexes that runs leave in vqldm's cache go to a folder of this session, not ~/.cache
+# (subprocesses inherit it).
+os.environ["VQLDM_CACHE_DIR"] = tempfile.mkdtemp(prefix="vqldm-test-cache-")
 
 # One thread: two OpenMP threads spinning against each other on a busy 2-core machine run ~20x slower.
 torch.set_num_threads(1)

@@ -25,6 +25,11 @@ from vqldm.plumbing.data import (
 from vqldm.plumbing.errors import UserError
 
 
+def pixels(split) -> torch.Tensor:
+    """Every image of a split, uint8 N x C x H x W (read through the split, as training reads them)."""
+    return torch.stack([split[i][0] for i in range(len(split))])
+
+
 def luma(r, g, b) -> int:
     """PIL's convert("L"): ITU-R 601-2 luma, rounded."""
     return int((r * 299 + g * 587 + b * 114 + 500) // 1000)
@@ -212,7 +217,7 @@ def test_folder_labels_from_subfolders(tmp_path):
     ds = load_folder(tmp_path, cfg, log=logs.append, progress=False)
     assert ds.train.class_names == ["birds", "cats"] and ds.num_classes == 2
     assert len(ds.train) == 10
-    means = ds.train.images.float().mean(dim=(1, 2, 3))
+    means = pixels(ds.train).float().mean(dim=(1, 2, 3))
     for label, mean in zip(ds.train.labels.tolist(), means.tolist()):
         # pad to 8: the center crop of a 10 x 10 flat image is flat
         assert (label == 0) == (mean >= 100)
@@ -227,16 +232,16 @@ def test_unlabelled_folder_is_recursive_and_split_stably(tmp_path):
     a = load_datasets(str(tmp_path), cfg, log=lambda m: None, progress=False)
     b = load_datasets(str(tmp_path), cfg, log=lambda m: None, progress=False)
     assert len(a.train) + len(a.holdout) == 40 and 0 < len(a.holdout) < 20
-    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.holdout.images, b.holdout.images)
+    assert torch.equal(pixels(a.train), pixels(b.train)) and torch.equal(pixels(a.holdout), pixels(b.holdout))
     assert (a.train.labels == -1).all() and a.num_classes == 0
-    assert a.train.images.shape[1:] == (1, 8, 8) and a.train.images.dtype == torch.uint8
+    assert pixels(a.train).shape[1:] == (1, 8, 8) and pixels(a.train).dtype == torch.uint8
     x, _ = a.train.batch([0, 1])
     assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     # the split depends only on each file's path: adding files never moves the old ones
     _write_gray(tmp_path / "new.png", 99)
     c = load_datasets(str(tmp_path), cfg, log=lambda m: None, progress=False)
-    old_holdout = {float(v) for v in a.holdout.images.float().mean(dim=(1, 2, 3))}
-    assert old_holdout <= {float(v) for v in c.holdout.images.float().mean(dim=(1, 2, 3))}
+    old_holdout = {float(v) for v in pixels(a.holdout).float().mean(dim=(1, 2, 3))}
+    assert old_holdout <= {float(v) for v in pixels(c.holdout).float().mean(dim=(1, 2, 3))}
     capped = load_datasets(str(tmp_path), DataConfig(image_size=8, holdout_fraction=0.25, max_images=5),
                            log=lambda m: None, progress=False)
     assert len(capped.train) == 5
@@ -307,7 +312,7 @@ def test_named_mnist_from_local_idx_files(tmp_path, monkeypatch):
     _write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(6) % 10)
     monkeypatch.setenv("VQLDM_DATA_DIR", str(tmp_path))
     ds = load_datasets("mnist", DataConfig(image_size=16, channels=3, fit="resize"), progress=False)
-    assert ds.train.images.shape == (20, 3, 16, 16) and ds.holdout.images.shape == (6, 3, 16, 16)
+    assert pixels(ds.train).shape == (20, 3, 16, 16) and pixels(ds.holdout).shape == (6, 3, 16, 16)
     assert ds.train.labels.tolist() == [i % 10 for i in range(20)] and ds.num_classes == 10
     assert ds.source == "mnist"
     _write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 255, (6, 28, 28)), truncate=True)

@@ -8,7 +8,7 @@ import diffusers
 import pytest
 import torch
 
-from vqldm.plumbing.data import Datasets, ImageData
+from vqldm.plumbing.data import Datasets, ArraySplit
 from vqldm.plumbing.checkpoint import weights_sha256
 from vqldm.plumbing.errors import UserError
 from vqldm.autoencoder.model import AutoencoderModelConfig, build_vqmodel
@@ -36,19 +36,24 @@ def tiny_vqvae(seed: int = 0, scaling_factor: float = 2.5):
 
 def tiny_datasets(seed: int = 0, n: int = 20) -> Datasets:
     g = torch.Generator().manual_seed(seed)
-    make = lambda k: ImageData(torch.randint(0, 256, (k, 1, 16, 16), generator=g, dtype=torch.uint8),
+    make = lambda k: ArraySplit(torch.randint(0, 256, (k, 1, 16, 16), generator=g, dtype=torch.uint8),
                                torch.randint(0, 3, (k,), generator=g), ["a", "b", "c"])
     return Datasets(train=make(n), holdout=make(6), source="random")
 
 
 def _prepare(root, vq, ds, **cache_kw):
-    return prepare_latent_cache(root, vq, ds, CacheConfig(shard_size=7, **cache_kw), 16, 1, "pad", log=lambda m: None, progress=False)
+    return prepare_latent_cache(root, vq, ds, CacheConfig(**{"encode_batch_size": 7, **cache_kw}), 16, 1, "pad", log=lambda m: None, progress=False)
 
 
 def test_cache_round_trip(tmp_path):
     vq, ds = tiny_vqvae(), tiny_datasets()
     cache = _prepare(tmp_path, vq, ds)
-    assert cache.built and len(list(cache.folder.glob("train-*.safetensors"))) == 3  # 20 latents, shards of 7
+    # 20 latents streamed in batches of 7 into one file per split, which safetensors itself reads back
+    assert cache.built and sorted(p.name for p in cache.folder.glob("*.safetensors")) == ["holdout.safetensors", "train.safetensors"]
+    from safetensors.torch import load_file
+
+    on_disk = load_file(str(cache.folder / "train.safetensors"))
+    assert torch.equal(on_disk["latents"], cache.train.latents) and torch.equal(on_disk["labels"], cache.train.labels)
     with torch.no_grad():
         x, y = ds.train.batch(torch.arange(len(ds.train)))
         expected = vq.encode(x).latents * 2.5
