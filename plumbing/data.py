@@ -273,17 +273,19 @@ class Geometry:
 class FileSplit(ImageSplit):
     """Image files of an indexed folder (paths relative to ``root``), decoded and fitted when read."""
 
-    def __init__(self, root: Path, files: list[str], stats: list[tuple[int, int]], labels: torch.Tensor,
-                 class_names: list[str], geometry: Geometry):
-        self.root, self.files, self.stats = root, files, stats
+    def __init__(self, root: Path, files, stats, labels: torch.Tensor, class_names: list[str], geometry: Geometry):
+        # numpy arrays, not lists of Python objects: forked DataLoader workers would touch every object's
+        # reference count and so copy the pages of a large list into each worker
+        self.root, self.files = root, np.asarray(files, dtype=str)
+        self.stats = np.asarray(stats, dtype=np.int64).reshape(-1, 2)  # size, mtime_ns
         self.labels, self.class_names, self.geometry = labels, list(class_names), geometry
 
     def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
         g = self.geometry
         try:
-            return load_image(self.root / self.files[i], g.channels, g.size, g.fit, offset)
+            return load_image(self.root / str(self.files[i]), g.channels, g.size, g.fit, offset)
         except ValueError as err:
-            raise UserError(f"image {self.files[i]!r} in {str(self.root)!r} cannot be read any more ({err}); it changed "
+            raise UserError(f"image {str(self.files[i])!r} in {str(self.root)!r} cannot be read any more ({err}); it changed "
                             "after the folder was indexed: run again to re-index") from None
 
     def subset(self, n: int) -> "FileSplit":
@@ -292,7 +294,7 @@ class FileSplit(ImageSplit):
     def fingerprint(self) -> str:
         """From the index (path, size, mtime, label of each file), not from the pixels."""
         h = hashlib.sha256()
-        for rel, (size, mtime), label in zip(self.files, self.stats, self.labels.tolist()):
+        for rel, (size, mtime), label in zip(self.files.tolist(), self.stats.tolist(), self.labels.tolist()):
             h.update(f"{rel}\0{size}\0{mtime}\0{label}\n".encode())
         return h.hexdigest()[:16]
 
