@@ -1,25 +1,28 @@
 """Sampling speed: vqldm's pipeline vs diffusers' LDMPipeline on the same weights, in one process.
 
     python benchmarks/bench_sampling.py                       # CompVis-shaped 64x64 f=4 model, random weights
-    python benchmarks/bench_sampling.py --model DIR --steps 50 --batch 4 --repeats 3
+    python benchmarks/bench_sampling.py --model DIR --steps 50 --batch 4 --num-images 64 --repeats 3
     python benchmarks/bench_sampling.py --quality --model DIR --data fashion-mnist   # fewer steps at equal FID
 
-Speed mode (issue 5, acceptance 3): one pipeline, the same scheduler / steps / batch / seed for
-``diffusers.LDMPipeline`` and for each vqldm variant; checks the images agree (max |diff| <= 1e-3); prints
-seconds per image (median of ``--repeats``, runs interleaved so background load hits both alike), the
-ratio, the thread count, and the GFLOP/s of the UNet and the VQ decoder (FLOPs from
-``torch.utils.flop_counter.FlopCounterMode``) against a measured large fp32 matmul. Variants: the plain
-pipeline, channels-last weights, and the frozen TorchScript UNet (``pipelines/fast.py``; its one-time
-build on the first call is printed separately, the timed runs reuse it as any long-lived pipeline would).
+Speed mode (issue 5, acceptance 3; issue 12): one job of ``--num-images`` images in batches of ``--batch``
+(one generator consumed batch after batch, as ``vqldm generate`` does) with the same weights, scheduler,
+steps and seed for ``diffusers.LDMPipeline`` and for vqldm as ``vqldm generate`` runs it: its default path
+(``--unet-path auto``, which freezes the UNet when the job makes enough UNet calls; the frozen copy's
+one-time build is inside every timed job, as in a fresh process) and ``--unet-path eager``. Checks the
+images agree (max |diff| <= 1e-3); prints seconds per image (median of ``--repeats``, runs interleaved so
+background load hits all alike), the ratios, the CPU and thread count, the GFLOP/s of the UNet and the VQ
+decoder (FLOPs from ``torch.utils.flop_counter.FlopCounterMode``) against a measured large fp32 matmul,
+and the frozen UNet's build cost, saving per call and break-even.
 
 The default model has the CompVis ldm-celebahq-256 shapes (vqvae: widths 128/256/512, 2 layers per block,
 3 latent channels, 8192 codes; UNet: widths 224/448/672/896, attention on the 3 lower levels, head dim 32)
 at a 64x64 image size, so f = 4 gives 16x16 latents (~1.1 GFLOP per UNet step, ~10 GFLOP per decode).
 
 Quality mode: vqldm's default sampler (vqldm.json default_scheduler/default_steps/default_scheduler_options,
-else dpm/20) with the frozen UNet vs diffusers' default (DDIM, 50 steps, eager UNet) on ``--model`` (default:
-the shipped model): seconds per image (including the frozen UNet's build) and FID against ``--data``
-held-out images in the domain feature space of ``pipelines.features`` (same sample count and seeds).
+else dpm/20) on the UNet path ``--unet-path`` picks (default auto) vs diffusers' default (DDIM, 50 steps,
+eager UNet) on ``--model`` (default: the shipped model): seconds per image (including a frozen UNet's build)
+and FID against ``--data`` held-out images in the domain feature space of ``pipelines.features`` (same
+sample count and seeds).
 """
 
 from __future__ import annotations
@@ -113,10 +116,22 @@ def component_rates(vqvae, unet, batch: int, repeats: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- speed mode
+def sample_job(pipe, n: int, batch: int, steps: int, seed: int):
+    """n images in batches of ``batch`` from one generator consumed batch after batch, as `vqldm generate` does;
+    works for diffusers' LDMPipeline and for vqldm's pipeline alike. numpy, N x H x W x c in [0, 1]."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(seed)
+    return np.concatenate([pipe(batch_size=min(batch, n - lo), generator=g, num_inference_steps=steps, output_type="np").images
+                           for lo in range(0, n, batch)])
+
+
 def speed(args) -> int:
     import numpy as np
     from diffusers import LDMPipeline
 
+    from common import cpu_name
+    from vqldm.pipelines.fast import FROZEN_MIN_UNET_CALLS, FrozenUNet
     from vqldm.pipelines.pipeline import VQLatentDiffusionPipeline, make_scheduler
 
     if args.model:
@@ -128,86 +143,82 @@ def speed(args) -> int:
     if args.model and src.num_classes:
         print("note: class-conditional model; LDMPipeline passes no labels, so both run with the UNet's default (no class)")
 
+    # vqldm as `vqldm generate` runs it (load_pipeline: channels-last weights), on its own copy of the
+    # weights so that LDMPipeline keeps diffusers' contiguous layout
+    vq_cl, unet_cl = copy.deepcopy(vqvae), copy.deepcopy(unet)
     ldm = LDMPipeline(vqvae=vqvae, unet=unet, scheduler=copy.deepcopy(scheduler))
-    variants = {"vqldm": VQLatentDiffusionPipeline(vqvae, unet, copy.deepcopy(scheduler))}
+    eager = VQLatentDiffusionPipeline(vq_cl, unet_cl, copy.deepcopy(scheduler))
+    auto = VQLatentDiffusionPipeline(vq_cl, unet_cl, copy.deepcopy(scheduler))
     if not args.no_channels_last:
-        cl = VQLatentDiffusionPipeline(copy.deepcopy(vqvae), copy.deepcopy(unet), copy.deepcopy(scheduler))
-        variants["vqldm+channels_last"] = cl.use_channels_last()
-    if not args.no_frozen_unet:
-        variants["vqldm+frozen_unet"] = VQLatentDiffusionPipeline(vqvae, unet, copy.deepcopy(scheduler)).use_frozen_unet()
-    for p in [ldm, *variants.values()]:
+        eager.use_channels_last()
+    calls = -(-args.num_images // args.batch) * args.steps  # batches x steps, as generate counts them
+    for p in (ldm, eager, auto):
         p.set_progress_bar_config(disable=True)
 
-    def run_ldm():
-        return ldm(batch_size=args.batch, generator=torch.Generator().manual_seed(args.seed),
-                   num_inference_steps=args.steps, output_type="np").images
+    def run_auto():
+        auto.use_frozen_unet(False)  # a fresh process's state: the frozen copy's build is inside the job
+        auto.choose_unet_path("auto", calls)
+        return sample_job(auto, args.num_images, args.batch, args.steps, args.seed)
 
-    def runner(pipe, **extra):
-        def run():
-            return pipe(batch_size=args.batch, generator=torch.Generator().manual_seed(args.seed),
-                        num_inference_steps=args.steps, output_type="np", **extra).images
-        return run
-
-    runs = {"diffusers LDMPipeline": run_ldm}
-    for name, pipe in variants.items():
-        runs[name] = runner(pipe)
-    if args.decode_batch_size:
-        best = variants.get("vqldm+channels_last", variants["vqldm"])
-        runs[f"{list(variants)[-1]}+decode_batch_size={args.decode_batch_size}"] = runner(best, decode_batch_size=args.decode_batch_size)
+    chosen = auto.choose_unet_path("auto", calls)
+    runs = {"diffusers LDMPipeline": lambda: sample_job(ldm, args.num_images, args.batch, args.steps, args.seed),
+            "vqldm --unet-path eager": lambda: sample_job(eager, args.num_images, args.batch, args.steps, args.seed),
+            f"vqldm default (auto -> {chosen})": run_auto}
 
     print(f"model: {'--model ' + args.model if args.model else f'CompVis-shaped {args.image_size}x{args.image_size} f=4, widths unet {args.unet_width} / vq {args.vq_width} (random weights)'}; "
-          f"scheduler {args.scheduler}, {args.steps} steps, batch {args.batch}, seed {args.seed}")
-    print(f"threads: {torch.get_num_threads()} (torch), cpu_count {os.cpu_count()}, torch {torch.__version__}")
+          f"scheduler {args.scheduler}, {args.steps} steps, {args.num_images} images in batches of {args.batch}, seed {args.seed}"
+          f"{'' if args.no_channels_last else '; vqldm with channels-last weights, as load_pipeline'}")
+    print(f"CPU: {cpu_name()}, cpu_count {os.cpu_count()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"vqldm default path: {chosen} ({calls} UNet calls = batches x steps; auto freezes from {FROZEN_MIN_UNET_CALLS})")
 
-    reference = run_ldm()  # also a warm-up
-    outputs, first_call = {}, {}
-    for name, fn in runs.items():
-        if name != "diffusers LDMPipeline":
-            t0 = time.perf_counter()
-            outputs[name] = fn()
-            first_call[name] = time.perf_counter() - t0
-    ok = True
-    for name, out in outputs.items():
-        diff = float(np.abs(out - reference).max())
-        ok &= diff <= 1e-3
-        print(f"  images agree: {name} vs LDMPipeline max |diff| = {diff:.2e} {'OK' if diff <= 1e-3 else 'FAIL (> 1e-3)'}")
-
-    times = {name: [] for name in runs}
+    for p in (ldm, eager):  # untimed warm-up batch (oneDNN primitive caches, allocator)
+        p(batch_size=args.batch, generator=torch.Generator().manual_seed(args.seed), num_inference_steps=2, output_type="np")
+    times = {name: [] for name in runs}  # wall-clock seconds per job
+    cpu_times = {name: [] for name in runs}  # this process's CPU seconds: what a shared machine's load does not inflate
+    outputs = {}
     for _ in range(args.repeats):  # interleaved, so background load hits every variant alike
         for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
+            t0, c0 = time.perf_counter(), time.process_time()
+            outputs[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["diffusers LDMPipeline"]) / args.batch
-    print(f"seconds per image (median of {args.repeats}):")
+            cpu_times[name].append(time.process_time() - c0)
+    reference, ok = outputs["diffusers LDMPipeline"], True
+    for name, out in outputs.items():
+        if name != "diffusers LDMPipeline":
+            diff = float(np.abs(out - reference).max())
+            ok &= diff <= 1e-3
+            print(f"  images agree: {name} vs LDMPipeline max |diff| = {diff:.2e} {'OK' if diff <= 1e-3 else 'FAIL (> 1e-3)'}")
+    base = statistics.median(times["diffusers LDMPipeline"]) / args.num_images
+    cpu_base = statistics.median(cpu_times["diffusers LDMPipeline"]) / args.num_images
+    print(f"seconds per image, whole job (median of {args.repeats}; wall clock, and CPU time of this process):")
     for name, ts in times.items():
-        per = statistics.median(ts) / args.batch
-        print(f"  {name:<45s} {per:8.3f} s/image   ratio {per / base:5.3f}   (runs: {', '.join(f'{t:.2f}' for t in ts)} s)")
-    for name in runs:
-        if "frozen_unet" in name:
-            once = first_call[name] - statistics.median(times[name])
-            print(f"  one-time cost of {name}: {once:.2f} s on its first call (trace + freeze, once per batch shape)")
+        per, cpu = statistics.median(ts) / args.num_images, statistics.median(cpu_times[name]) / args.num_images
+        print(f"  {name:<32s} {per:7.4f} s/image  ratio {per / base:5.3f} | CPU {cpu:7.4f} s/image  ratio {cpu / cpu_base:5.3f}"
+              f"   (runs: {', '.join(f'{t:.1f}' for t in ts)} s)")
 
     peak = matmul_gflops()
     print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s")
-    for label, (vq, un) in {"contiguous (diffusers)": (vqvae, unet),
-                            **({"channels_last": (variants["vqldm+channels_last"].vqvae, variants["vqldm+channels_last"].unet)}
-                               if "vqldm+channels_last" in variants else {})}.items():
+    layouts = {"contiguous (diffusers)": (vqvae, unet), **({} if args.no_channels_last else {"channels_last": (vq_cl, unet_cl)})}
+    for label, (vq, un) in layouts.items():
         r = component_rates(vq, un, args.batch, max(3, args.repeats))
         print(f"  {label}: UNet {r['unet_gflop_per_image_step']:.2f} GFLOP/image/step at {r['unet_gflops']:.1f} GFLOP/s "
               f"({r['unet_gflops'] / peak:.0%} of matmul); decoder {r['decoder_gflop_per_image']:.2f} GFLOP/image at "
               f"{r['decoder_gflops']:.1f} GFLOP/s ({r['decoder_gflops'] / peak:.0%})")
-    if "vqldm+frozen_unet" in variants:
-        from vqldm.pipelines.fast import FrozenUNet
-
-        frozen = FrozenUNet(unet)
-        x = torch.randn(args.batch, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-        t = torch.tensor(500)
-        with torch.no_grad():
-            flops = count_flops(lambda: unet(x, t))  # the eager graph's FLOPs: the same maths
-            sec = median_seconds(lambda: frozen(x, t), max(3, args.repeats))
-        print(f"  frozen UNet: {flops / args.batch / 1e9:.2f} GFLOP/image/step at {flops / sec / 1e9:.1f} GFLOP/s "
-              f"({flops / sec / 1e9 / peak:.0%} of matmul)")
+    frozen = FrozenUNet(unet)
+    x = torch.randn(args.batch, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    t = torch.tensor(500)
+    with torch.no_grad():
+        flops = count_flops(lambda: unet(x, t))  # the eager graph's FLOPs: the same maths
+        t0 = time.perf_counter()
+        frozen(x, t)
+        build = time.perf_counter() - t0
+        sec = median_seconds(lambda: frozen(x, t), max(3, args.repeats))
+        eager_sec = median_seconds(lambda: unet(x, t), max(3, args.repeats))
+    saving = eager_sec - sec
+    print(f"  frozen UNet: {flops / args.batch / 1e9:.2f} GFLOP/image/step at {flops / sec / 1e9:.1f} GFLOP/s "
+          f"({flops / sec / 1e9 / peak:.0%} of matmul); one-time build {build - sec:.2f} s per batch shape, saves "
+          f"{saving * 1e3:.1f} ms per UNet call (contiguous eager {eager_sec * 1e3:.1f} ms): break-even "
+          + (f"{(build - sec) / saving:.0f} calls" if saving > 0 else "never at this batch"))
     return 0 if ok else 1
 
 
@@ -254,10 +265,14 @@ def quality(args) -> int:
     pipe.use_frozen_unet(False)
     generate_images(pipe, args.batch, args.batch, args.seed, 2, labels_for, args.guidance)  # untimed warm-up (oneDNN, allocator)
     # diffusers' default runs the eager UNet (as LDMPipeline does: same speed, see the speed mode);
-    # vqldm's default adds the frozen UNet unless --no-frozen-unet; its one-time build is inside its time.
+    # vqldm's default runs the UNet path --unet-path picks for this job (batches x steps UNet calls), as
+    # `vqldm generate` would; a frozen UNet's one-time build is inside its time.
     for name, sched, steps in (("diffusers default", "ddim", DEFAULT_STEPS), ("vqldm default", default_sched, default_steps)):
         pipe.set_scheduler(sched)
-        pipe.use_frozen_unet(name == "vqldm default" and not args.no_frozen_unet)
+        pipe.use_frozen_unet(False)
+        if name == "vqldm default":
+            calls = -(-args.samples // args.batch) * steps
+            print(f"  vqldm default UNet path: {pipe.choose_unet_path(args.unet_path, calls)} (--unet-path {args.unet_path}, {calls} UNet calls)")
         fake, spi = generate_images(pipe, args.samples, args.batch, args.seed, steps, labels_for, args.guidance)
         fid = fid_against(real, fake, args.features)
         results[name] = (spi, fid)
@@ -277,12 +292,13 @@ def main(argv=None) -> int:
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--num-images", type=int, default=64, help="images per timed job (speed mode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch threads (the acceptance number uses 2)")
-    p.add_argument("--no-frozen-unet", action="store_true", help="skip the frozen TorchScript UNet variant")
-    p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--decode-batch-size", type=int, default=None, help="also time this decoder batch size")
+    p.add_argument("--unet-path", default="auto", choices=["auto", "eager", "frozen"],
+                   help="vqldm's UNet path in quality mode (default auto, as vqldm generate)")
+    p.add_argument("--no-channels-last", action="store_true", help="speed mode: vqldm with diffusers' contiguous weights")
     p.add_argument("--quality", action="store_true", help="default sampler vs DDIM-50 at equal FID (needs --model, --data)")
     p.add_argument("--data", default="fashion-mnist", help="real images for FID (quality mode)")
     p.add_argument("--samples", type=int, default=500, help="samples per setting for FID (quality mode)")

@@ -22,6 +22,12 @@ import torch
 from torch import nn
 
 
+# Where building the frozen copy pays off: a build costs 0.4-0.8 s per batch shape and saves 1.3-15 ms per
+# UNet call, a break-even of 50-320 calls (the shipped model at batch 4-32, a CompVis-shaped 64 px one at
+# batch 1-16, 1 and 2 threads; table in docs/results.md). Fewer calls sample eagerly under --unet-path auto.
+FROZEN_MIN_UNET_CALLS = 300
+
+
 class _Forward(nn.Module):
     def __init__(self, unet: nn.Module, with_labels: bool):
         super().__init__()
@@ -42,8 +48,8 @@ class FrozenUNet:
     """Calls like ``unet(sample, t, class_labels=...)`` and returns an object with ``.sample``.
 
     ``optimize=True`` adds ``torch.jit.optimize_for_inference`` on top of ``torch.jit.freeze``.
-    Compiled graphs are cached per (shape, timestep dtype, label shape); building one takes about as long
-    as a few dozen UNet calls (printed by the benchmark), so it pays off from the first grid on.
+    Compiled graphs are cached per (shape, timestep dtype, label shape); building one takes as long as the
+    time it saves over 50-320 UNet calls, so it pays off over many batches (``FROZEN_MIN_UNET_CALLS``).
     """
 
     def __init__(self, unet: nn.Module, optimize: bool = True):

@@ -27,6 +27,8 @@ from ..plumbing.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .fast import FROZEN_MIN_UNET_CALLS
+
     p = parser
     p.add_argument("--model", default=None, metavar="MODEL_DIR",
                    help="pipeline folder (model_index.json, vqvae/, unet/, scheduler/) or prior folder (prior/, vqvae/, "
@@ -64,8 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", metavar="fp32|fp16|bf16", help="autocast precision on CUDA (default fp32)")
     p.add_argument("--decode-batch-size", type=int, default=None, metavar="B",
                    help="images per decoder call (default: the whole batch)")
-    p.add_argument("--freeze-unet", action="store_true",
-                   help="CPU: sample through a frozen TorchScript UNet (~1 s to build, then faster steps; pays off over many batches)")
+    p.add_argument("--unet-path", default="auto", metavar="auto|eager|frozen",
+                   help="CPU fp32: frozen samples through a traced, frozen TorchScript UNet (~0.5 s to build per batch shape, "
+                        "then faster steps; same images to ~1e-6); auto (default) picks it when the job makes at least "
+                        f"{FROZEN_MIN_UNET_CALLS} UNet calls (batches x steps)")
+    p.add_argument("--freeze-unet", dest="unet_path", action="store_const", const="frozen", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the option's earlier name: --unet-path frozen
     p.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="priors: sampling temperature of the codes (default: the model's, usually 1)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="priors: sample among the K most likely codes")
@@ -75,13 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args) -> None:
     """Cheap checks before loading any model, so mistakes fail in milliseconds."""
-    from .pipeline import DTYPES
+    from .pipeline import DTYPES, UNET_PATHS
     from .schedulers import SCHEDULERS
 
     if args.scheduler is not None and args.scheduler.lower() not in SCHEDULERS:
         raise UserError(f"unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if args.dtype not in DTYPES:
         raise UserError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if args.unet_path not in UNET_PATHS:
+        raise UserError(f"unknown --unet-path {args.unet_path!r}; choose one of {', '.join(UNET_PATHS)}")
     for name in ("num_images", "batch_size", "steps", "decode_batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -178,9 +186,10 @@ def _fingerprint(model: str | None) -> str:
 
 
 def _settings(args) -> dict:
-    """What decides the images (their count excepted): --resume continues only a run with these settings."""
+    """What decides the images (their count excepted): --resume continues only a run with these settings.
+    --unet-path is not one of them: the eager and frozen UNets give the same images to ~1e-6."""
     keys = ("seed", "steps", "scheduler", "class_", "guidance", "batch_size", "eta", "init_image", "strength", "mask",
-            "no_quantize", "device", "dtype", "freeze_unet", "temperature", "top_k", "top_p", "format")
+            "no_quantize", "device", "dtype", "temperature", "top_k", "top_p", "format")
     return {"model": str(Path(args.model).resolve()) if args.model else "shipped", "model_fingerprint": _fingerprint(args.model),
             **{k: getattr(args, k) for k in keys}}
 
@@ -200,8 +209,9 @@ def _resume_point(folder: Path, settings: dict, resume: bool, suffix: str, batch
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"{str(path)!r} is not readable JSON ({err}); delete it to start again") from None
-    if manifest.get("settings") != settings:
-        diff = sorted(k for k in settings if manifest.get("settings", {}).get(k) != settings[k])
+    before = {k: v for k, v in manifest.get("settings", {}).items() if k != "freeze_unet"}  # folders written before --unet-path
+    if before != settings:
+        diff = sorted(k for k in settings if before.get(k) != settings[k])
         raise UserError(f"{folder} holds images made with other settings ({', '.join(diff)} {'differs' if len(diff) == 1 else 'differ'}); "
                         f"use the same settings, another --out, or drop --resume to start again")
     done = int(manifest["batches_done"])
@@ -243,7 +253,7 @@ def _load(args):
 
     if is_prior_folder(args.model):
         for flag, given in (("--scheduler", args.scheduler), ("--interpolate", args.interpolate is not None),
-                            ("--freeze-unet", args.freeze_unet), ("--no-quantize", args.no_quantize),
+                            ("--unet-path", args.unet_path != "auto"), ("--no-quantize", args.no_quantize),
                             ("--dtype", args.dtype != "fp32"), ("--strength", args.strength is not None)):
             if given:
                 raise UserError(f"{flag} is for latent diffusion pipelines; {args.model!r} is a prior over codes: drop {flag}")
@@ -254,11 +264,24 @@ def _load(args):
     for flag, given in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p)):
         if given is not None:
             raise UserError(f"{flag} is for priors over codes (`vqldm train-prior`); drop it for a latent diffusion model")
-    pipe = load_pipeline(args.model, device=_resolve_device(args.device), dtype=args.dtype, freeze_unet=args.freeze_unet)
+    pipe = load_pipeline(args.model, device=_resolve_device(args.device), dtype=args.dtype)
     scheduler = args.scheduler or pipe.info.get("default_scheduler")
     if scheduler:
         pipe.set_scheduler(scheduler)
+    _choose_unet_path(pipe, args)
     return pipe, {"eta": args.eta, "quantize": not args.no_quantize, "decode_batch_size": args.decode_batch_size}
+
+
+def _choose_unet_path(pipe, args) -> None:
+    """--unet-path, told in one line where it is not the obvious one. auto counts the UNet calls of the whole
+    job, not of what --resume leaves of it, so a resumed run samples as the uninterrupted one did."""
+    batches = 1 if args.interpolate is not None else math.ceil(args.num_images / args.batch_size)
+    calls = batches * pipe.resolve_steps(args.steps)
+    path = pipe.choose_unet_path(args.unet_path, calls)
+    if path == "frozen" and args.unet_path == "auto":
+        tqdm.write(f"sampling through the frozen CPU UNet ({calls} UNet calls; --unet-path eager to opt out)", file=sys.stderr)
+    elif path == "eager" and args.unet_path == "frozen":
+        tqdm.write(f"--unet-path frozen applies to CPU fp32 sampling; running the UNet eagerly on {pipe.device.type}", file=sys.stderr)
 
 
 def main(args) -> int:

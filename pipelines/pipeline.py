@@ -38,6 +38,7 @@ from .schedulers import make_scheduler
 
 DEFAULT_STEPS = 50  # diffusers' LDMPipeline default; a folder may override it with vqldm.json "default_steps"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+UNET_PATHS = ("auto", "eager", "frozen")  # how the UNet runs while sampling (choose_unet_path)
 
 
 def check_components(vqvae, unet) -> None:
@@ -145,8 +146,31 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
             self._frozen = None
         return self
 
+    def frozen_unet_applies(self) -> bool:
+        """Whether the frozen UNet can run here: on the CPU, in fp32."""
+        return self.device.type == "cpu" and self.autocast_dtype in (None, torch.float32)
+
+    def choose_unet_path(self, option: str, unet_calls: int) -> str:
+        """Set and return the UNet path ("eager" or "frozen") for a job of ``unet_calls`` UNet calls.
+
+        ``option`` is one of UNET_PATHS: "auto" picks the frozen UNet where it applies and the job is long
+        enough for its one-time build to pay off (``fast.FROZEN_MIN_UNET_CALLS``); "frozen" wherever it
+        applies. Both paths give the same images to ~1e-6, so the choice changes speed, not the result.
+        """
+        from .fast import FROZEN_MIN_UNET_CALLS
+
+        if option not in UNET_PATHS:
+            raise UserError(f"unknown UNet path {option!r}; choose one of {', '.join(UNET_PATHS)}")
+        wanted = option == "frozen" or (option == "auto" and unet_calls >= FROZEN_MIN_UNET_CALLS)
+        self.use_frozen_unet(wanted and self.frozen_unet_applies())
+        return "frozen" if self.freeze_unet else "eager"
+
+    def resolve_steps(self, num_inference_steps: int | None = None) -> int:
+        """The denoising steps a call runs: the given number, else the model's default_steps, else 50."""
+        return int(num_inference_steps or self.info.get("default_steps") or DEFAULT_STEPS)
+
     def _sampling_unet(self):
-        if not self.freeze_unet or self.device.type != "cpu" or self.autocast_dtype not in (None, torch.float32):
+        if not self.freeze_unet or not self.frozen_unet_applies():
             return self.unet
         from .fast import FrozenUNet
 
@@ -233,7 +257,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
             raise UserError("classifier-free guidance needs a class-conditional model; this one is unconditional: drop --guidance")
         if guidance_scale != 1.0 and class_labels is None:
             raise UserError("guidance needs class labels (pass --class)")
-        steps = int(num_inference_steps or self.info.get("default_steps") or DEFAULT_STEPS)
+        steps = self.resolve_steps(num_inference_steps)
         if steps < 1:
             raise UserError(f"the number of steps must be >= 1, got {steps}")
         known = None
@@ -343,8 +367,9 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
     bitwise with LDMPipeline only with it off (docs/results.md: no gain at the widths measured there).
     ``freeze_unet`` (CPU fp32 only) samples through a frozen TorchScript copy of the UNet
     (``VQLatentDiffusionPipeline.use_frozen_unet``); images agree with the eager UNet to ~1e-6. Building
-    it costs about a second per batch shape, so it pays off over many batches (evaluation, serving), not
-    for one grid.
+    it costs about half a second per batch shape, so it pays off over a few hundred UNet calls
+    (evaluation, serving), not for one grid; ``pipe.choose_unet_path("auto", unet_calls)`` decides by the
+    job's size, as ``vqldm generate`` does.
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:

@@ -101,6 +101,7 @@ def _assert_one_line_error(code, err, *needles):
         (["--model", "{root}/uncond", "--mask", "{root}/mask.png"], ["--mask needs --init-image"]),
         (["--model", "{root}/uncond", "--steps", "0"], ["--steps"]),
         (["--model", "{root}/uncond", "--dtype", "fp8"], ["--dtype"]),
+        (["--model", "{root}/uncond", "--unet-path", "fast"], ["unknown --unet-path 'fast'", "auto, eager, frozen"]),
         (["--model", "{root}/uncond", "--out", "{root}/x.gif"], [".png, .jpg or .webp"]),
     ],
 )
@@ -108,6 +109,33 @@ def test_errors_are_one_line_exit_2(folders, capsys, argv, needles):
     argv = [a.format(root=folders) for a in argv]
     code, _, err = run(capsys, "--steps", 1, *argv) if "--steps" not in argv else run(capsys, *argv)
     _assert_one_line_error(code, err, *needles)
+
+
+def test_unet_path_option_and_its_earlier_name(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["generate"]).unet_path == "auto"
+    assert parser.parse_args(["generate", "--unet-path", "eager"]).unet_path == "eager"
+    assert parser.parse_args(["generate", "--freeze-unet"]).unet_path == "frozen"  # hidden alias
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--unet-path" in help_text and "--freeze-unet" not in help_text
+
+
+def test_resume_ignores_the_unet_path_and_reads_older_manifests(folders, tmp_path, capsys):
+    import json
+
+    out = f"{tmp_path / 'imgs'}/"
+    code, _, err = run(capsys, "--model", folders / "uncond", "--num-images", 2, "--steps", 2, "--out", out)
+    assert code == 0, err
+    manifest = tmp_path / "imgs" / "generate.json"
+    data = json.loads(manifest.read_text())
+    data["settings"]["freeze_unet"] = False  # as written before --unet-path existed
+    manifest.write_text(json.dumps(data))
+    code, out_text, err = run(capsys, "--model", folders / "uncond", "--num-images", 2, "--steps", 2, "--out", out,
+                              "--resume", "--unet-path", "frozen")
+    assert code == 0, err
+    assert "nothing to do" in out_text
 
 
 def test_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -62,3 +62,64 @@ def test_frozen_unet_steps_aside_for_autograd_and_training():
     assert out.requires_grad and not frozen._graphs
     out.sum().backward()
     assert pipe.unet.conv_out.weight.grad is not None
+
+
+def test_untraceable_model_falls_back_to_the_eager_images(monkeypatch):
+    pipe = tiny_pipeline()
+    kw = dict(batch_size=2, num_inference_steps=STEPS, output_type="np")
+    eager = pipe(generator=gen(3), **kw).images
+
+    def no_trace(*args, **kwargs):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(torch.jit, "trace", no_trace)
+    pipe.use_frozen_unet()
+    with pytest.warns(UserWarning, match="could not freeze the UNet.*running it eagerly"):
+        fallback = pipe(generator=gen(3), **kw).images
+    assert pipe._frozen._broken and np.array_equal(fallback, eager)
+
+
+# ----------------------------------------------------------------------------- vqldm generate --unet-path auto
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fast") / "pipe"
+    tiny_pipeline().save_pretrained(root)
+    return root
+
+
+def generate(folder, out, monkeypatch, capsys, *argv):
+    """`vqldm generate` into a folder: (the decoded images as floats, UNet calls that ran frozen, stderr)."""
+    from vqldm.pipelines import cli, generate as generate_module
+
+    images, frozen_calls = [], []
+    monkeypatch.setattr(generate_module, "_write_batch", lambda batch, *rest: images.append(batch))
+    graph = FrozenUNet._graph
+    monkeypatch.setattr(FrozenUNet, "_graph", lambda self, *a: frozen_calls.append(1) or graph(self, *a))
+    code = cli.main(["generate", "--no-progress", "--model", str(folder), "--out", f"{out}/", "--seed", "5", *map(str, argv)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return torch.cat(images), len(frozen_calls), err
+
+
+def test_auto_path_freezes_a_long_job_with_the_eager_images(tiny_folder, tmp_path, monkeypatch, capsys):
+    from vqldm.pipelines.fast import FROZEN_MIN_UNET_CALLS
+
+    steps = FROZEN_MIN_UNET_CALLS // 2  # 2 batches x steps = the threshold
+    job = ["--num-images", 4, "--batch-size", 2, "--steps", steps]
+    auto, frozen_calls, err = generate(tiny_folder, tmp_path / "auto", monkeypatch, capsys, *job)
+    assert frozen_calls == 2 * steps and "frozen CPU UNet" in err
+    eager, frozen_calls, err = generate(tiny_folder, tmp_path / "eager", monkeypatch, capsys, *job, "--unet-path", "eager")
+    assert frozen_calls == 0 and "frozen" not in err
+    assert auto.shape == eager.shape == (4, 3, 16, 16)
+    assert (auto - eager).abs().max() < 1e-5
+
+
+def test_auto_path_keeps_a_short_job_eager(tiny_folder, tmp_path, monkeypatch, capsys):
+    from vqldm.pipelines.fast import FROZEN_MIN_UNET_CALLS
+
+    steps = FROZEN_MIN_UNET_CALLS // 2 - 1  # one call short of the threshold
+    _, frozen_calls, err = generate(tiny_folder, tmp_path / "a", monkeypatch, capsys,
+                                    "--num-images", 4, "--batch-size", 2, "--steps", steps)
+    assert frozen_calls == 0 and "frozen" not in err
+    _, frozen_calls, _ = generate(tiny_folder, tmp_path / "b", monkeypatch, capsys, "--num-images", 1, "--steps", 2, "--freeze-unet")
+    assert frozen_calls == 2  # the option's earlier name still asks for the frozen UNet
