@@ -17,12 +17,22 @@ AE=configs/autoencoder/fashion-mnist.yaml
 run() { echo "+ $*"; "$@"; }
 run python benchmarks/bench_autoencoder.py --ours runs/ae_final --baseline-lr-schedule constant,cosine --threads 1 | tee bench_out/bench_autoencoder_final.txt
 run python benchmarks/bench_autoencoder.py --ours runs/ae --threads 2 | tee bench_out/bench_autoencoder.txt
+# `--config auto`'s CPU autoencoder on a small colour folder: codebook usage per quantizer setting (~35 min)
+if python -c "import skimage" 2>/dev/null; then
+  run python benchmarks/bench_colour_codebook.py --steps 400 | tee bench_out/bench_colour_codebook.txt
+  run python benchmarks/bench_colour_codebook.py --steps 900 --settings decay-0.95 --out bench_out/colour_codebook_900 \
+    | tee bench_out/bench_colour_codebook_900.txt
+else
+  echo "skipped bench_colour_codebook.py: it needs scikit-image (pip install scikit-image; benchmark-only)"
+fi
 run python benchmarks/bench_latent_cache.py --autoencoder runs/ae --threads 1 --images 2048 --steps 10 --repeats 3 | tee bench_out/bench_latent_cache.txt
+# the data path at 2k and 20k images of 256 px (issue 12); writes the JPEGs (about 290 MB) to bench_out/data once
+run python benchmarks/bench_data.py --threads 1 --json bench_out/bench_data.json | tee bench_out/bench_data.txt
 run bash benchmarks/eval_shipped.sh | tee bench_out/eval_shipped.txt
 run python benchmarks/bench_steps.py --threads 1 --plot docs/fid_vs_steps.png --json bench_out/steps.json --no-progress | tee bench_out/bench_steps.txt
 run python benchmarks/bench_sampling.py --threads 2 --steps 20 --batch 4 --repeats 5 | tee bench_out/bench_sampling_2t.txt
-run python benchmarks/bench_sampling.py --threads 1 --steps 20 --batch 4 --repeats 5 | tee bench_out/bench_sampling.txt
-run python benchmarks/bench_sampling.py --quality --threads 1 --batch 100 --samples 1000 | tee bench_out/bench_sampling_quality.txt
+run python benchmarks/bench_sampling.py --threads 1 --steps 20 --batch 4 --num-images 60 --repeats 3 | tee bench_out/bench_sampling.txt
+run python benchmarks/bench_sampling.py --quality --threads 1 --batch 100 --samples 1000 --unet-path frozen | tee bench_out/bench_sampling_quality.txt
 run bash benchmarks/first_run.sh | tee bench_out/first_run.txt
 run bash benchmarks/first_run.sh --fresh | tee bench_out/first_run_fresh.txt
 run python benchmarks/bench_latent_vs_pixel.py --autoencoder-run runs/ae --diffusion-run runs/ldm --num-samples 1000 --steps 50 \

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..autoencoder.config import autoencoder_geometry
+from ..plumbing.autoconfig import choose_diffusion, describe_data
+from ..plumbing.config import load_config
 from ..plumbing.data import LatentDataConfig
 from ..plumbing.geometry import downsampling_factor
 from ..plumbing.latent_cache import CacheConfig
@@ -111,3 +114,19 @@ class DiffusionRunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+
+
+def auto_diffusion_config(autoencoder, data: str | None, labels: str | None, device: str, overrides=(),
+                          max_steps: int | None = None) -> tuple[DiffusionRunConfig, str]:
+    """``--config auto``: the run config sized for the data (``--data``, else the autoencoder's), their labels
+    and the autoencoder's latent grid on ``device`` (``--set`` overrides applied last), and the one line
+    that says what was chosen. Image size and channels stay the autoencoder's (data.* = None)."""
+    geometry = autoencoder_geometry(autoencoder)
+    summary = describe_data(data or geometry.source, labels)
+    choice = choose_diffusion(summary, geometry.latent, device)
+    cfg = load_config(DiffusionRunConfig, choice.preset, overrides, stage="diffusion", sized=choice.overrides)
+    m, t = cfg.model, cfg.train
+    kind = "class-conditional" if m.class_conditional else "unconditional"
+    line = (f"auto config: {summary.describe()}, {geometry.describe()}, {device} -> preset {choice.preset!r}, "
+            f"{kind} UNet {'-'.join(map(str, m.block_out_channels))}, batch {t.batch_size}, {max_steps or t.max_steps} steps")
+    return cfg, line

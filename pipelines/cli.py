@@ -13,7 +13,8 @@ import sys
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML config path, or a preset name (e.g. fashion-mnist)")
+    p.add_argument("--config", required=True,
+                   help="YAML config path, a preset name (e.g. fashion-mnist), or auto: sized for the data and device")
     p.add_argument("--data", help="image folder or named dataset (fashion-mnist, mnist, cifar10)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<command>)")
     p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
@@ -62,32 +63,55 @@ def _overrides(args) -> list[str]:
     return extra
 
 
-def cmd_train_autoencoder(args) -> int:
-    from ..autoencoder.config import load_autoencoder_config
-    from ..autoencoder.train import train_autoencoder
+def _say(line: str) -> None:
+    """The auto-config line, once: on the main process of a launcher's group."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, flush=True)
 
-    cfg = load_autoencoder_config(args.config, _overrides(args))
+
+def cmd_train_autoencoder(args) -> int:
+    from ..autoencoder.config import auto_autoencoder_config, load_autoencoder_config
+    from ..autoencoder.train import train_autoencoder
+    from ..plumbing.autoconfig import AUTO, describe_data, detect_device
+
+    if args.config == AUTO:
+        summary = describe_data(args.data, args.labels)
+        cfg, line = auto_autoencoder_config(summary, detect_device(), _overrides(args), args.max_steps)
+        _say(line)
+    else:
+        cfg = load_autoencoder_config(args.config, _overrides(args))
     train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume)
     return 0
 
 
 def cmd_train_diffusion(args) -> int:
+    from ..diffusion.config import auto_diffusion_config
     from ..diffusion.train import load_diffusion_config, train_diffusion
+    from ..plumbing.autoconfig import AUTO, detect_device
 
-    cfg = load_diffusion_config(args.config, _overrides(args))
+    if args.config == AUTO:
+        cfg, line = auto_diffusion_config(args.autoencoder, args.data, args.labels, detect_device(), args.overrides, args.max_steps)
+        _say(line)
+    else:
+        cfg = load_diffusion_config(args.config, _overrides(args))
     train_diffusion(cfg, args.out or "runs/diffusion", autoencoder=args.autoencoder, data=args.data,
                     max_steps=args.max_steps, resume=args.resume)
     return 0
 
 
 def cmd_train_prior(args) -> int:
+    from ..plumbing.autoconfig import AUTO, detect_device
     from ..plumbing.errors import UserError
-    from ..priors.config import KINDS, load_prior_config
+    from ..priors.config import KINDS, auto_prior_config, load_prior_config
     from ..priors.train import train_prior
 
     if args.kind not in KINDS:
         raise UserError(f"unknown prior kind {args.kind!r}; pass --kind masked or --kind autoregressive")
-    cfg = load_prior_config(args.config, _overrides(args))
+    if args.config == AUTO:
+        cfg, line = auto_prior_config(args.autoencoder, args.data, args.labels, detect_device(), args.overrides, args.max_steps)
+        _say(line)
+    else:
+        cfg = load_prior_config(args.config, _overrides(args))
     if cfg.model.kind not in (None, args.kind):
         raise UserError(f"--kind {args.kind} but the config says model.kind: {cfg.model.kind}; pass the kind the config was written for")
     cfg.model.kind = args.kind

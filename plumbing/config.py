@@ -73,7 +73,8 @@ def resolve_config_path(config: str | os.PathLike, stage: str) -> Path:
         return preset
     presets = sorted(p.stem for p in (CONFIG_ROOT / stage).glob("*.yaml"))
     raise UserError(
-        f"config file {str(config)!r} not found; pass a YAML path or one of the {stage} presets: {', '.join(presets)}"
+        f"config file {str(config)!r} not found; pass a YAML path, one of the {stage} presets: {', '.join(presets)}, "
+        f"or --config auto to size one for your data"
     )
 
 
@@ -215,9 +216,12 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterable[str] = (), stage: str = "") -> T:
-    """Read a YAML preset (path or preset name), apply ``--set`` overrides, and build ``cls``."""
+def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Iterable[str] = (), stage: str = "",
+                sized: dict | None = None) -> T:
+    """Read a YAML preset (path or preset name), apply ``sized`` (``--config auto``'s choices for the data and
+    device, a nested dict), then the ``--set`` overrides, and build ``cls``."""
     data = read_yaml(resolve_config_path(path, stage)) if path is not None else {}
+    data = deep_merge(data, sized or {})
     data = deep_merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
 

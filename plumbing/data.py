@@ -542,7 +542,8 @@ def load_folder(root: Path, cfg: DataConfig, log: Callable[[str], None] = print,
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets
-def _hf_load(name: str):
+def hf_load(name: str):
+    """``datasets.load_from_disk`` for a ``save_to_disk`` folder, else ``datasets.load_dataset`` (Hub name or data folder)."""
     import datasets as hf
 
     path = Path(name).expanduser()
@@ -556,24 +557,48 @@ def _hf_load(name: str):
                         "(or the folder), connect to the internet for a Hub dataset, or pass an image folder") from None
 
 
-def load_hf(name: str, cfg: DataConfig) -> Datasets:
-    """``hf:NAME``: train and held-out splits of a ``datasets`` dataset (see the module docstring)."""
+@dataclass
+class HFLayout:
+    """Which parts of a loaded ``datasets`` dataset vqldm reads."""
+
+    splits: dict
+    train: str
+    holdout: str | None
+    image_column: str
+    label_column: str | None
+    class_names: list[str]
+
+
+def hf_layout(name: str, loaded) -> HFLayout:
+    """The training and held-out splits, the first Image column and the ClassLabel column (``label``,
+    ``labels``, else the first) of a loaded dataset; a UserError when it has no split or no images."""
     import datasets as hf
 
-    loaded = _hf_load(name)
     splits = {"train": loaded} if isinstance(loaded, hf.Dataset) else dict(loaded)
     if not splits:
         raise UserError(f"the Hugging Face dataset {name!r} has no splits; pass another dataset")
     train_name = "train" if "train" in splits else sorted(splits)[0]
     holdout_name = next((s for s in ("test", "validation", "valid", "val") if s in splits and s != train_name), None)
-    train_ds = splits[train_name]
-    features = train_ds.features
+    features = splits[train_name].features
     image_column = next((k for k, f in features.items() if isinstance(f, hf.Image)), None)
     if image_column is None:
         raise UserError(f"the Hugging Face dataset {name!r} has no Image column (columns: {', '.join(features)}); pass a dataset of images")
     label_columns = [k for k, f in features.items() if isinstance(f, hf.ClassLabel)]
     label_column = next((k for k in ("label", "labels") if k in label_columns), label_columns[0] if label_columns else None)
     class_names = list(features[label_column].names) if label_column else []
+    if len(splits[train_name]) == 0:
+        raise UserError(f"the {train_name!r} split of the Hugging Face dataset {name!r} is empty; pass another dataset")
+    return HFLayout(splits, train_name, holdout_name, image_column, label_column, class_names)
+
+
+def load_hf(name: str, cfg: DataConfig) -> Datasets:
+    """``hf:NAME``: train and held-out splits of a ``datasets`` dataset (see the module docstring)."""
+    import datasets as hf
+
+    layout = hf_layout(name, hf_load(name))
+    splits, image_column, label_column, class_names = layout.splits, layout.image_column, layout.label_column, layout.class_names
+    train_name, holdout_name = layout.train, layout.holdout
+    train_ds = splits[train_name]
     geometry = Geometry.of(cfg)
 
     def make(ds, rows: np.ndarray) -> HFSplit:
@@ -585,8 +610,6 @@ def load_hf(name: str, cfg: DataConfig) -> Datasets:
         return HFSplit(ds, image_column, rows, labels, class_names, geometry, f"hf:{name}")
 
     n = len(train_ds)
-    if n == 0:
-        raise UserError(f"the {train_name!r} split of the Hugging Face dataset {name!r} is empty; pass another dataset")
     if holdout_name is not None:
         train = make(train_ds, np.arange(n, dtype=np.int64))
         holdout = make(splits[holdout_name], np.arange(len(splits[holdout_name]), dtype=np.int64))

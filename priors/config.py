@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..autoencoder.config import autoencoder_geometry
+from ..plumbing.autoconfig import choose_prior, describe_data
 from ..plumbing.config import load_config
 from ..plumbing.data import LatentDataConfig
 from ..plumbing.latent_cache import CacheConfig
@@ -92,3 +94,20 @@ class PriorRunConfig:
 def load_prior_config(path, overrides=()) -> PriorRunConfig:
     """A YAML path or preset name from ``configs/prior/``, with ``--set`` overrides applied."""
     return load_config(PriorRunConfig, path, overrides, stage="prior")
+
+
+def auto_prior_config(autoencoder, data: str | None, labels: str | None, device: str, overrides=(),
+                      max_steps: int | None = None) -> tuple[PriorRunConfig, str]:
+    """``--config auto``: the prior's run config sized for the data and the autoencoder's code grid on
+    ``device`` (``--set`` overrides applied last), and the one line that says what was chosen."""
+    geometry = autoencoder_geometry(autoencoder)
+    summary = describe_data(data or geometry.source, labels)
+    choice = choose_prior(summary, geometry.latent, device)
+    cfg = load_config(PriorRunConfig, choice.preset, overrides, stage="prior", sized=choice.overrides)
+    m, t = cfg.model, cfg.train
+    _, h, w = geometry.latent
+    kind = "class-conditional" if m.class_conditional else "unconditional"
+    line = (f"auto config: {summary.describe()}, autoencoder {h}x{w} grid of {geometry.codebook_size} codes, {device} -> "
+            f"preset {choice.preset!r}, {kind} transformer width {m.width} x {m.layers} layers, batch {t.batch_size}, "
+            f"{max_steps or t.max_steps} steps")
+    return cfg, line

@@ -174,6 +174,12 @@ def test_hf_dataset_from_data_files_and_cli(tmp_path, hf_offline, capsys):
     assert len(loaded.train) + len(loaded.holdout) == 40 and 0 < len(loaded.holdout) < 20
     assert loaded.train.class_names == ["a", "b", "c"] and loaded.source == f"hf:{tmp_path / 'pq'}"
     assert loaded.train.batch([0])[0].shape == (1, 1, 16, 16)
+    # --config auto reads its rows and image headers too
+    from vqldm.plumbing.autoconfig import describe_data
+
+    summary = describe_data(f"hf:{tmp_path / 'pq'}")
+    assert (summary.kind, summary.count, summary.channels, summary.median_hw) == ("hf", 40, 3, (12, 12))
+    assert summary.class_names == ["a", "b", "c"] and summary.num_classes == 3
     # the same dataset trains an autoencoder from the CLI
     out = tmp_path / "ae"
     rc = main(["train-autoencoder", "--config", "tiny", "--data", f"hf:{tmp_path / 'pq'}", "--out", str(out),
