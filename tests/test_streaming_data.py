@@ -154,7 +154,7 @@ def test_hf_dataset_saved_to_disk(tmp_path, hf_offline):
     assert len(ds.train) == 10 and len(ds.holdout) == 4 and ds.train.class_names == ["cat", "dog"]
     assert ds.train.labels.tolist() == [i % 2 for i in range(10)] and ds.holdout.labels.tolist() == [1, 0, 1, 0]
     x, _ = ds.holdout.batch([2])
-    expected = torch.from_numpy(np.asarray(test_images[2])).permute(2, 0, 1).float() / 127.5 - 1
+    expected = torch.from_numpy(np.array(test_images[2])).permute(2, 0, 1).float() / 127.5 - 1
     assert torch.allclose(x[0], expected)  # PNG bytes in Arrow: lossless
     # decoding in workers, through the training loader
     sampler = BatchSampler(len(ds.train), 5, 0)
