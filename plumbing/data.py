@@ -63,6 +63,7 @@ class DataConfig:
     num_workers: int | None = None  # decoding processes for folders and hf: datasets (None: cores - 1, at most 8)
     random_crop: bool = False  # training: crop at a random place instead of the centre (fit resize/crop, non-square images)
     random_flip: bool = False  # training: mirror each image left-right with probability 1/2
+    hf_config: str | None = None  # --data hf:NAME: the dataset's configuration (subset) name, where it has several
 
     def __post_init__(self):
         if self.image_size < 8:
@@ -132,6 +133,7 @@ def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_confi
         num_workers=cfg.num_workers,
         random_crop=cfg.random_crop,
         random_flip=cfg.random_flip,
+        hf_config=cfg.hf_config,
     )
 
 
@@ -542,7 +544,7 @@ def load_folder(root: Path, cfg: DataConfig, log: Callable[[str], None] = print,
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets
-def hf_load(name: str):
+def hf_load(name: str, config: str | None = None):
     """``datasets.load_from_disk`` for a ``save_to_disk`` folder, else ``datasets.load_dataset`` (Hub name or data folder)."""
     import datasets as hf
 
@@ -550,7 +552,7 @@ def hf_load(name: str):
     try:
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
             return hf.load_from_disk(str(path))  # written by save_to_disk
-        return hf.load_dataset(str(path) if path.is_dir() else name)
+        return hf.load_dataset(str(path) if path.is_dir() else name, config)
     except Exception as err:  # datasets raises many types (hub, file, builder errors)
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise UserError(f"could not load the Hugging Face dataset {name!r} ({type(err).__name__}: {first}); check the name "
@@ -595,7 +597,7 @@ def load_hf(name: str, cfg: DataConfig) -> Datasets:
     """``hf:NAME``: train and held-out splits of a ``datasets`` dataset (see the module docstring)."""
     import datasets as hf
 
-    layout = hf_layout(name, hf_load(name))
+    layout = hf_layout(name, hf_load(name, cfg.hf_config))
     splits, image_column, label_column, class_names = layout.splits, layout.image_column, layout.label_column, layout.class_names
     train_name, holdout_name = layout.train, layout.holdout
     train_ds = splits[train_name]
