@@ -318,6 +318,12 @@ CASES: list[Case] = [
     Case(AE, "odd modes: 1, P, P+transparency, LA, RGBA, CMYK, 16-bit, int/float TIFF, WebP (trains)",
          lambda s, _: _ae(s, data=_folder_with(s, write_odd_mode_images)), expect_exit=0),
     Case(AE, "--labels folders without class subfolders", lambda s, _: _ae(s, "--labels", "folders")),
+    Case(AE, "Hugging Face dataset that does not exist (hf:PATH, offline)", lambda s, _: _ae(s, data=f"hf:{s / 'no-such-dataset'}")),
+    Case(AE, "hf: with no name", lambda s, _: _ae(s, data="hf:")),
+    Case(AE, "negative worker count (--set data.num_workers=-1)", lambda s, _: _ae(s, "--set", "data.num_workers=-1")),
+    Case(AE, "--config auto on a folder of 3 images",
+         lambda s, _: ["train-autoencoder", "--config", "auto", "--data", str(_folder_with(s, lambda f: write_good_images(f, 3))),
+                       "--out", str(s / "out")]),
     # ------------------------------------------------------------------ train-autoencoder: config
     Case(AE, "unknown config key (--set model.codebook_sizes=8)", lambda s, _: _ae(s, "--set", "model.codebook_sizes=8")),
     Case(AE, "wrong config type (--set train.lr=fast)", lambda s, _: _ae(s, "--set", "train.lr=fast")),

@@ -19,6 +19,8 @@ Every run writes ``OUT/report.json`` and PNG plots beside it (atomically).
 
 from __future__ import annotations
 
+import argparse
+
 from pathlib import Path
 
 import torch
@@ -86,6 +88,10 @@ def add_arguments(p) -> None:
     g.add_argument("--train-images", type=int, default=None, help="use at most this many training images")
     g.add_argument("--image-size", type=int, default=32)
     g.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    g.add_argument("--detail-layers", type=int, default=2,
+                   help="conv activations of the first blocks whose spatial spread joins the features (0: the embedding alone)")
+    g.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
+                   help="standardise every feature by its spread on training images (default on)")
 
 
 def main(args) -> int:
@@ -118,7 +124,10 @@ def _out_dir(args, default: str) -> Path:
 def cmd_train_features(args) -> int:
     cfg = FeatureTrainConfig(image_size=args.image_size, channels=args.channels, fit=args.fit or "pad", epochs=args.epochs,
                              max_steps=args.max_steps, batch_size=args.batch_size,
-                             max_images=args.train_images, seed=args.seed)
+                             max_images=args.train_images, seed=args.seed, detail_layers=args.detail_layers,
+                             standardize=args.standardize)
+    if not 0 <= args.detail_layers <= 2 * 3:
+        raise UserError(f"--detail-layers must be between 0 and 6 (two per block), got {args.detail_layers}")
     out = _out_dir(args, "runs/features")
     train_domain_classifier(args.data, out, cfg, progress=not args.no_progress, log=lambda m: tqdm.write(m))
     print(f"use it with: vqldm evaluate generation --features {out}")

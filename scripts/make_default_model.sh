@@ -10,7 +10,7 @@ RUNS=${RUNS:-runs}
 vqldm train-autoencoder --config configs/autoencoder/fashion-mnist.yaml --data fashion-mnist --out "$RUNS/ae" \
   --set train.lr_schedule=constant
 vqldm train-diffusion --config configs/diffusion/fashion-mnist.yaml --autoencoder "$RUNS/ae" --data fashion-mnist --out "$RUNS/ldm"
-vqldm evaluate train-features --data fashion-mnist --max-steps 250 --out "$RUNS/features"
+vqldm evaluate train-features --data fashion-mnist --max-steps 250 --detail-layers 0 --no-standardize --out "$RUNS/features"
 # sampler chosen from `python benchmarks/bench_steps.py --schedulers ddim,dpm,unipc ...` (docs/results.md)
 python scripts/install_default_model.py "$RUNS/ldm/pipeline" "$RUNS/features" --scheduler unipc --steps 10 \
   --scheduler-option timestep_spacing=trailing
