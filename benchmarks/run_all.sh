@@ -25,9 +25,11 @@ if python -c "import skimage" 2>/dev/null; then
 else
   echo "skipped bench_colour_codebook.py: it needs scikit-image (pip install scikit-image; benchmark-only)"
 fi
+run python benchmarks/bench_codebook.py --threads 1 | tee bench_out/bench_codebook.txt  # codebook capacity (issue 11): 9 autoencoders x 250 steps, ~30 min
 run python benchmarks/bench_latent_cache.py --autoencoder runs/ae --threads 1 --images 2048 --steps 10 --repeats 3 | tee bench_out/bench_latent_cache.txt
 # the data path at 2k and 20k images of 256 px (issue 12); writes the JPEGs (about 290 MB) to bench_out/data once
 run python benchmarks/bench_data.py --threads 1 --json bench_out/bench_data.json | tee bench_out/bench_data.txt
+run python benchmarks/bench_features.py --threads 2 | tee bench_out/bench_features.txt
 run bash benchmarks/eval_shipped.sh | tee bench_out/eval_shipped.txt
 run python benchmarks/bench_steps.py --threads 1 --plot docs/fid_vs_steps.png --json bench_out/steps.json --no-progress | tee bench_out/bench_steps.txt
 run python benchmarks/bench_sampling.py --threads 2 --steps 20 --batch 4 --repeats 5 | tee bench_out/bench_sampling_2t.txt

@@ -191,6 +191,40 @@ def test_shipped_features_see_one_pixel_of_blur(fashion_holdout):
     assert blur1 > blur05 > floor and noise > floor
 
 
+def test_detail_features_see_half_a_pixel_of_blur(fashion_holdout):
+    """The detail-sensitive shipped network: a 0.5 px blur lands far above the floor at n = 500 (the first
+    network puts it at ~3.5x), and it classifies at least 92% of the test split."""
+    from vqldm.pipelines.features import classifier_accuracy, load_feature_extractor
+
+    n = 500
+    extractor = load_feature_extractor("fashion-mnist-detail")
+    ref = fashion_holdout.batch(torch.arange(n))[0]
+    probe = fashion_holdout.batch(torch.arange(n, 2 * n))[0]
+    rows = {r["name"]: r for r in calibration_rows(ref, probe, extractor)}
+    floor, blur05, blur1, noise = (rows[k]["fd"] for k in (REAL_ROW, "blur 0.5px", "blur 1px", "noise std 0.1"))
+    print(f"n={n}: real-vs-real {floor:.3f}, blur 0.5px {blur05:.3f}, blur 1px {blur1:.3f}, noise 0.1 {noise:.3f}")
+    assert blur05 > 8 * floor and blur1 > 3 * blur05 and noise > 8 * floor
+    assert classifier_accuracy(extractor.model, fashion_holdout) >= 0.92
+
+
+def test_detail_features_round_trip(tmp_path):
+    from vqldm.pipelines.features import (DomainClassifier, DomainClassifierConfig, load_domain_classifier,
+                                          save_domain_classifier)
+
+    torch.manual_seed(0)
+    model = DomainClassifier(DomainClassifierConfig(image_size=16, widths=[4, 8], feature_dim=6, num_classes=3,
+                                                    detail_layers=3, standardize=True)).eval()
+    assert model.feature_size == 6 + 4 + 4 + 8
+    x = torch.rand(20, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        model.set_feature_statistics(model.raw_features(x))
+        f = model.features(x)
+    assert f.shape == (20, 22) and torch.allclose(f.mean(0)[f.std(0) > 0], torch.zeros(1), atol=1e-4)
+    loaded = load_domain_classifier(save_domain_classifier(model, tmp_path / "feat"))
+    with torch.no_grad():
+        assert torch.equal(loaded.features(x), f) and torch.equal(loaded(x), model(x))
+
+
 # ----------------------------------------------------------------------------- the CLI prints and records it
 class _StubPipeline:
     """The generation API used by ``vqldm evaluate generation``: training images plus a little noise."""
