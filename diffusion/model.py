@@ -50,11 +50,11 @@ def build_unet(cfg: UNetConfig, latent: tuple[int, int, int], num_classes: int =
 def check_latent_shape(vqvae_config, unet_config, image_size: int | None = None) -> None:
     """Raise a one-line UserError if the UNet does not take the autoencoder's latents.
 
-    Compares channels (``unet in/out_channels`` vs ``vqvae latent_channels``) and, when ``image_size``
+    Compares channels (``unet in/out_channels`` vs the latents' channels, :func:`latent_shape`) and, when ``image_size``
     is known, the latent size (``unet sample_size`` vs image_size / f). Accepts config objects or dicts.
     """
     get = (lambda cfg, k: cfg.get(k)) if isinstance(unet_config, dict) else getattr
-    c = int(vqvae_config.latent_channels)
+    c = latent_shape(vqvae_config)[0]
     uin, uout, usize = get(unet_config, "in_channels"), get(unet_config, "out_channels"), size_hw(get(unet_config, "sample_size"))
     if uin != c or uout != c:
         raise UserError(

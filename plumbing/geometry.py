@@ -44,13 +44,15 @@ def downsampling_factor(num_blocks_or_config) -> int:
 
 
 def latent_shape(vqvae_config, image_size=None) -> tuple[int, int, int]:
-    """(latent_channels, h, w) of the pre-quantization latents for images of ``image_size`` (int or
-    (h, w); default: the autoencoder's own ``sample_size``). A size not divisible by f is a UserError."""
+    """(channels, h, w) of the pre-quantization latents for images of ``image_size`` (int or (h, w);
+    default: the autoencoder's own ``sample_size``). A size not divisible by f is a UserError. The channels
+    are the codebook vectors' size: ``quant_conv`` maps the encoder's ``latent_channels`` to
+    ``vq_embed_dim`` when that is set."""
     f = downsampling_factor(vqvae_config)
     h, w = size_hw(_get(vqvae_config, "sample_size") if image_size is None else image_size)
     if h % f or w % f:
         raise UserError(f"image size {h}x{w} is not divisible by the autoencoder's downsampling factor {f}; use a multiple of {f}")
-    return int(_get(vqvae_config, "latent_channels")), h // f, w // f
+    return int(_get(vqvae_config, "vq_embed_dim") or _get(vqvae_config, "latent_channels")), h // f, w // f
 
 
 def unet_latent_shape(unet_config) -> tuple[int, int, int]:

@@ -174,3 +174,17 @@ def test_unconditional_export_runs_in_plain_ldm_pipeline(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (2, 16, 16, 1)
+
+
+def test_latent_channels_are_the_code_vectors_size_when_vq_embed_dim_is_set(tmp_path):
+    """quant_conv maps the encoder's latent_channels to vq_embed_dim: the latents stage 2 learns have that
+    many channels, and the cache, the geometry and the UNet agree on it."""
+    torch.manual_seed(0)
+    cfg = AutoencoderModelConfig(block_out_channels=[8, 16], latent_channels=3, vq_embed_dim=5, codebook_size=16,
+                                 norm_num_groups=4, mid_block_add_attention=False)
+    vq = build_vqmodel(cfg, 16, 1).eval().requires_grad_(False)
+    vq.register_to_config(scaling_factor=1.0)
+    assert latent_shape(vq.config, 16) == (5, 8, 8)
+    cache = _prepare(tmp_path, vq, tiny_datasets(n=4))
+    assert cache.latent_shape == (5, 8, 8)
+    check_latent_shape(vq.config, dict(build_unet(TINY_UNET, (5, 8, 8), 3).config), 16)
