@@ -17,6 +17,12 @@ class LossConfig:
     reconstruction: Literal["l1", "l2"] = "l1"
     perceptual_weight: float = 0.0  # LPIPS weight; needs `pip install vqldm[lpips]` and its VGG weights
     lpips_weights: str | None = None  # a local folder or file with LPIPS/VGG weights (offline users)
+    # Perceptual terms that need no download (and are not an evaluation network): the focal frequency loss
+    # (Jiang et al. 2021) and an L1 on image gradients; both push the decoder towards the fine detail an L1
+    # on pixels lets it blur away.
+    frequency_weight: float = 0.0
+    frequency_alpha: float = 1.0  # FFL's focusing exponent (the paper's default)
+    gradient_weight: float = 0.0
     disc_weight: float = 0.0  # 0 disables the adversarial term
     disc_start: int = 10_000  # step at which the discriminator loss switches on (Esser et al. 2021)
     disc_layers: int = 3
@@ -27,6 +33,27 @@ class LossConfig:
 
 def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
     return F.l1_loss(rec, x) if kind == "l1" else F.mse_loss(rec, x)
+
+
+def focal_frequency_loss(rec: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Focal frequency loss (Jiang et al. 2021): the squared distance between the 2-D spectra of ``rec`` and
+    ``x``, each frequency weighted by its own error^alpha (normalised per image and channel to a maximum of
+    1, no gradient through the weight), so the frequencies the decoder gets most wrong dominate: once the
+    coarse structure is right, those are the fine details an L1 on pixels lets it blur."""
+    diff = torch.fft.fft2(rec.float(), norm="ortho") - torch.fft.fft2(x.float(), norm="ortho")
+    dist = diff.real**2 + diff.imag**2  # B x C x H x W squared spectral error
+    weight = dist.detach().sqrt() ** alpha
+    weight = weight / weight.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    return (weight * dist).mean()
+
+
+def gradient_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical finite differences of ``rec`` and ``x`` (edges, not levels)."""
+    def grads(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return t[..., :, 1:] - t[..., :, :-1], t[..., 1:, :] - t[..., :-1, :]
+
+    (rx, ry), (xx, xy) = grads(rec.float()), grads(x.float())
+    return 0.5 * (F.l1_loss(rx, xx) + F.l1_loss(ry, xy))
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,8 @@ from ..plumbing.trainkit import (
 )
 from .config import AutoencoderRunConfig
 from .evaluate import evaluate_reconstruction, measure_scaling_factor
-from .losses import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, load_lpips, perceptual_loss, reconstruction_loss
+from .losses import (PatchDiscriminator, adaptive_weight, focal_frequency_loss, gradient_loss, hinge_d_loss, hinge_g_loss,
+                     load_lpips, perceptual_loss, reconstruction_loss)
 from .metrics import codebook_stats, psnr
 from .model import VQAutoencoder, build_vqmodel
 
@@ -130,6 +131,10 @@ def train_autoencoder(
                     rec, q, h = model(x)
                     rec_loss = reconstruction_loss(rec.float(), x, cfg.loss.reconstruction)
                     nll = rec_loss
+                    if cfg.loss.frequency_weight > 0:
+                        nll = nll + cfg.loss.frequency_weight * focal_frequency_loss(rec.float(), x, cfg.loss.frequency_alpha)
+                    if cfg.loss.gradient_weight > 0:
+                        nll = nll + cfg.loss.gradient_weight * gradient_loss(rec.float(), x)
                     if lpips_model is not None:
                         p_loss = perceptual_loss(lpips_model, rec.float(), x)
                         nll = nll + cfg.loss.perceptual_weight * p_loss

@@ -109,3 +109,21 @@ def test_psnr_ssim_and_codebook_stats():
     stats = codebook_stats(torch.tensor([5, 5, 0, 0]))
     assert stats["codebook_usage"] == 50.0 and stats["dead_codes"] == 2 and stats["codes_used"] == 2
     assert stats["perplexity"] == pytest.approx(2.0)
+
+
+def test_offline_perceptual_terms():
+    """The focal frequency and gradient losses: zero on a perfect reconstruction, larger for blur, and the
+    gradient loss ignores a constant offset (it compares edges, not levels), which an L1 does not."""
+    from vqldm.autoencoder.losses import focal_frequency_loss, gradient_loss
+    from vqldm.pipelines.evaluation import gaussian_blur
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 16, 16, generator=g) * 2 - 1
+    for loss in (focal_frequency_loss, gradient_loss):
+        assert float(loss(x, x)) == 0.0
+        assert float(loss(gaussian_blur(x, 1.0), x)) > float(loss(gaussian_blur(x, 0.5), x)) > 0
+    assert float(gradient_loss(x + 0.3, x)) < 1e-6
+    assert float(focal_frequency_loss(x + 0.3, x)) > 0  # the DC term differs
+    rec = x.clone().requires_grad_(True)
+    (focal_frequency_loss(rec * 0.9, x) + gradient_loss(rec * 0.9, x)).backward()
+    assert rec.grad is not None and torch.isfinite(rec.grad).all() and rec.grad.abs().sum() > 0
