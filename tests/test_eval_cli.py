@@ -35,7 +35,7 @@ def test_train_features_writes_a_loadable_classifier(tiny_features):
     ext = load_feature_extractor(str(tiny_features), batch_size=7)
     x = torch.rand(10, 1, 32, 32) * 2 - 1  # other sizes are resized to the classifier's
     f = ext(x)
-    assert f.shape == (10, ext.dim) and ext.dim == 128
+    assert f.shape == (10, ext.dim) and ext.dim == 128 + 2 * 32  # embedding + the first block's detail features
     assert ext.classify(x).shape == (10,) and ext.num_classes == 10
 
 
