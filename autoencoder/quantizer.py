@@ -14,6 +14,14 @@ gradient of identity into the encoder).
   loss is needed then. ``gradient`` keeps the plain codebook loss ||sg[h] - e_k||^2 for comparison.
 * Dead codes (EMA cluster size below a threshold) are restarted from current encoder outputs, which is
   what keeps codebook usage near 100% (Dhariwal et al. 2020, Jukebox; Zeghidour et al. 2021).
+* ``lookup: cosine`` (l2-normalised codes, Yu et al. 2022 "ViT-VQGAN", sec. 3.2; LlamaGen): the codebook
+  rows are kept on the unit sphere, k = argmax_j cos(h, e_j), and the decoder sees e_k, a unit vector; the
+  commitment term and the EMA statistics use h / ||h||, and the EMA codebook is renormalised after each
+  update (restarts and k-means start from normalised encoder outputs too). It exports exactly: with every
+  ||e_j|| = 1, ||h - e_j||^2 = ||h||^2 + 1 - 2 h.e_j, so diffusers' argmin ||h - e_j|| *is* the cosine
+  choice whatever ||h||, and its output is e_k. The lookup below therefore runs diffusers' own cdist on the
+  unnormalised h: same inputs, same function, same ties. (Decoding h with ``force_not_quantize=True`` feeds
+  the decoder an unnormalised vector it never saw in training.)
 
 The codebook tensor is the ``embedding`` of a ``diffusers.VQModel``'s quantizer, shared, so the exported
 model holds exactly the codes that were trained, and ``VQModel.decode`` picks the same nearest code.
@@ -41,12 +49,17 @@ class QuantizerConfig:
     dead_code_threshold: float = 1.0  # EMA count of assignments per step below which a code is dead
     restart_every: int = 1  # steps between dead-code checks
     restart_until: int = 0  # last training step with restarts (0 = never stop); lets the decoder settle at the end
+    lookup: Literal["euclidean", "cosine"] = "euclidean"  # cosine: unit-norm codes, nearest by angle (ViT-VQGAN)
 
     def __post_init__(self):
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"quantizer.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.beta < 0:
             raise ValueError(f"quantizer.beta must be >= 0, got {self.beta}")
+        if self.lookup == "cosine" and self.codebook_update != "ema":
+            # a gradient step moves codes off the unit sphere, and then diffusers' Euclidean lookup no longer
+            # picks the cosine-nearest code: the exported model would decode something else
+            raise ValueError("quantizer.lookup=cosine needs quantizer.codebook_update=ema (it keeps the codes at unit norm)")
 
 
 @dataclass
@@ -102,6 +115,10 @@ class VectorQuantizerEMA(nn.Module):
         self.num_codes, self.dim = k, d
         ema = cfg.codebook_update == "ema"
         embedding.weight.requires_grad_(not ema)
+        self.cosine = cfg.lookup == "cosine"
+        if self.cosine:  # unit-norm from the start (matters for init: uniform, which has no init step)
+            with torch.no_grad():
+                embedding.weight.copy_(F.normalize(embedding.weight, dim=1))
         self.register_buffer("cluster_size", torch.zeros(k))
         self.register_buffer("embed_sum", embedding.weight.detach().clone())
         self.register_buffer("initialized", torch.tensor(cfg.init == "uniform"))
@@ -139,6 +156,8 @@ class VectorQuantizerEMA(nn.Module):
         else:
             pick = torch.randint(0, rows.shape[0], (self.num_codes,), generator=self.generator).to(rows.device)
             codes = rows[pick]
+        if self.cosine:  # rows are unit vectors already; the k-means means are not
+            codes = F.normalize(codes, dim=1)
         self.codebook.data.copy_(codes)
         # Start the EMA as if each code had been hit at the average rate, so early steps don't kill codes.
         average = flat.shape[0] * (dist.get_world_size() if _distributed() else 1) / self.num_codes
@@ -164,7 +183,8 @@ class VectorQuantizerEMA(nn.Module):
         # Laplace smoothing keeps e_k finite for codes with N_k ~ 0 (Sonnet's VQ-VAE-EMA, eps = 1e-5)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + 1e-5) / (n + self.num_codes * 1e-5) * n
-        self.codebook.data.copy_(self.embed_sum / smoothed[:, None])
+        codebook = self.embed_sum / smoothed[:, None]
+        self.codebook.data.copy_(F.normalize(codebook, dim=1) if self.cosine else codebook)
         return True
 
     @torch.no_grad()
@@ -189,15 +209,23 @@ class VectorQuantizerEMA(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, h: torch.Tensor) -> QuantizerOutput:
-        """h: B x D x H x W pre-quantization latents -> straight-through quantized latents and losses."""
+        """h: B x D x H x W pre-quantization latents -> straight-through quantized latents and losses.
+
+        With ``lookup: cosine`` the straight-through input, the commitment term and the codebook statistics
+        use h / ||h|| (per position, over D); the returned z_q is still the codebook rows."""
         b, d, hh, ww = h.shape
         with torch.autocast(device_type=h.device.type, enabled=False):
             h = h.float()
             flat = h.permute(0, 2, 3, 1).reshape(-1, d)  # (B*H*W) x D
+            # nearest code of the raw h: for unit-norm codes it is the cosine choice, computed as diffusers does
+            lookup_rows = flat.detach()
+            if self.cosine:
+                h = F.normalize(h, dim=1)  # B x D x H x W, unit vectors
+                flat = h.permute(0, 2, 3, 1).reshape(-1, d)
             if self.training and not bool(self.initialized):
                 self.initialize(flat)
             codebook = self.codebook.float()
-            indices = nearest_code(flat.detach(), codebook.detach())  # B*H*W
+            indices = nearest_code(lookup_rows, codebook.detach())  # B*H*W
             z_q = F.embedding(indices, codebook).view(b, hh, ww, d).permute(0, 3, 1, 2)  # B x D x H x W
             commitment = F.mse_loss(h, z_q.detach())
             if self.cfg.codebook_update == "gradient":

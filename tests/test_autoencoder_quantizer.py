@@ -7,6 +7,8 @@
 * a dead code is restarted from a current encoder output;
 * the codebook is initialised from encoder outputs (every code in use), unlike diffusers' tiny uniform ball;
 * vqldm's nearest code is diffusers' nearest code, so the exported VQModel decodes what was trained.
+* ``lookup: cosine`` keeps unit-norm codes, picks the largest cosine whatever ||h||, and a run trained with it
+  exports a VQModel that plain diffusers decodes identically (same indices, same images).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vqldm.autoencoder.model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel, vq_decode
@@ -255,3 +258,110 @@ def test_vqldm_nearest_code_is_diffusers_nearest_code():
         lookup = vq.quantize.embedding.weight[out.indices].permute(0, 3, 1, 2)
         torch.testing.assert_close(vq_decode(vq, lookup), rec, rtol=0, atol=1e-5)
         torch.testing.assert_close(vq.decode(h).sample, rec, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- cosine (l2-normalised) lookup
+def unit_norms(q: VectorQuantizerEMA) -> torch.Tensor:
+    return q.codebook.detach().norm(dim=1)
+
+
+@pytest.mark.parametrize("init", ["kmeans", "samples", "uniform"])
+def test_cosine_lookup_picks_the_code_of_largest_cosine_and_outputs_unit_codes(init):
+    q = make_quantizer(lookup="cosine", init=init)
+    torch.testing.assert_close(unit_norms(q), torch.ones(K))  # unit norm from construction on
+    q.train()
+    q(latents(0))  # initialise + one EMA update (+ restarts)
+    torch.testing.assert_close(unit_norms(q), torch.ones(K))
+    q.eval()
+    h = latents(1)
+    out = q(h)
+    codebook = q.codebook.detach()
+    torch.testing.assert_close(out.z_q, codebook[out.indices].permute(0, 3, 1, 2), rtol=0, atol=1e-6)
+    # k = argmax_j cos(h, e_j), whatever ||h||: scaling h changes nothing
+    cos = F.normalize(flat_rows(h), dim=1) @ codebook.T
+    torch.testing.assert_close(cos.gather(1, out.indices.reshape(-1, 1)).squeeze(1), cos.max(dim=1).values)
+    assert torch.equal(q(h * 7.0).indices, out.indices)
+    # the commitment term is measured between h / ||h|| and its code
+    hn = F.normalize(h, dim=1)
+    torch.testing.assert_close(out.commitment_loss, F.mse_loss(hn, out.z_q))
+
+
+def test_cosine_ema_update_and_restarts_keep_the_codebook_on_the_unit_sphere():
+    q = make_quantizer(lookup="cosine", dead_code_threshold=1.0, restart_every=1)
+    q.train()
+    q(latents(0))
+    with torch.no_grad():  # code 5: dead, pointing away from everything
+        q.cluster_size[5] = 0.1
+    before = int(q.restarts)
+    for seed in range(1, 6):
+        q(latents(seed))
+        torch.testing.assert_close(unit_norms(q), torch.ones(K))
+    assert int(q.restarts) > before
+    # a restarted code is a normalised current encoder output
+    q2 = make_quantizer(lookup="cosine", dead_code_threshold=1.0)
+    q2.train()
+    q2(latents(0))
+    with torch.no_grad():
+        q2.cluster_size[5] = 0.0
+    h = latents(1)
+    q2(h)
+    rows = F.normalize(flat_rows(h), dim=1)
+    assert torch.isclose(rows, q2.codebook[5].detach()[None], atol=1e-6).all(dim=1).any()
+
+
+def test_cosine_gradient_reaches_the_encoder_through_the_normalisation():
+    h = latents(0).requires_grad_(True)
+    q = make_quantizer(lookup="cosine")
+    q.train()
+    out = q(h)
+    weights = torch.randn_like(h)
+    (out.z_q * weights).sum().backward()
+    # straight-through of h / ||h||: the gradient is the Jacobian of the normalisation applied to the weights
+    h2 = h.detach().clone().requires_grad_(True)
+    (F.normalize(h2, dim=1) * weights).sum().backward()
+    torch.testing.assert_close(h.grad, h2.grad)
+
+
+def test_cosine_lookup_needs_the_ema_codebook():
+    with pytest.raises(ValueError, match="cosine"):
+        QuantizerConfig(lookup="cosine", codebook_update="gradient")
+
+
+def test_cosine_export_decodes_identically_in_plain_diffusers(tmp_path):
+    """A run trained by `train-autoencoder` with quantizer.lookup=cosine exports a VQModel whose own (Euclidean)
+    lookup picks the training model's codes and decodes the same images: decode(quantize(h)) ==
+    decode(lookup(indices)) == the training model's reconstruction."""
+    from diffusers import VQModel
+
+    from vqldm.autoencoder.config import AutoencoderRunConfig, load_autoencoder_config
+    from vqldm.autoencoder.train import train_autoencoder
+    from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint
+    from vqldm.plumbing.config import load_config
+    from vqldm.plumbing.data import load_datasets
+
+    run = tmp_path / "cosine"
+    cfg = load_autoencoder_config("tiny", ["data.max_images=128", "train.max_steps=10", "train.eval_max_images=32",
+                                           "train.progress=false", "quantizer.lookup=cosine"])
+    train_autoencoder(cfg, run, data="fashion-mnist")
+    cfg = load_config(AutoencoderRunConfig, run / "config.yaml")
+    assert cfg.quantizer.lookup == "cosine"
+    files, _ = load_training_checkpoint(latest_checkpoint(run))
+    own = VQAutoencoder(build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels), cfg.quantizer)
+    own.load_state_dict(files["model"])
+    own.eval()
+    vq = VQModel.from_pretrained(run / "vqvae").eval()  # plain diffusers, nothing of vqldm's
+    codebook = vq.quantize.embedding.weight.detach()
+    torch.testing.assert_close(codebook.norm(dim=1), torch.ones(codebook.shape[0]))
+    data = load_datasets(cfg.data.source, cfg.data, log=lambda m: None, progress=False)
+    x, _ = data.holdout.batch(torch.arange(32))
+    with torch.no_grad():
+        own_rec, q, own_h = own(x)
+        h = vq.encode(x).latents
+        assert torch.equal(h, own_h)
+        assert h.norm(dim=1).std() > 1e-3  # latents of many norms: the lookup really is norm-free
+        _, _, (_, _, idx) = vq.quantize(h)
+        assert torch.equal(idx.view(q.indices.shape), q.indices)
+        assert q.indices.unique().numel() > 1
+        lookup = codebook[q.indices].permute(0, 3, 1, 2)
+        torch.testing.assert_close(vq_decode(vq, lookup), own_rec, rtol=0, atol=1e-5)
+        torch.testing.assert_close(vq.decode(h).sample, own_rec, rtol=0, atol=1e-5)
