@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from common import cpu_name  # noqa: E402
+
 # name -> (what it changes, --set overrides); every setting names all the keys it depends on
 SETTINGS = {
     "vqvae-defaults": ("EMA decay 0.99, dead below 1 hit/step (issue 12's settings)",
@@ -37,16 +38,6 @@ SETTINGS = {
     "decay-0.9": ("EMA decay 0.9", ["quantizer.ema_decay=0.9", "quantizer.dead_code_threshold=1.0", "model.codebook_size=256"]),
     "decay-0.8": ("EMA decay 0.8", ["quantizer.ema_decay=0.8", "quantizer.dead_code_threshold=1.0", "model.codebook_size=256"]),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def train(name: str, sets: list[str], data: Path, out: Path, steps: int, threads: int) -> tuple[Path, str]:
@@ -135,7 +126,7 @@ def main() -> None:
 
     print()
     print(f"{args.data} ({sum(1 for _ in args.data.rglob('*.png'))} images), {args.steps} steps of `--config auto` on CPU; "
-          f"{cpu_model()}, {args.threads} thread(s) per run (torch), one run at a time")
+          f"{cpu_name()}, {args.threads} thread(s) per run (torch), one run at a time")
     auto_line = next((r["auto_line"] for r in results.values() if r["auto_line"]), "")
     if auto_line:
         print(auto_line)
