@@ -1,4 +1,5 @@
-"""Stage-1 losses: reconstruction, LPIPS (optional), PatchGAN discriminator with hinge loss, adaptive weight."""
+"""Stage-1 losses: reconstruction, LPIPS (optional), offline perceptual terms, PatchGAN discriminator (hinge or
+non-saturating, optional LeCAM regulariser), adaptive weight."""
 
 from __future__ import annotations
 
@@ -24,11 +25,28 @@ class LossConfig:
     frequency_alpha: float = 1.0  # FFL's focusing exponent (the paper's default)
     gradient_weight: float = 0.0
     disc_weight: float = 0.0  # 0 disables the adversarial term
-    disc_start: int = 10_000  # step at which the discriminator loss switches on (Esser et al. 2021)
+    disc_start: int = 10_000  # step at which the discriminator starts training (Esser et al. 2021)
+    # The generator's adversarial weight then rises linearly from 0 over this many steps: switching it on
+    # at full strength against a discriminator that has only just started is what wrecks reconstructions.
+    disc_ramp_steps: int = 0
+    disc_loss: Literal["hinge", "non_saturating"] = "hinge"
+    lecam_weight: float = 0.0  # LeCAM regulariser on the discriminator (Tseng et al. 2021); 0 disables it
+    lecam_decay: float = 0.99  # EMA decay of the anchors (mean real and fake logits)
     disc_layers: int = 3
     disc_channels: int = 64
     disc_lr: float | None = None  # defaults to the autoencoder's lr
     adaptive_weight_max: float = 1e4
+
+    def __post_init__(self):
+        if self.disc_loss not in ("hinge", "non_saturating"):
+            raise ValueError(f"loss.disc_loss must be 'hinge' or 'non_saturating', got {self.disc_loss!r}")
+        for name in ("disc_weight", "frequency_weight", "gradient_weight", "perceptual_weight", "lecam_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.disc_start < 0 or self.disc_ramp_steps < 0:
+            raise ValueError("loss.disc_start and loss.disc_ramp_steps must be >= 0")
+        if not 0.0 <= self.lecam_decay < 1.0:
+            raise ValueError(f"loss.lecam_decay must be in [0, 1), got {self.lecam_decay}")
 
 
 def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -65,6 +83,40 @@ def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return -logits_fake.mean()
 
 
+def discriminator_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """``hinge`` or ``non_saturating`` (Goodfellow et al. 2014: softplus(-D(x)) + softplus(D(G(z))), halved)."""
+    if kind == "hinge":
+        return hinge_d_loss(logits_real, logits_fake)
+    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+
+
+def generator_loss(kind: str, logits_fake: torch.Tensor) -> torch.Tensor:
+    """The decoder's adversarial loss: -D(G(z)) for hinge, softplus(-D(G(z))) for the non-saturating loss."""
+    return hinge_g_loss(logits_fake) if kind == "hinge" else F.softplus(-logits_fake).mean()
+
+
+def decoder_adversarial_loss(disc: nn.Module, rec: torch.Tensor, kind: str) -> torch.Tensor:
+    """The decoder's adversarial loss on ``rec``, with the discriminator's weights frozen for this pass: its
+    gradient must reach the decoder only. Left on the discriminator's weights it would be added to the
+    discriminator's own step and push D(rec) up, against the discriminator's objective."""
+    disc.requires_grad_(False)
+    try:
+        return generator_loss(kind, disc(rec))
+    finally:
+        disc.requires_grad_(True)
+
+
+def lecam_penalty(disc: "PatchDiscriminator", logits_real: torch.Tensor, logits_fake: torch.Tensor, decay: float) -> torch.Tensor:
+    """LeCAM regulariser (Tseng et al. 2021): keeps the real logits from running above the EMA of the fake ones
+    and the fake logits below the EMA of the real ones, which bounds how far the discriminator can pull
+    apart on a small dataset. Updates the EMA anchors held in ``disc`` (so they resume with it)."""
+    with torch.no_grad():
+        new = torch.stack([logits_real.detach().float().mean(), logits_fake.detach().float().mean()])
+        disc.lecam_anchors.mul_(decay).add_((1 - decay) * new)
+    ema_real, ema_fake = disc.lecam_anchors[0], disc.lecam_anchors[1]
+    return F.relu(logits_real.float() - ema_fake).pow(2).mean() + F.relu(ema_real - logits_fake.float()).pow(2).mean()
+
+
 def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
     """lambda = ||grad_L nll|| / (||grad_L g_loss|| + 1e-4) at the decoder's last layer L (Esser et al. 2021, eq. 7)."""
     nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
@@ -90,6 +142,7 @@ class PatchDiscriminator(nn.Module):
             ]
         layers.append(nn.Conv2d(channels * mult, 1, 4, 1, 1))
         self.net = nn.Sequential(*layers)
+        self.register_buffer("lecam_anchors", torch.zeros(2))  # EMA of the mean real and fake logits (LeCAM)
         for m in self.modules():  # DCGAN init
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.02)

@@ -33,8 +33,8 @@ from ..plumbing.trainkit import (
 )
 from .config import AutoencoderRunConfig
 from .evaluate import evaluate_reconstruction, measure_scaling_factor
-from .losses import (PatchDiscriminator, adaptive_weight, focal_frequency_loss, gradient_loss, hinge_d_loss, hinge_g_loss,
-                     load_lpips, perceptual_loss, reconstruction_loss)
+from .losses import (PatchDiscriminator, adaptive_weight, decoder_adversarial_loss, discriminator_loss, focal_frequency_loss,
+                     gradient_loss, lecam_penalty, load_lpips, perceptual_loss, reconstruction_loss)
 from .metrics import codebook_stats, psnr
 from .model import VQAutoencoder, build_vqmodel
 
@@ -141,9 +141,10 @@ def train_autoencoder(
                     loss = nll + q.loss
                     disc_active = use_disc and step >= cfg.loss.disc_start
                     if disc_active:
-                        g_loss = hinge_g_loss(disc(rec))
+                        ramp = min(1.0, (step - cfg.loss.disc_start + 1) / cfg.loss.disc_ramp_steps) if cfg.loss.disc_ramp_steps else 1.0
+                        g_loss = decoder_adversarial_loss(raw_disc, rec, cfg.loss.disc_loss)  # unwrapped: no DDP sync
                         d_weight = adaptive_weight(nll, g_loss, raw.last_layer(), cfg.loss.adaptive_weight_max)
-                        loss = loss + cfg.loss.disc_weight * d_weight * g_loss
+                        loss = loss + cfg.loss.disc_weight * ramp * d_weight * g_loss
                 if not guard.check(loss, step, last_ckpt, opt):
                     step += 1  # the batch is consumed, so a resumed run stays in step with an uninterrupted one
                     bar.update(1)
@@ -151,7 +152,10 @@ def train_autoencoder(
                 optimizer_step(loss, opt, model.parameters(), tc.grad_clip, acc)
                 if disc_active:
                     with acc.autocast():
-                        d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+                        logits_real, logits_fake = disc(x), disc(rec.detach())
+                        d_loss = discriminator_loss(cfg.loss.disc_loss, logits_real, logits_fake)
+                        if cfg.loss.lecam_weight > 0:
+                            d_loss = d_loss + cfg.loss.lecam_weight * lecam_penalty(raw_disc, logits_real, logits_fake, cfg.loss.lecam_decay)
                     optimizer_step(d_loss, dopt, disc.parameters(), None, acc)
             step += 1
             bar.update(1)
@@ -163,7 +167,8 @@ def train_autoencoder(
                 stats = {"loss": float(loss), "rec_loss": float(rec_loss), "commitment": float(q.commitment_loss),
                          "perplexity": float(q.perplexity), "psnr": float(psnr(rec.float(), x).mean())}
                 if disc_active:
-                    stats.update(g_loss=float(g_loss), d_loss=float(d_loss), d_weight=float(d_weight))
+                    stats.update(g_loss=float(g_loss), d_loss=float(d_loss), d_weight=float(d_weight), disc_ramp=ramp,
+                                 logits_real=float(logits_real.float().mean()), logits_fake=float(logits_fake.float().mean()))
             for key, v in stats.items():
                 window[key] = window.get(key, 0.0) + v
             window_n += 1

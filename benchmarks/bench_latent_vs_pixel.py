@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--diffusion-run", default=None, help="diffusion run folder (its metrics.json gives train_seconds)")
     p.add_argument("--seconds", type=float, default=None, help="pixel training budget in seconds (instead of the run folders)")
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--features", default="fashion-mnist-classifier", help="feature network for FID (a train-features folder or the shipped one)")
+    p.add_argument("--features", default="fashion-mnist-detail", help="feature network for FID (a train-features folder or a shipped one)")
     p.add_argument("--num-samples", type=int, default=1000, help="generated images per model (and real images)")
     p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps for both models")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance for both (class-conditional models)")

@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="fashion-mnist", help="real images for FID (quality mode)")
     p.add_argument("--samples", type=int, default=500, help="samples per setting for FID (quality mode)")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance for class-conditional models (quality mode)")
-    p.add_argument("--features", default=None, help="feature extractor for FID (default: the domain classifier)")
+    p.add_argument("--features", default=None, help="feature extractor for FID (default: the shipped detail-sensitive classifier)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     return quality(args) if args.quality else speed(args)

@@ -28,7 +28,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="pipeline folder (default: the shipped model)")
     p.add_argument("--data", default="fashion-mnist", help="dataset whose held-out split is the reference")
-    p.add_argument("--features", default="fashion-mnist-classifier")
+    p.add_argument("--features", default="fashion-mnist-detail")
     p.add_argument("--schedulers", default="ddim,dpm,unipc", help="comma-separated: ddim, dpm (DPM-Solver++), unipc, euler, ddpm")
     p.add_argument("--steps", default="8,10,20,50", help="comma-separated step counts")
     p.add_argument("--num-samples", type=int, default=1000, help="generated images per row (and real images)")

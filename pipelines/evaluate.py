@@ -62,8 +62,8 @@ def add_arguments(p) -> None:
     p.add_argument("mode", choices=MODES, help="what to evaluate: autoencoder | generation | train-features")
     p.add_argument("--model", default=None, help="autoencoder run / VQModel folder, or pipeline folder (default: the shipped model)")
     p.add_argument("--data", default="fashion-mnist", help="image folder or named dataset whose held-out split is the reference (default fashion-mnist)")
-    p.add_argument("--features", default="fashion-mnist-classifier",
-                   help="feature network: fashion-mnist-classifier (shipped, the default), fashion-mnist-detail (shipped, detail-sensitive), inception (FID weights), or a train-features folder")
+    p.add_argument("--features", default="fashion-mnist-detail",
+                   help="feature network: fashion-mnist-detail (shipped, detail-sensitive, the default), fashion-mnist-classifier (shipped, first version, blind to blur), inception (FID weights), or a train-features folder")
     p.add_argument("--out", default=None, help="report folder (default runs/evaluate-MODE; train-features: runs/features)")
     p.add_argument("--num-samples", type=int, default=1000, help="generation: images generated (and real images compared)")
     p.add_argument("--max-images", type=int, default=2000, help="autoencoder: held-out images reconstructed (default 2000)")
@@ -311,7 +311,7 @@ def cmd_generation(args) -> int:
         classifier = extractor if extractor.num_classes == num_classes else None
         if classifier is None:
             try:
-                candidate = load_feature_extractor("fashion-mnist-classifier", args.batch_size, device)
+                candidate = load_feature_extractor("fashion-mnist-detail", args.batch_size, device)
                 classifier = candidate if candidate.num_classes == num_classes else None
             except UserError:
                 classifier = None

@@ -9,9 +9,10 @@ Two kinds, one interface (:class:`FeatureExtractor`: images in [-1, 1] NCHW -> N
   training images. The first version, the embedding alone, cannot tell a 0.5 px blur from real images at
   a few hundred samples; the detail-sensitive one puts it ~15x above the real-vs-real floor. Saved as
   ``model.safetensors`` + ``config.json``. The package ships two trained on Fashion-MNIST in
-  ``pipelines/default_model/``: ``features/`` (the first version, the default: every published figure so
-  far uses it, by the names ``fashion-mnist-classifier`` / ``default``) and ``features-detail/``
-  (``fashion-mnist-detail``). Numbers are comparable only between measurements with the *same* file.
+  ``pipelines/default_model/``: ``features-detail/`` (``fashion-mnist-detail``, also ``default``; the
+  default of every ``vqldm evaluate``) and ``features/`` (``fashion-mnist-classifier``, the first version,
+  kept because older figures in the docs were measured with it and say so). Numbers are comparable only
+  between measurements with the *same* file.
 * Inception-v3 with the standard FID weights (pool3, 2048-d), through torchmetrics / torch-fidelity, when
   torch-fidelity is installed and its weights are in the torch hub cache or downloadable. Offline without
   them it is a one-line error — never a silent switch to other features.
@@ -44,8 +45,8 @@ from ..plumbing.trainkit import (
 
 DEFAULT_FEATURES_DIR = Path(__file__).resolve().parent / "default_model" / "features"
 DETAIL_FEATURES_DIR = Path(__file__).resolve().parent / "default_model" / "features-detail"
-DOMAIN_NAMES = ("fashion-mnist-classifier", "domain", "default")
-DETAIL_NAMES = ("fashion-mnist-detail",)
+DOMAIN_NAMES = ("fashion-mnist-classifier",)  # the first version, kept to reproduce figures measured with it
+DETAIL_NAMES = ("fashion-mnist-detail", "domain", "default")  # the default since issue 11
 INCEPTION_NAMES = ("inception", "inception-v3")
 FID_INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception weights
 
@@ -236,7 +237,7 @@ class InceptionFeatures(FeatureExtractor):
 
 def load_inception(batch_size: int = 100, device="cpu") -> InceptionFeatures:
     """torchmetrics' FID Inception-v3 (torch-fidelity weights); a UserError when unavailable."""
-    hint = "or use --features fashion-mnist-classifier (or a folder from `vqldm evaluate train-features`)"
+    hint = "or use --features fashion-mnist-detail (or a folder from `vqldm evaluate train-features`)"
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
         import torch_fidelity  # noqa: F401
@@ -252,10 +253,10 @@ def load_inception(batch_size: int = 100, device="cpu") -> InceptionFeatures:
 
 # ----------------------------------------------------------------------------- entry point
 def load_feature_extractor(name_or_path: str | None = None, batch_size: int = 250, device="cpu") -> FeatureExtractor:
-    """``None`` / ``fashion-mnist-classifier``: the (first) classifier shipped in the package;
-    ``fashion-mnist-detail``: the shipped detail-sensitive one; ``inception``: FID Inception-v3; otherwise a
+    """``None`` / ``fashion-mnist-detail`` / ``default``: the shipped detail-sensitive classifier;
+    ``fashion-mnist-classifier``: the first shipped one (embedding only); ``inception``: FID Inception-v3; otherwise a
     folder written by ``vqldm evaluate train-features``."""
-    name = (name_or_path or "fashion-mnist-classifier").strip()
+    name = (name_or_path or "fashion-mnist-detail").strip()
     if name.lower() in INCEPTION_NAMES:
         return load_inception(min(batch_size, 100), device)
     for names, folder in ((DOMAIN_NAMES, DEFAULT_FEATURES_DIR), (DETAIL_NAMES, DETAIL_FEATURES_DIR)):
@@ -265,7 +266,7 @@ def load_feature_extractor(name_or_path: str | None = None, batch_size: int = 25
             return DomainFeatures(load_domain_classifier(folder), names[0], batch_size, device)
     path = Path(name).expanduser()
     if not path.exists():
-        raise UserError(f"--features {name!r} not found; pass fashion-mnist-classifier, fashion-mnist-detail, inception, or a folder from `vqldm evaluate train-features`")
+        raise UserError(f"--features {name!r} not found; pass fashion-mnist-detail, fashion-mnist-classifier, inception, or a folder from `vqldm evaluate train-features`")
     return DomainFeatures(load_domain_classifier(path), f"domain-classifier:{path.resolve()}", batch_size, device)
 
 

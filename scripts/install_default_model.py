@@ -1,7 +1,7 @@
 """Copy a trained pipeline folder (and a trained feature classifier) into ``pipelines/default_model``.
 
     python scripts/install_default_model.py runs/ldm/pipeline runs/features \
-        [--scheduler unipc --steps 10 --scheduler-option timestep_spacing=trailing]
+        [--scheduler unipc --steps 10 --scheduler-option timestep_spacing=trailing --guidance 2]
 
 The scheduler and step count written into ``vqldm.json`` become ``vqldm generate``'s defaults; choose
 them from ``benchmarks/bench_steps.py``.
@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("features", type=Path, nargs="?")
     p.add_argument("--scheduler", default=None, help="default sampler written into vqldm.json")
     p.add_argument("--steps", type=int, default=None, help="default step count written into vqldm.json")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="default classifier-free guidance written into vqldm.json (choose it with benchmarks/bench_guidance.py)")
     p.add_argument("--scheduler-option", action="append", default=[], metavar="KEY=VALUE",
                    help="default sampler option written into vqldm.json (repeatable), e.g. timestep_spacing=trailing")
     args = p.parse_args()
@@ -47,6 +49,10 @@ def main() -> None:
         info["default_scheduler"] = args.scheduler
     if args.steps:
         info["default_steps"] = args.steps
+    if args.guidance is not None:
+        if not args.guidance >= 1.0:
+            sys.exit(f"error: --guidance must be >= 1, got {args.guidance}")
+        info["default_guidance"] = args.guidance
     if args.scheduler_option:
         options = {}
         for item in args.scheduler_option:
@@ -58,7 +64,7 @@ def main() -> None:
     atomic_write_json(TARGET / "vqldm.json", info)
     shutil.copy2(args.pipeline / "model_index.json", TARGET / "model_index.json")
     if args.features:
-        copy_folder(args.features, TARGET / "features")
+        copy_folder(args.features, TARGET / "features-detail")
     for f in TARGET.rglob("*"):  # readable by everyone, like any installed package file
         f.chmod(0o755 if f.is_dir() else 0o644)
     total = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())

@@ -1,4 +1,4 @@
-"""Stage-1 loss pieces and metrics: reconstruction, hinge losses, adaptive weight, PatchGAN, LPIPS fallback."""
+"""Stage-1 loss pieces and metrics: reconstruction, hinge / non-saturating losses, LeCAM, adaptive weight, PatchGAN, LPIPS fallback."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from vqldm.autoencoder.losses import (
     LossConfig,
     PatchDiscriminator,
     adaptive_weight,
+    decoder_adversarial_loss,
+    discriminator_loss,
+    generator_loss,
     hinge_d_loss,
     hinge_g_loss,
+    lecam_penalty,
     load_lpips,
     perceptual_loss,
     reconstruction_loss,
@@ -127,3 +131,45 @@ def test_offline_perceptual_terms():
     rec = x.clone().requires_grad_(True)
     (focal_frequency_loss(rec * 0.9, x) + gradient_loss(rec * 0.9, x)).backward()
     assert rec.grad is not None and torch.isfinite(rec.grad).all() and rec.grad.abs().sum() > 0
+
+
+def test_non_saturating_losses_match_their_formulas():
+    real, fake = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
+    expected_d = 0.5 * (torch.log1p(torch.exp(-real)).mean() + torch.log1p(torch.exp(fake)).mean())
+    torch.testing.assert_close(discriminator_loss("non_saturating", real, fake), expected_d)
+    torch.testing.assert_close(generator_loss("non_saturating", fake), torch.log1p(torch.exp(-fake)).mean())
+    torch.testing.assert_close(discriminator_loss("hinge", real, fake), hinge_d_loss(real, fake))
+    torch.testing.assert_close(generator_loss("hinge", fake), hinge_g_loss(fake))
+    # a confident, correct discriminator has a small loss; a fooled one a large one
+    assert float(discriminator_loss("non_saturating", torch.full((4,), 5.0), torch.full((4,), -5.0))) < 0.01
+    assert float(discriminator_loss("non_saturating", torch.full((4,), -5.0), torch.full((4,), 5.0))) > 4.9
+
+
+def test_lecam_penalty_tracks_anchors_and_penalises_only_the_far_side():
+    disc = PatchDiscriminator(1, channels=8, n_layers=1)
+    assert disc.lecam_anchors.tolist() == [0.0, 0.0] and "lecam_anchors" in disc.state_dict()  # resumes with the disc
+    real, fake = torch.full((4,), 2.0), torch.full((4,), -1.0)
+    pen = lecam_penalty(disc, real, fake, decay=0.5)
+    torch.testing.assert_close(disc.lecam_anchors, torch.tensor([1.0, -0.5]))  # 0.5 * 0 + 0.5 * new
+    # relu(2 - (-0.5))^2 + relu(1 - (-1))^2 = 6.25 + 4
+    assert float(pen) == pytest.approx(10.25)
+    # real logits already below the fake anchor, fake above the real anchor: nothing to penalise
+    disc.lecam_anchors.copy_(torch.tensor([-3.0, 3.0]))
+    assert float(lecam_penalty(disc, torch.zeros(4), torch.zeros(4), decay=1 - 1e-9)) == 0.0
+
+
+@pytest.mark.parametrize("key,value", [("disc_loss", "wasserstein"), ("disc_weight", -1.0), ("disc_ramp_steps", -5),
+                                       ("lecam_decay", 1.0), ("frequency_weight", float("nan"))])
+def test_loss_config_rejects_bad_values(key, value):
+    with pytest.raises(ValueError, match=f"loss.{key}" if key != "disc_ramp_steps" else "disc_ramp_steps"):
+        LossConfig(**{key: value})
+
+
+@pytest.mark.parametrize("kind", ["hinge", "non_saturating"])
+def test_decoder_adversarial_loss_leaves_no_gradient_on_the_discriminator(kind):
+    disc = PatchDiscriminator(1, channels=8, n_layers=1)
+    rec = torch.randn(2, 1, 16, 16, requires_grad=True)
+    decoder_adversarial_loss(disc, rec, kind).backward()
+    assert rec.grad is not None and rec.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters())
+    assert all(p.requires_grad for p in disc.parameters())  # trainable again for its own step

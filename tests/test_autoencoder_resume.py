@@ -90,3 +90,27 @@ def test_seed_fixes_initialisation():
     a, b, c = build(0), build(0), build(1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+PERCEPTUAL = ["--set", "loss.frequency_weight=1", "--set", "loss.disc_weight=0.5", "--set", "loss.disc_start=2",
+              "--set", "loss.disc_ramp_steps=4", "--set", "loss.disc_loss=non_saturating", "--set", "loss.lecam_weight=0.1",
+              "--set", "loss.disc_layers=1", "--set", "loss.disc_channels=8"]
+
+
+def test_perceptual_stage_one_ramps_in_and_resumes_exactly(image_folder, tmp_path):
+    """Frequency loss + PatchGAN (non-saturating, LeCAM, ramp): the discriminator, its optimizer and the LeCAM
+    anchors resume with the run, and the decoder's adversarial weight rises linearly from disc_start."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(image_folder, straight, "--max-steps", "9", *PERCEPTUAL) == 0
+    assert train(image_folder, resumed, "--max-steps", "6", *PERCEPTUAL) == 0
+    assert train(image_folder, resumed, "--max-steps", "9", "--resume", *PERCEPTUAL) == 0
+    a, _ = load_training_checkpoint(straight / "checkpoints" / "step-00000009")
+    b, _ = load_training_checkpoint(resumed / "checkpoints" / "step-00000009")
+    assert_same_files(a, b, "step 9")
+    anchors = a["disc"]["lecam_anchors"]
+    assert anchors.shape == (2,) and anchors.abs().sum() > 0  # updated by the discriminator's steps
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    ramps = {r["step"]: r["train/disc_ramp"] for r in rows if "train/disc_ramp" in r}
+    # ramp = (step - disc_start + 1) / 4 at 0-based loop steps 2, 3, 4, 5...; the row logged at step 6 averages loop steps 3-5
+    assert ramps[6] == pytest.approx((0.5 + 0.75 + 1.0) / 3) and ramps[9] == 1.0
+    assert all(r["train/d_loss"] > 0 for r in rows if "train/d_loss" in r)
