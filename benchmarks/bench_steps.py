@@ -32,7 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--schedulers", default="ddim,dpm,unipc", help="comma-separated: ddim, dpm (DPM-Solver++), unipc, euler, ddpm")
     p.add_argument("--steps", default="8,10,20,50", help="comma-separated step counts")
     p.add_argument("--num-samples", type=int, default=1000, help="generated images per row (and real images)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (class-conditional models)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance (class-conditional models; default: the model's default_guidance, else 1)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
     extractor = load_feature_extractor(args.features, args.batch_size, device)
     pipe = _load_pipeline(args.model, device)
     num_classes = pipeline_num_classes(pipe)
+    if args.guidance is None:
+        args.guidance = float(pipe.info.get("default_guidance") or 1.0) if num_classes else 1.0
     size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
     ds = load_reference_data(args.data, size, channels, pipeline_data_fit(pipe), progress)
     real, _ = real_images(ds.holdout, args.num_samples, args.seed)
