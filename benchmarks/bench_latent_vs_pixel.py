@@ -179,9 +179,9 @@ def main(argv=None) -> int:
         load_reference_data,
         pipeline_data_fit,
         pipeline_num_classes,
-        real_images,
         warm_up,
     )
+    from vqldm.pipelines.evaluation import real_images
     from vqldm.pipelines.fast import FrozenUNet
     from vqldm.pipelines.features import load_feature_extractor
 

@@ -49,18 +49,17 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from vqldm.plumbing.checkpoint import atomic_write_json
-    from vqldm.pipelines.evaluate import (
+    from vqldm.pipelines.evaluate import _parse_ints, format_sweep_table
+    from vqldm.pipelines.evaluation import (
         _device,
         _load_pipeline,
-        _parse_ints,
-        format_sweep_table,
         load_reference_data,
         pipeline_data_fit,
         pipeline_num_classes,
-        plot_steps_sweep,
         real_images,
         sweep_steps,
     )
+    from vqldm.pipelines.plots import plot_steps_sweep
     from vqldm.pipelines.features import load_feature_extractor
 
     progress = not args.no_progress
