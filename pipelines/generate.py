@@ -354,6 +354,6 @@ def main(args) -> int:
     else:
         note = ""
         if pipe.num_classes and args.guidance is None:
-            note = f"; guidance {float(pipe.info.get('default_guidance') or 1.0):g}, the model's default (--guidance G to change)"
+            note = f"; guidance {float(pipe.info.get('default_guidance') or 1.0):g}, the model's default; --guidance G to change"
         print(f"wrote {where} ({n_made} images, {seconds:.1f} s, {seconds / n_made:.2f} s/image{note})")
     return 0
