@@ -21,7 +21,8 @@ The rules (each constant below says why it has its value):
   else ``cifar10``; ``small`` on CPU).
 * Class subfolders (every image in one, at least two, not numbered shards like FFHQ's 00000/) ->
   class-conditional stage 2 (``--labels none`` turns it off). The autoencoder needs no labels.
-* GPU presets with an adversarial term start it at half the run at the latest.
+* Presets with an adversarial term start it at half the run at the latest, at full weight by three
+  quarters of the run (the ramp shortened to fit).
 * Batch from the preset (smaller for tiny folders), steps from the image count: a number of passes over
   the data, clamped to a range per stage and device.
 * No config fits fewer than :data:`MIN_IMAGES` images or images under 8 px: a one-line UserError with
@@ -290,9 +291,15 @@ def choose_autoencoder(summary: DataSummary, device: str) -> AutoChoice:
     train["batch_size"] = batch
     sized = {"data": data, "train": train}
     loss = read_yaml(resolve_config_path(preset, "autoencoder")).get("loss") or {}
-    if loss.get("disc_weight", 0) > 0 and loss.get("disc_start", 0) > train["max_steps"] // 2:
-        # the adversarial term after half the run at the latest (taming starts it once reconstructions are good)
-        sized["loss"] = {"disc_start": train["max_steps"] // 2}
+    if loss.get("disc_weight", 0) > 0:
+        steps = train["max_steps"]
+        # the adversarial term after half the run at the latest (taming starts it once reconstructions are good),
+        # and at full weight by three quarters of the run (its ramp shortened to fit)
+        start = min(int(loss.get("disc_start", 0)), steps // 2)
+        ramp = min(int(loss.get("disc_ramp_steps", 0)), max(0, (3 * steps) // 4 - start))
+        changed = {k: v for k, v in (("disc_start", start), ("disc_ramp_steps", ramp)) if v != loss.get(k, 0)}
+        if changed:
+            sized["loss"] = changed
     return AutoChoice(preset, sized)
 
 

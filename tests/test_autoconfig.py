@@ -101,6 +101,11 @@ def test_cpu_gets_a_small_model_sized_by_the_data():
     assert (small.data.image_size, small.data.channels, small.train.batch_size) == (16, 1, 32)
     more = auto_autoencoder_config(summary(count=50_000), "cpu")[0]
     assert more.train.max_steps > cfg.train.max_steps  # steps grow with the data, within the CPU range
+    # the perceptual stage 1 of the small preset, its discriminator fitted into the run
+    for c in (cfg, small, more):
+        assert c.loss.frequency_weight > 0 and c.loss.disc_weight > 0
+        assert c.loss.disc_start <= c.train.max_steps // 2
+        assert c.loss.disc_start + c.loss.disc_ramp_steps <= (3 * c.train.max_steps) // 4
 
 
 def test_gpu_gets_the_ldm_shapes_for_256px():
