@@ -43,9 +43,9 @@ class LossConfig:
         for name in ("disc_weight", "frequency_weight", "gradient_weight", "perceptual_weight", "lecam_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("disc_start", "disc_ramp_steps", "disc_layers", "disc_channels"):
-            if getattr(self, name) < (0 if name in ("disc_start", "disc_ramp_steps") else 1):
-                raise ValueError(f"loss.{name} must be >= {0 if name in ('disc_start', 'disc_ramp_steps') else 1}, got {getattr(self, name)}")
+        for name, low in (("disc_start", 0), ("disc_ramp_steps", 0), ("disc_layers", 1), ("disc_channels", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"loss.{name} must be >= {low}, got {getattr(self, name)}")
         if not 0.0 <= self.lecam_decay < 1.0:
             raise ValueError(f"loss.lecam_decay must be in [0, 1), got {self.lecam_decay}")
 

@@ -1,7 +1,7 @@
 """Copy a trained pipeline folder (and a trained feature classifier) into ``pipelines/default_model``.
 
     python scripts/install_default_model.py runs/ldm/pipeline runs/features \
-        [--scheduler unipc --steps 10 --scheduler-option timestep_spacing=trailing --guidance 2]
+        [--scheduler unipc --steps 10 --scheduler-option timestep_spacing=trailing --guidance 3]
 
 The scheduler and step count written into ``vqldm.json`` become ``vqldm generate``'s defaults; choose
 them from ``benchmarks/bench_steps.py``.
