@@ -2,23 +2,21 @@
 
 YAML presets live in ``configs/autoencoder/``; ``--set section.key=value`` overrides one key (the
 generic loader is ``vqldm.plumbing.config``). ``--config auto`` picks and sizes a preset for the data and
-device (:func:`auto_autoencoder_config`; the rules are in ``vqldm.plumbing.autoconfig``), and stage 2
+device (:func:`auto_autoencoder_config`; the rules are :func:`choose_autoencoder` below and ``vqldm.plumbing.autosize``), and stage 2
 sizes itself from a trained autoencoder's :func:`autoencoder_geometry`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from ..plumbing.autoconfig import DataSummary, choose_autoencoder
-from ..plumbing.config import load_config, read_yaml
-from ..plumbing.data import DataConfig
-from ..plumbing.errors import UserError
-from ..plumbing.geometry import latent_shape, size_hw
+from ..data.summary import DataSummary, check_fits
+from ..plumbing.autosize import AutoChoice, batch_for, is_gpu, nearest_size, passes_to_steps, schedule_for
+from ..plumbing.config import load_config, read_yaml, resolve_config_path
+from ..data.config import DataConfig
 from ..plumbing.trainkit import TrainLoopConfig
 from .losses import LossConfig
-from .model import AutoencoderModelConfig, find_vqvae_folder
+from .model import AutoencoderModelConfig
 from .quantizer import QuantizerConfig
 
 
@@ -58,31 +56,57 @@ def auto_autoencoder_config(summary: DataSummary, device: str, overrides=(), max
     return cfg, line
 
 
-@dataclass
-class AutoencoderGeometry:
-    """What a stage trained on an autoencoder's latents needs to size itself, read from config files only."""
-
-    image_size: int
-    channels: int
-    latent: tuple[int, int, int]  # (C, H, W) of the pre-quantization latents
-    codebook_size: int
-    source: str | None  # the data the autoencoder was trained on (its run's config.yaml)
-
-    def describe(self) -> str:
-        c, h, w = self.latent
-        return f"autoencoder {self.channels}x{self.image_size}x{self.image_size} -> {c}x{h}x{w} latents"
+# Image sizes: the one nearest to the median shorter side (in scale), at most 32 px on CPU -- measured on
+# 2 cores, 64 px runs ~7x slower per step than 32 px (4.1 vs 0.57 s at batch 64) -- and 256 px on GPU.
+CPU_SIZES = (16, 32)
 
 
-def autoencoder_geometry(path) -> AutoencoderGeometry:
-    """Image size, channels, latent shape and codebook of the autoencoder at ``path`` (a run folder or a
-    VQModel folder), from its ``config.json`` and its run's ``config.yaml``: no weights are loaded."""
-    folder, run_dir = find_vqvae_folder(path)
-    try:
-        vq = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{str(folder / 'config.json')!r} is not readable JSON; re-export the autoencoder") from None
-    data = (read_yaml(run_dir / "config.yaml").get("data") or {}) if run_dir is not None else {}
-    image_size = int(data.get("image_size") or size_hw(vq.get("sample_size", 32))[0])
-    channels = int(data.get("channels") or vq.get("in_channels", 3))
-    return AutoencoderGeometry(image_size, channels, latent_shape(vq, image_size), int(vq.get("num_vq_embeddings", 0)),
-                               data.get("source"))
+GPU_SIZES = (16, 32, 64, 128, 256)
+
+
+GPU_LDM_MIN_SIZE = 128  # from 128 px on a GPU: the LDM f4 autoencoder (64x64x3 latents at 256 px)
+
+
+GPU_F8_MIN_IMAGES = 100_000  # large datasets: f8 (4x fewer latent positions for the UNet)
+
+
+def choose_autoencoder(summary: DataSummary, device: str) -> AutoChoice:
+    """Preset + overrides of the stage-1 run for these data on this device (labels are left alone: the
+    autoencoder needs none, and ``--labels folders`` reaches it as an override)."""
+    check_fits(summary)
+    n = summary.count
+    data = {"source": summary.source, "channels": summary.channels}
+    if summary.kind in ("folder", "hf"):
+        data["fit"] = "resize"  # shorter side to size, then a center crop: any aspect ratio, no borders
+    if summary.kind == "named" and summary.channels == 1:
+        # the preset measured on these very images (docs/results.md); minutes on a GPU
+        return AutoChoice("fashion-mnist", {"data": {"source": summary.source}})
+    if not is_gpu(device):
+        preset, batch = "small", batch_for(n, 64)
+        data["image_size"] = nearest_size(summary.median_side, CPU_SIZES)
+        # 40 passes, 500-2000 steps: ~5-20 minutes at ~0.6 s per step (32 px, batch 64, one core)
+        train = schedule_for(passes_to_steps(n, batch, 40, 500, 2000), 100, 250)
+    else:
+        size = data["image_size"] = nearest_size(summary.median_side, GPU_SIZES)
+        if size >= GPU_LDM_MIN_SIZE:
+            preset = "ldm-vq-f8-256" if size == 256 and n >= GPU_F8_MIN_IMAGES else "ldm-vq-f4-256"
+            batch = batch_for(n, 12)
+            # the preset's 200k steps at batch 12 are ~80 passes over a CelebA-HQ-sized set (30k images)
+            train = schedule_for(passes_to_steps(n, batch, 80, 5_000, 200_000), 0, 5_000)
+        else:
+            preset, batch = "cifar10", batch_for(n, 128)
+            # the cifar10 preset's 128 passes (50k steps at batch 128 over 50k images)
+            train = schedule_for(passes_to_steps(n, batch, 128, 5_000, 50_000), 500, 2_500)
+    train["batch_size"] = batch
+    sized = {"data": data, "train": train}
+    loss = read_yaml(resolve_config_path(preset, "autoencoder")).get("loss") or {}
+    if loss.get("disc_weight", 0) > 0:
+        steps = train["max_steps"]
+        # the adversarial term after half the run at the latest (taming starts it once reconstructions are good),
+        # and at full weight by three quarters of the run (its ramp shortened to fit)
+        start = min(int(loss.get("disc_start", 0)), steps // 2)
+        ramp = min(int(loss.get("disc_ramp_steps", 0)), max(0, (3 * steps) // 4 - start))
+        changed = {k: v for k, v in (("disc_start", start), ("disc_ramp_steps", ramp)) if v != loss.get(k, 0)}
+        if changed:
+            sized["loss"] = changed
+    return AutoChoice(preset, sized)

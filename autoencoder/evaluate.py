@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from diffusers import VQModel
 
-from ..plumbing.data import ImageSplit
+from ..data.splits import ImageSplit
 from .metrics import codebook_stats, psnr, ssim
 from .model import encode_indices
 

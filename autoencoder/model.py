@@ -1,5 +1,12 @@
-"""The stage-1 model: a plain ``diffusers.VQModel`` built from a typed config, the training wrapper, and
-the one loader every stage uses to open a trained autoencoder (:func:`load_vqvae`)."""
+"""The stage-1 model: a plain ``diffusers.VQModel`` built from a typed config, the training wrapper, the one
+loader every stage uses to open a trained autoencoder (:func:`load_vqvae`), and its latent geometry.
+
+* The autoencoder downsamples by ``f = 2^(len(block_out_channels) - 1)`` (each encoder block but the last
+  halves the size), so ``image_size`` pixels give an ``image_size / f`` grid of ``vq_embed_dim`` (else
+  ``latent_channels``) channels (:func:`latent_shape`).
+* Stage 2 works on ``h * scaling_factor`` (LDM convention: unit variance); :func:`scale_latents` and
+  :func:`unscale_latents` are the only places that multiply or divide by it.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +21,9 @@ from diffusers import VQModel
 from torch import nn
 
 from ..plumbing.checkpoint import refuse_pickle
-from ..plumbing.config import read_yaml
+from ..plumbing.config import config_value, read_yaml
 from ..plumbing.errors import UserError
-from ..plumbing.geometry import downsampling_factor
+from ..plumbing.images import size_hw
 from .quantizer import QuantizerConfig, QuantizerOutput, VectorQuantizerEMA
 
 logger = logging.getLogger(__name__)
@@ -182,3 +189,64 @@ def load_vqvae(path: str | os.PathLike, what: str = "--autoencoder") -> LoadedAu
     if run_dir is not None:
         data = read_yaml(run_dir / "config.yaml").get("data") or None
     return LoadedAutoencoder(vqvae, folder, run_dir, data)
+
+
+def downsampling_factor(num_blocks_or_config) -> int:
+    """f of an autoencoder (its config, or its number of encoder blocks): each block but the last halves the size."""
+    if isinstance(num_blocks_or_config, int):
+        n = num_blocks_or_config
+    else:
+        n = len(config_value(num_blocks_or_config, "block_out_channels"))
+    return 2 ** (n - 1)
+
+
+def latent_shape(vqvae_config, image_size=None) -> tuple[int, int, int]:
+    """(channels, h, w) of the pre-quantization latents for images of ``image_size`` (int or (h, w);
+    default: the autoencoder's own ``sample_size``). A size not divisible by f is a UserError. The channels
+    are the codebook vectors' size: ``quant_conv`` maps the encoder's ``latent_channels`` to
+    ``vq_embed_dim`` when that is set."""
+    f = downsampling_factor(vqvae_config)
+    h, w = size_hw(config_value(vqvae_config, "sample_size") if image_size is None else image_size)
+    if h % f or w % f:
+        raise UserError(f"image size {h}x{w} is not divisible by the autoencoder's downsampling factor {f}; use a multiple of {f}")
+    return int(config_value(vqvae_config, "vq_embed_dim") or config_value(vqvae_config, "latent_channels")), h // f, w // f
+
+
+def scale_latents(h: torch.Tensor, vqvae) -> torch.Tensor:
+    """Pre-quantization latents -> the denoiser's space: ``h * scaling_factor``."""
+    return h * float(vqvae.config.scaling_factor)
+
+
+def unscale_latents(z: torch.Tensor, vqvae) -> torch.Tensor:
+    """The denoiser's space -> pre-quantization latents: ``z / scaling_factor``."""
+    return z / float(vqvae.config.scaling_factor)
+
+
+@dataclass
+class AutoencoderGeometry:
+    """What a stage trained on an autoencoder's latents needs to size itself, read from config files only."""
+
+    image_size: int
+    channels: int
+    latent: tuple[int, int, int]  # (C, H, W) of the pre-quantization latents
+    codebook_size: int
+    source: str | None  # the data the autoencoder was trained on (its run's config.yaml)
+
+    def describe(self) -> str:
+        c, h, w = self.latent
+        return f"autoencoder {self.channels}x{self.image_size}x{self.image_size} -> {c}x{h}x{w} latents"
+
+
+def autoencoder_geometry(path) -> AutoencoderGeometry:
+    """Image size, channels, latent shape and codebook of the autoencoder at ``path`` (a run folder or a
+    VQModel folder), from its ``config.json`` and its run's ``config.yaml``: no weights are loaded."""
+    folder, run_dir = find_vqvae_folder(path)
+    try:
+        vq = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{str(folder / 'config.json')!r} is not readable JSON; re-export the autoencoder") from None
+    data = (read_yaml(run_dir / "config.yaml").get("data") or {}) if run_dir is not None else {}
+    image_size = int(data.get("image_size") or size_hw(vq.get("sample_size", 32))[0])
+    channels = int(data.get("channels") or vq.get("in_channels", 3))
+    return AutoencoderGeometry(image_size, channels, latent_shape(vq, image_size), int(vq.get("num_vq_embeddings", 0)),
+                               data.get("source"))

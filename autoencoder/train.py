@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from ..plumbing.checkpoint import AtomicDir, atomic_write_json, latest_checkpoint
 from ..plumbing.config import save_config, to_dict
-from ..plumbing.data import BatchSampler, load_datasets, train_batches
+from ..data.loading import BatchSampler, train_batches
+from ..data.sources import load_datasets
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vqldm.plumbing.data import BatchSampler, load_datasets  # noqa: E402
+from vqldm.data.loading import BatchSampler
+from vqldm.data.sources import load_datasets
 from vqldm.autoencoder.evaluate import evaluate_reconstruction  # noqa: E402
 from vqldm.autoencoder.losses import reconstruction_loss  # noqa: E402
 from vqldm.autoencoder.model import build_vqmodel  # noqa: E402

@@ -84,7 +84,7 @@ def train(name: str, run: Path, args) -> tuple[dict, bool]:
 
 def evaluate(run: Path, args) -> dict:
     """``vqldm evaluate autoencoder`` on the run (its printout kept in RUN/eval-FEATURES.txt); its report.json."""
-    from vqldm.pipelines.cli import main as vqldm_main
+    from vqldm.cli.main import main as vqldm_main
 
     tag = Path(args.features).name
     out = run / f"eval-{tag}"
@@ -122,7 +122,7 @@ def print_table(rows: list[dict], calibration: list[dict]) -> None:
 
 
 def plot(rows: list[dict], calibration: list[dict], path: Path, title: str) -> Path:
-    from vqldm.pipelines.plots import _pyplot, save_figure
+    from vqldm.evaluation.plots import _pyplot, save_figure
 
     plt = _pyplot()
     series: dict[str, list[dict]] = {}
@@ -174,7 +174,7 @@ def main() -> int:
         raise SystemExit(f"unknown setting {unknown[0] if unknown else args.runs!r}; choose from {', '.join(RUNS)}")
     if args.steps < 1 or args.max_images < 1:
         raise SystemExit("--steps and --max-images must be >= 1")
-    from vqldm.pipelines.features import load_feature_extractor
+    from vqldm.evaluation.features import load_feature_extractor
 
     load_feature_extractor(args.features)  # fail before training when the feature network is missing
 
@@ -195,7 +195,7 @@ def main() -> int:
               f"{' (training reused)' if reused else ''}; {time.time() - t0:.0f} s wall", flush=True)
 
     from vqldm.autoencoder.config import load_autoencoder_config
-    from vqldm.pipelines.evaluate import format_calibration
+    from vqldm.cli.evaluate import format_calibration
 
     cfg = load_autoencoder_config(out / names[0] / "config.yaml")
     n, f = rows[0]["images"], cfg.model.downsampling_factor

@@ -68,7 +68,7 @@ def colour_error(run: Path, data: Path) -> tuple[float, float]:
     from diffusers import VQModel
     from skimage.color import rgb2lab
 
-    from vqldm.plumbing.decode import IMAGE_SUFFIXES, load_image
+    from vqldm.data.decode import IMAGE_SUFFIXES, load_image
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())["data"]
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[::10]

@@ -25,7 +25,7 @@ gap between the following rows, so the trainer's consumption is batch x processe
 The same runs on a folder of ``--base-count`` images give the fixed cost (interpreter, torch, model,
 optimizer): "data memory" is a run's peak minus that folder's peak with as many processes.
 
-Loader throughput: the project's training loader (``vqldm.plumbing.data.train_batches``, the streaming
+Loader throughput: the project's training loader (``vqldm.data.loading.train_batches``, the streaming
 data path; "loader API not available" where this checkout has none) over ``--loader-images`` images with
 ``data.num_workers`` workers, and, for reference, a plain ``torch.utils.data.DataLoader`` that decodes
 the same files with PIL.
@@ -304,9 +304,11 @@ def loader_rates(folder: Path, batch: int, workers: int | None, limit: int, env:
     out: dict = {}
     os.environ["VQLDM_CACHE_DIR"] = env["VQLDM_CACHE_DIR"]  # reuse the runs' index
     try:  # the streaming data path (issue 12); older checkouts hold the whole folder in memory
-        from vqldm.plumbing.data import BatchSampler, DataConfig, load_datasets, train_batches
+        from vqldm.data.loading import BatchSampler, train_batches
+        from vqldm.data.config import DataConfig
+        from vqldm.data.sources import load_datasets
     except ImportError:
-        print("  loader API not available (vqldm.plumbing.data has no train_batches): project loader skipped", flush=True)
+        print("  loader API not available (vqldm.data.loading has no train_batches): project loader skipped", flush=True)
     else:
         cfg = DataConfig(image_size=SIZE, channels=3, fit="resize", num_workers=workers)
         train = load_datasets(str(folder), cfg, log=lambda _: None, progress=False).train

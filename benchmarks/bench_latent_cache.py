@@ -24,12 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vqldm.plumbing.data import Datasets, load_datasets  # noqa: E402
+from vqldm.data.splits import Datasets
+from vqldm.data.sources import load_datasets
 from vqldm.autoencoder.model import build_vqmodel  # noqa: E402
 from vqldm.autoencoder.config import load_autoencoder_config  # noqa: E402
-from vqldm.plumbing.latent_cache import prepare_latent_cache  # noqa: E402
+from vqldm.latents.cache import prepare_latent_cache
 from vqldm.diffusion.model import build_unet  # noqa: E402
-from vqldm.plumbing.geometry import latent_shape, scale_latents  # noqa: E402
+from vqldm.autoencoder.model import latent_shape, scale_latents
 from vqldm.diffusion.objective import (  # noqa: E402
     diffusion_loss,
     make_train_scheduler,
@@ -38,8 +39,8 @@ from vqldm.diffusion.objective import (  # noqa: E402
     training_target,
 )
 from vqldm.autoencoder.model import load_vqvae  # noqa: E402
-from vqldm.diffusion.train import load_diffusion_config  # noqa: E402
-from vqldm.plumbing.data import resolve_latent_data  # noqa: E402
+from vqldm.diffusion.config import load_diffusion_config
+from vqldm.latents.setup import resolve_latent_data
 
 
 def parse_args(argv=None):

@@ -107,7 +107,7 @@ def train_pixel(unet, data, seconds: float, batch_size: int, lr: float, num_clas
     Labels are dropped to the null class with p = 0.1 for classifier-free guidance (Ho & Salimans 2022)."""
     from diffusers import DDPMScheduler
 
-    from vqldm.plumbing.data import BatchSampler
+    from vqldm.data.loading import BatchSampler
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
-    from vqldm.pipelines.evaluate import (
+    from vqldm.cli.evaluate import (
         _load_pipeline,
         distribution_metrics,
         format_kid,
@@ -181,9 +181,9 @@ def main(argv=None) -> int:
         pipeline_num_classes,
         warm_up,
     )
-    from vqldm.pipelines.evaluation import real_images
+    from vqldm.evaluation.report import real_images
     from vqldm.pipelines.fast import FrozenUNet
-    from vqldm.pipelines.features import load_feature_extractor
+    from vqldm.evaluation.features import load_feature_extractor
 
     if args.seconds is None and not (args.autoencoder_run and args.diffusion_run):
         raise UserError("give the vqldm training time: --autoencoder-run and --diffusion-run (their metrics.json), or --seconds")

@@ -114,8 +114,8 @@ def main(argv=None) -> int:
     print(f"  parameter counts within {100 * (max(sizes) / min(sizes) - 1):.1f}% of each other (limit 20%)")
 
     # ---------------------------------------------------------------- evaluation
-    import vqldm.pipelines.evaluation as ev
-    from vqldm.pipelines.features import load_feature_extractor
+    import vqldm.evaluation.report as ev
+    from vqldm.evaluation.features import load_feature_extractor
 
     device = torch.device(args.device)
     extractor = load_feature_extractor(None, args.batch_size, device)

@@ -21,7 +21,7 @@ at a 64x64 image size, so f = 4 gives 16x16 latents (~1.1 GFLOP per UNet step, ~
 Quality mode: vqldm's default sampler (vqldm.json default_scheduler/default_steps/default_scheduler_options,
 else dpm/20) on the UNet path ``--unet-path`` picks (default auto) vs diffusers' default (DDIM, 50 steps,
 eager UNet) on ``--model`` (default: the shipped model): seconds per image (including a frozen UNet's build)
-and FID against ``--data`` held-out images in the domain feature space of ``pipelines.features`` (same
+and FID against ``--data`` held-out images in the domain feature space of ``vqldm.evaluation.features`` (same
 sample count and seeds).
 """
 
@@ -238,15 +238,16 @@ def generate_images(pipe, n: int, batch: int, seed: int, steps: int, labels_for,
 
 def fid_against(real: torch.Tensor, fake: torch.Tensor, features_name: str | None) -> float | None:
     """FID in the domain feature space."""
-    from vqldm.pipelines.features import load_feature_extractor
-    from vqldm.pipelines.metrics import fid_from_features
+    from vqldm.evaluation.features import load_feature_extractor
+    from vqldm.evaluation.metrics import fid_from_features
 
     extractor = load_feature_extractor(features_name)
     return fid_from_features(extractor(real), extractor(fake))
 
 
 def quality(args) -> int:
-    from vqldm.plumbing.data import DataConfig, load_datasets
+    from vqldm.data.config import DataConfig
+    from vqldm.data.sources import load_datasets
     from vqldm.pipelines.pipeline import DEFAULT_STEPS, load_pipeline
 
     pipe = load_pipeline(args.model, device="cpu", channels_last=False)

@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from vqldm.plumbing.checkpoint import atomic_write_json
-    from vqldm.pipelines.evaluate import _parse_ints, format_sweep_table
-    from vqldm.pipelines.evaluation import (
+    from vqldm.cli.evaluate import _parse_ints, format_sweep_table
+    from vqldm.evaluation.report import (
         _device,
         _load_pipeline,
         load_reference_data,
@@ -59,8 +59,8 @@ def main(argv=None) -> int:
         real_images,
         sweep_steps,
     )
-    from vqldm.pipelines.plots import plot_steps_sweep
-    from vqldm.pipelines.features import load_feature_extractor
+    from vqldm.evaluation.plots import plot_steps_sweep
+    from vqldm.evaluation.features import load_feature_extractor
 
     progress = not args.no_progress
     steps = _parse_ints(args.steps, "--steps")

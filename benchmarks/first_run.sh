@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from vqldm.pipelines.features import load_feature_extractor
+from vqldm.evaluation.features import load_feature_extractor
 
 files = sorted(Path(sys.argv[1]).glob("*.png"))
 x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("L"), dtype=np.float32) for f in files]) / 127.5 - 1)[:, None]

@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..autoencoder.config import autoencoder_geometry
-from ..plumbing.autoconfig import choose_diffusion, describe_data
+from ..autoencoder.model import autoencoder_geometry
+from ..data.summary import DataSummary, check_fits, describe_data
+from ..plumbing.autosize import AutoChoice, batch_for, is_gpu, passes_to_steps, schedule_for
 from ..plumbing.config import load_config
-from ..plumbing.data import LatentDataConfig
-from ..plumbing.geometry import downsampling_factor
-from ..plumbing.latent_cache import CacheConfig
+from ..latents.setup import LatentDataConfig
+from ..autoencoder.model import downsampling_factor
+from ..latents.cache import CacheConfig
 from ..plumbing.trainkit import EMATrainLoopConfig
 
 
@@ -130,3 +131,39 @@ def auto_diffusion_config(autoencoder, data: str | None, labels: str | None, dev
     line = (f"auto config: {summary.describe()}, {geometry.describe()}, {device} -> preset {choice.preset!r}, "
             f"{kind} UNet {'-'.join(map(str, m.block_out_channels))}, batch {t.batch_size}, {max_steps or t.max_steps} steps")
     return cfg, line
+
+
+def _latent_family(latent_hw: tuple[int, int], device: str) -> str:
+    if not is_gpu(device):
+        return "small"
+    return "celebahq-256" if min(latent_hw) >= 32 else "cifar10"
+
+
+def choose_diffusion(summary: DataSummary, latent: tuple[int, int, int], device: str) -> AutoChoice:
+    """Preset + overrides of the latent-diffusion run on an autoencoder's ``latent`` (C, H, W) grid."""
+    check_fits(summary)
+    n = summary.count
+    preset = _latent_family(latent[1:], device)
+    data = {"source": summary.source}
+    if summary.kind == "folder":
+        data["labels"] = summary.labels
+    model = {"class_conditional": summary.num_classes > 0}
+    if preset == "small":
+        batch = batch_for(n, 64)
+        # 200 passes, 1000-4000 steps: at most the Fashion-MNIST preset's run (~20-25 minutes on 2 cores)
+        train = schedule_for(passes_to_steps(n, batch, 200, 1_000, 4_000), 200, 500)
+    elif preset == "cifar10":
+        batch = batch_for(n, 128)
+        # the cifar10 preset's 256 passes (100k steps at batch 128 over 50k images)
+        train = schedule_for(passes_to_steps(n, batch, 256, 10_000, 100_000), 1_000, 5_000)
+    else:
+        batch = batch_for(n, 48)
+        # LDM's CelebA-HQ model: 410k steps at batch 48 over 30k images, ~650 passes
+        train = schedule_for(passes_to_steps(n, batch, 650, 20_000, 410_000), 10_000, 5_000)
+    train["batch_size"] = batch
+    return AutoChoice(preset, {"data": data, "model": model, "train": train})
+
+
+def load_diffusion_config(path, overrides=()) -> DiffusionRunConfig:
+    """A YAML path or preset name from ``configs/diffusion/``, with ``--set`` overrides applied."""
+    return load_config(DiffusionRunConfig, path, overrides, stage="diffusion")

@@ -26,8 +26,9 @@ import diffusers
 
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
 from ..plumbing.model_folder import VQLDM_JSON
-from ..plumbing.geometry import downsampling_factor, null_class, unet_latent_shape
-from ..plumbing.geometry import num_classes as geometry_num_classes
+from ..autoencoder.model import downsampling_factor
+from .model import null_class, unet_latent_shape
+from .model import unet_num_classes
 
 from .model import check_latent_shape
 
@@ -49,7 +50,7 @@ def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, e
     _, h, _ = unet_latent_shape(unet.config)
     image_size = int(extra.pop("image_size", h * downsampling_factor(vqvae.config)))
     check_latent_shape(vqvae.config, unet.config, image_size)
-    num_classes = int(extra.pop("num_classes", geometry_num_classes(unet.config)))
+    num_classes = int(extra.pop("num_classes", unet_num_classes(unet.config)))
     class_names = [str(c) for c in extra.pop("class_names", None) or [str(i) for i in range(num_classes)]]
     info = {
         "class_names": class_names,

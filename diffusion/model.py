@@ -1,15 +1,18 @@
 """The stage-2 network: a plain ``diffusers.UNet2DModel`` on the autoencoder's latent grid.
 
-Latent shapes and the class-count rule (``num_class_embeds = num_classes + 1``, the last index the
-"null" class of classifier-free guidance) live in ``vqldm.plumbing.geometry``.
+The class-count rule lives here: a class-conditional vqldm UNet has ``num_class_embeds = num_classes + 1``,
+the last index being the "null" class of classifier-free guidance (Ho & Salimans 2022). The latent grid
+it denoises is the autoencoder's (``vqldm.autoencoder.model.latent_shape``).
 """
 
 from __future__ import annotations
 
 from diffusers import UNet2DModel
 
+from ..plumbing.config import config_value
 from ..plumbing.errors import UserError
-from ..plumbing.geometry import latent_shape, size_hw
+from ..autoencoder.model import latent_shape
+from ..plumbing.images import size_hw
 
 from .config import UNetConfig
 
@@ -68,3 +71,20 @@ def check_latent_shape(vqvae_config, unet_config, image_size: int | None = None)
                 f"latent shape mismatch: the autoencoder makes {h}x{w} latents for {image_size}px images but "
                 f"the UNet's sample_size is {usize[0]}x{usize[1]}; use the autoencoder the UNet was trained with (or retrain the UNet)"
             )
+
+
+def unet_latent_shape(unet_config) -> tuple[int, int, int]:
+    """(in_channels, h, w) of the latents a UNet denoises."""
+    h, w = size_hw(config_value(unet_config, "sample_size"))
+    return int(config_value(unet_config, "in_channels")), h, w
+
+
+def unet_num_classes(unet_config) -> int:
+    """Real classes of a vqldm denoiser (``num_class_embeds`` minus the null class); 0 if unconditional."""
+    n = config_value(unet_config, "num_class_embeds")
+    return int(n) - 1 if n else 0
+
+
+def null_class(n_classes: int) -> int | None:
+    """The label that means "no class" for classifier-free guidance: the index after the real classes."""
+    return n_classes if n_classes else None

@@ -11,6 +11,10 @@ import inspect
 from typing import Callable, Iterable
 
 import torch
+from diffusers import VQModel
+
+from ..autoencoder.model import unscale_latents
+from .model import null_class
 
 
 def guided_prediction(
@@ -66,3 +70,31 @@ def denoise(
         if after_step is not None:
             latents = after_step(i, t, latents)
     return latents
+
+
+@torch.no_grad()
+def generate_samples(
+    unet,
+    vqvae: VQModel,
+    scheduler,
+    num_images: int,
+    num_classes: int,
+    guidance_scale: float,
+    steps: int,
+    seed: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Images in [-1, 1] (B x C x H x W, float32 on CPU) sampled with DDIM and decoded (quantized) by the vqvae.
+
+    Class-conditional models cycle through the classes (image i has class i mod num_classes).
+    """
+    cfg = unet.config
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn((num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=g).to(device)
+    latents = latents * scheduler.init_noise_sigma
+    labels = torch.arange(num_images, device=device) % num_classes if num_classes else None
+    scheduler.set_timesteps(steps, device=device)
+    latents = denoise(unet, scheduler, latents, scheduler.timesteps, class_labels=labels,
+                      guidance_scale=guidance_scale if num_classes else 1.0, null_class=null_class(num_classes))
+    images = vqvae.decode(unscale_latents(latents, vqvae)).sample
+    return images.float().cpu().clamp(-1, 1)

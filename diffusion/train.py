@@ -15,14 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import VQModel
 from tqdm.auto import tqdm
 
 from ..autoencoder.model import load_vqvae
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint, weights_sha256
-from ..plumbing.config import load_config, save_config, to_dict
-from ..plumbing.data import BatchSampler, conditioning_classes, load_latent_stage_data
-from ..plumbing.geometry import latent_shape, null_class, unscale_latents
+from ..plumbing.config import save_config, to_dict
+from ..data.loading import BatchSampler
+from ..latents.setup import conditioning_classes, load_latent_stage_data
+from ..autoencoder.model import latent_shape
+from .model import null_class
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (
@@ -46,7 +47,7 @@ from ..plumbing.trainkit import (
 from .config import DiffusionRunConfig
 from ..plumbing.ema import EMA, ema_decay_at
 from .export import export_pipeline_folder
-from ..plumbing.latent_cache import cache_root, prepare_latent_cache
+from ..latents.cache import cache_root, prepare_latent_cache
 from .model import build_unet, check_latent_shape
 from .objective import (
     diffusion_loss,
@@ -57,40 +58,7 @@ from .objective import (
     sample_noise_and_timesteps,
     training_target,
 )
-from .sampling import denoise
-
-
-def load_diffusion_config(path, overrides=()) -> DiffusionRunConfig:
-    """A YAML path or preset name from ``configs/diffusion/``, with ``--set`` overrides applied."""
-    return load_config(DiffusionRunConfig, path, overrides, stage="diffusion")
-
-
-@torch.no_grad()
-def generate_samples(
-    unet,
-    vqvae: VQModel,
-    scheduler,
-    num_images: int,
-    num_classes: int,
-    guidance_scale: float,
-    steps: int,
-    seed: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """Images in [-1, 1] (B x C x H x W, float32 on CPU) sampled with DDIM and decoded (quantized) by the vqvae.
-
-    Class-conditional models cycle through the classes (image i has class i mod num_classes).
-    """
-    cfg = unet.config
-    g = torch.Generator().manual_seed(seed)
-    latents = torch.randn((num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=g).to(device)
-    latents = latents * scheduler.init_noise_sigma
-    labels = torch.arange(num_images, device=device) % num_classes if num_classes else None
-    scheduler.set_timesteps(steps, device=device)
-    latents = denoise(unet, scheduler, latents, scheduler.timesteps, class_labels=labels,
-                      guidance_scale=guidance_scale if num_classes else 1.0, null_class=null_class(num_classes))
-    images = vqvae.decode(unscale_latents(latents, vqvae)).sample
-    return images.float().cpu().clamp(-1, 1)
+from .sampling import generate_samples
 
 
 # ----------------------------------------------------------------------------- training

@@ -30,7 +30,9 @@ from ..plumbing.model_folder import check_trained_vqvae, read_vqldm_json
 from ..diffusion.sampling import denoise
 from ..plumbing.checkpoint import refuse_pickle
 from ..plumbing.errors import UserError
-from ..plumbing.geometry import latent_shape, num_classes as geometry_num_classes, scale_latents, size_hw, unet_latent_shape, unscale_latents
+from ..autoencoder.model import latent_shape, scale_latents, unscale_latents
+from ..diffusion.model import unet_num_classes, unet_latent_shape
+from ..plumbing.images import size_hw
 from .classes import ClassConditioning
 from .default_model import DEFAULT_MODEL_DIR
 from .inputs import slerp, to_image_tensor, to_mask_tensor, to_output
@@ -179,7 +181,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
         return self._frozen
 
     def _model_num_classes(self) -> int:
-        return geometry_num_classes(self.unet.config)
+        return unet_num_classes(self.unet.config)
 
     def set_scheduler(self, name: str, **options) -> None:
         """Switch to ``ddim`` / ``ddpm`` / ``dpm`` / ``euler`` / ``unipc`` keeping the training schedule.

@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 from ..autoencoder.model import apply_missing_scale_rule, decode_codes, encode_indices
 from ..plumbing.checkpoint import refuse_pickle
 from ..plumbing.errors import UserError
-from ..plumbing.geometry import size_hw
+from ..plumbing.images import size_hw
 from ..plumbing.model_folder import VQLDM_JSON, check_trained_vqvae, read_vqldm_json
 from ..priors.config import PriorSamplingConfig
 from ..priors.export import MODEL_TYPE
 from ..priors.model import CodePrior
-from ..priors.train import sample_codes
+from ..priors.sampling import sample_codes
 from .classes import ClassConditioning
 from .inputs import to_image_tensor, to_mask_tensor, to_output
 

@@ -1,9 +1,10 @@
-"""The bottom layer: plumbing used by every stage, and nothing specific to one.
+"""The bottom layer: what every stage uses and nothing specific to one.
 
 ``errors`` (UserError), ``config`` (YAML presets -> typed dataclasses), ``checkpoint`` (atomic writes,
-safetensors-only loading, training checkpoints), ``data`` (image folders and named datasets),
-``images`` (grids and PNG files), ``runs`` (run folders, console lines, metrics logs), ``geometry``
-(latent shapes, class counts, latent scaling), ``trainkit`` (what both training loops share: accelerator,
-learning-rate schedule, optimizer step, NaN policy, stop-on-signal, resume, train time).
-Nothing here imports a stage.
+safetensors-only loading, training checkpoints), ``tensorfile`` (one memory-mapped safetensors file written
+batch by batch), ``runs`` (run folders, console lines, metrics logs), ``trainkit`` (what every training
+loop shares: accelerator, learning-rate schedule, optimizer step, NaN policy, stop-on-signal, resume,
+train time, decisions agreed across processes), ``ema``, ``images`` (grids and image files),
+``model_folder`` (``vqldm.json`` of exported folders), ``autosize`` (the sizing rules ``--config auto``
+shares). Nothing here imports a stage or ``data``.
 """

@@ -230,3 +230,12 @@ def save_config(obj: Any, path: str | os.PathLike) -> None:
     from .checkpoint import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def config_value(config, key: str, default=None):
+    """``key`` of a diffusers model (its ``config``), a config object, or a plain dict."""
+    if not isinstance(config, dict) and hasattr(config, "config"):  # a model: read its config
+        config = config.config
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)

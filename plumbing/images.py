@@ -48,3 +48,10 @@ def save_image(image: Image.Image, path: str | os.PathLike, fmt: str | None = No
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     save_image(image, path, "PNG")
+
+
+def size_hw(size) -> tuple[int, int]:
+    """``sample_size`` as (height, width): an int means a square."""
+    if isinstance(size, (list, tuple)):
+        return int(size[0]), int(size[-1])
+    return int(size), int(size)

@@ -4,5 +4,5 @@ The other half of the VQ idea: instead of denoising continuous latents, model p(
 ``model`` (one transformer, bidirectional or causal), ``sampling`` (MaskGIT parallel decoding;
 raster-order autoregressive decoding with a KV cache), ``config`` (typed run config), ``export`` (the
 prior folder), ``train`` (``vqldm train-prior --kind masked|autoregressive``). Both read the code cache
-(``vqldm.plumbing.latent_cache.prepare_code_cache``) and decode through the same vqvae as latent diffusion.
+(``vqldm.latents.cache.prepare_code_cache``) and decode through the same vqvae as latent diffusion.
 """

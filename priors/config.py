@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..autoencoder.config import autoencoder_geometry
-from ..plumbing.autoconfig import choose_prior, describe_data
+from ..autoencoder.model import autoencoder_geometry
+from ..data.summary import DataSummary, check_fits, describe_data
+from ..plumbing.autosize import AutoChoice, batch_for, is_gpu, passes_to_steps, schedule_for
 from ..plumbing.config import load_config
-from ..plumbing.data import LatentDataConfig
-from ..plumbing.latent_cache import CacheConfig
+from ..latents.setup import LatentDataConfig
+from ..latents.cache import CacheConfig
 from ..plumbing.trainkit import EMATrainLoopConfig
 
 KINDS = ("masked", "autoregressive")
@@ -111,3 +112,17 @@ def auto_prior_config(autoencoder, data: str | None, labels: str | None, device:
             f"preset {choice.preset!r}, {kind} transformer width {m.width} x {m.layers} layers, batch {t.batch_size}, "
             f"{max_steps or t.max_steps} steps")
     return cfg, line
+
+
+def choose_prior(summary: DataSummary, latent: tuple[int, int, int], device: str) -> AutoChoice:
+    """Preset + overrides of a prior over an autoencoder's codes (one size: the ``small`` transformer)."""
+    check_fits(summary)
+    n = summary.count
+    data = {"source": summary.source}
+    if summary.kind == "folder":
+        data["labels"] = summary.labels
+    batch = batch_for(n, 64)
+    # 150 passes; on CPU at most the Fashion-MNIST preset's 3000 steps (~15 minutes on 2 cores)
+    train = schedule_for(passes_to_steps(n, batch, 150, 1_000, 3_000 if not is_gpu(device) else 20_000), 200, 500)
+    train["batch_size"] = batch
+    return AutoChoice("small", {"data": data, "model": {"class_conditional": summary.num_classes > 0}, "train": train})

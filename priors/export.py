@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
-from ..plumbing.geometry import null_class
+from ..diffusion.model import null_class
 from ..plumbing.model_folder import VQLDM_JSON
 from .config import PriorSamplingConfig
 

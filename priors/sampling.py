@@ -12,12 +12,14 @@ seeded from the caller's CPU ``torch.Generator``: a seed gives the same grid on 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from ..plumbing.errors import UserError
 from .config import PriorSamplingConfig
 
 
@@ -181,3 +183,17 @@ def prior_loss(model, codes: torch.Tensor, labels: torch.Tensor | None, generato
     inputs, mask = masked_training_batch(codes, mask_id, generator, schedule)
     logits = model(inputs, labels)
     return F.cross_entropy(logits[mask].float(), codes[mask])
+
+
+def sample_codes(prior: torch.nn.Module, kind: str, labels: torch.Tensor | None, batch_size: int, sampling, seed: int,
+                 guidance: float | None = None, steps: int | None = None, known: torch.Tensor | None = None, progress=None):
+    """B x T codes from either kind of prior with the given sampling settings (defaults: ``sampling``)."""
+    g = torch.Generator().manual_seed(seed)
+    settings = dataclasses.replace(sampling, **{k: v for k, v in (("guidance", guidance), ("steps", steps)) if v is not None})
+    if labels is None:
+        settings = dataclasses.replace(settings, guidance=1.0)  # unconditional samples are not guided
+    if kind == "masked":
+        return sample_masked(prior, batch_size, labels, settings, known=known, generator=g, progress=progress)
+    if known is not None:
+        raise UserError("inpainting (--init-image with --mask) needs a masked prior; this one is autoregressive")
+    return sample_autoregressive(prior, batch_size, labels, settings, generator=g, progress=progress)

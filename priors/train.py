@@ -11,7 +11,6 @@ The random draws of step ``s`` on process ``r`` (masks, label dropout) come from
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -20,12 +19,13 @@ from tqdm.auto import tqdm
 from ..autoencoder.model import decode_codes, load_vqvae
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint
 from ..plumbing.config import save_config, to_dict
-from ..plumbing.data import BatchSampler, conditioning_classes, load_latent_stage_data
+from ..data.loading import BatchSampler
+from ..latents.setup import conditioning_classes, load_latent_stage_data
 from ..plumbing.ema import EMA
 from ..plumbing.errors import UserError
-from ..plumbing.geometry import latent_shape
+from ..autoencoder.model import latent_shape
 from ..plumbing.images import make_grid, save_png
-from ..plumbing.latent_cache import cache_root, prepare_code_cache
+from ..latents.cache import cache_root, prepare_code_cache
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (
     LossWindow,
@@ -48,7 +48,7 @@ from ..plumbing.trainkit import (
 from .config import KINDS, PriorRunConfig
 from .export import export_prior_folder
 from .model import CodePrior
-from .sampling import prior_loss, sample_autoregressive, sample_masked
+from .sampling import prior_loss, sample_codes
 
 
 def build_prior(cfg: PriorRunConfig, codebook_size: int, grid: tuple[int, int], num_classes: int) -> CodePrior:
@@ -56,20 +56,6 @@ def build_prior(cfg: PriorRunConfig, codebook_size: int, grid: tuple[int, int], 
     return CodePrior(codebook_size=codebook_size, grid_height=grid[0], grid_width=grid[1], num_classes=num_classes,
                      causal=m.kind == "autoregressive", width=m.width, layers=m.layers, heads=m.heads,
                      mlp_ratio=m.mlp_ratio, dropout=m.dropout)
-
-
-def sample_codes(prior: CodePrior, kind: str, labels: torch.Tensor | None, batch_size: int, sampling, seed: int,
-                 guidance: float | None = None, steps: int | None = None, known: torch.Tensor | None = None, progress=None):
-    """B x T codes from either kind of prior with the given sampling settings (defaults: ``sampling``)."""
-    g = torch.Generator().manual_seed(seed)
-    settings = dataclasses.replace(sampling, **{k: v for k, v in (("guidance", guidance), ("steps", steps)) if v is not None})
-    if labels is None:
-        settings = dataclasses.replace(settings, guidance=1.0)  # unconditional samples are not guided
-    if kind == "masked":
-        return sample_masked(prior, batch_size, labels, settings, known=known, generator=g, progress=progress)
-    if known is not None:
-        raise UserError("inpainting (--init-image with --mask) needs a masked prior; this one is autoregressive")
-    return sample_autoregressive(prior, batch_size, labels, settings, generator=g, progress=progress)
 
 
 def train_prior(

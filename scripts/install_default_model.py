@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from vqldm.plumbing.checkpoint import AtomicDir, atomic_write_json  # noqa: E402
 
 TARGET = ROOT / "pipelines" / "default_model"
+FEATURES_TARGET = ROOT / "evaluation" / "networks" / "fashion-mnist-detail"
 
 
 def copy_folder(src: Path, dst: Path) -> None:
@@ -64,8 +65,8 @@ def main() -> None:
     atomic_write_json(TARGET / "vqldm.json", info)
     shutil.copy2(args.pipeline / "model_index.json", TARGET / "model_index.json")
     if args.features:
-        copy_folder(args.features, TARGET / "features-detail")
-    for f in TARGET.rglob("*"):  # readable by everyone, like any installed package file
+        copy_folder(args.features, FEATURES_TARGET)
+    for f in [*TARGET.rglob("*"), *FEATURES_TARGET.rglob("*")]:  # readable by everyone, like any installed package file
         f.chmod(0o755 if f.is_dir() else 0o644)
     total = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
     print(f"installed {args.pipeline} into {TARGET} ({total / 1e6:.1f} MB)")

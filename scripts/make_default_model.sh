@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 vqldm train-autoencoder --config configs/autoencoder/fashion-mnist.yaml --data fashion-mnist --out "$RUNS/ae"
 vqldm train-diffusion --config configs/diffusion/fashion-mnist.yaml --autoencoder "$RUNS/ae" --data fashion-mnist --out "$RUNS/ldm"
-# the evaluation features (features-detail/) are trained on real images only, never on anything the
+# the evaluation features (evaluation/networks/fashion-mnist-detail/) are trained on real images only, never on anything the
 # generator made; SKIP_FEATURES=1 keeps the shipped ones
 FEATURES=()
 if [ -z "${SKIP_FEATURES:-}" ]; then

@@ -12,8 +12,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vqldm.autoencoder.config import load_autoencoder_config
-from vqldm.pipelines.cli import main
-from vqldm.plumbing.geometry import latent_shape, unet_latent_shape
+from vqldm.cli.main import main
+from vqldm.autoencoder.model import latent_shape
+from vqldm.diffusion.model import unet_latent_shape
 
 AE_PRESET, LDM_PRESET = "ldm-vq-f4-256", "celebahq-256"
 QUIET = ["--set", "train.progress=false"]

@@ -12,8 +12,10 @@ from PIL import Image
 
 from vqldm.autoencoder.config import AutoencoderRunConfig, auto_autoencoder_config
 from vqldm.diffusion.config import DiffusionRunConfig, auto_diffusion_config
-from vqldm.pipelines import cli
-from vqldm.plumbing.autoconfig import choose_autoencoder, choose_diffusion, describe_data
+from vqldm.cli import main as cli
+from vqldm.autoencoder.config import choose_autoencoder
+from vqldm.diffusion.config import choose_diffusion
+from vqldm.data.summary import describe_data
 from vqldm.plumbing.config import load_config
 from vqldm.plumbing.errors import UserError
 from vqldm.priors.config import PriorRunConfig, auto_prior_config

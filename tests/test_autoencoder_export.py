@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint
 from vqldm.plumbing.config import load_config
-from vqldm.plumbing.data import load_datasets
+from vqldm.data.sources import load_datasets
 from vqldm.autoencoder.model import VQAutoencoder, build_vqmodel
 from vqldm.autoencoder.config import AutoencoderRunConfig
 

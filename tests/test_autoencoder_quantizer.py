@@ -337,7 +337,7 @@ def test_cosine_export_decodes_identically_in_plain_diffusers(tmp_path):
     from vqldm.autoencoder.train import train_autoencoder
     from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint
     from vqldm.plumbing.config import load_config
-    from vqldm.plumbing.data import load_datasets
+    from vqldm.data.sources import load_datasets
 
     run = tmp_path / "cosine"
     cfg = load_autoencoder_config("tiny", ["data.max_images=128", "train.max_steps=10", "train.eval_max_images=32",

@@ -11,7 +11,7 @@ import torch
 from vqldm.plumbing.checkpoint import list_checkpoints, load_training_checkpoint
 from vqldm.autoencoder.model import AutoencoderModelConfig, VQAutoencoder, build_vqmodel
 from vqldm.autoencoder.quantizer import QuantizerConfig
-from vqldm.pipelines.cli import main
+from vqldm.cli.main import main
 
 FAST = ["--set", "train.progress=false", "--set", "train.checkpoint_every=3", "--set", "train.keep_checkpoints=10",
         "--set", "train.image_every=100", "--set", "train.log_every=3", "--set", "data.holdout_fraction=0.2"]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vqldm.plumbing.checkpoint import save_training_checkpoint
-from vqldm.pipelines.cli import main
+from vqldm.cli.main import main
 
 FAST = ["--set", "train.progress=false", "--max-steps", "2"]
 

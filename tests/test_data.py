@@ -13,15 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vqldm.plumbing.data import (
-    BatchSampler,
-    DataConfig,
-    fit_array,
-    load_datasets,
-    load_folder,
-    load_image,
-    pil_to_array,
-)
+from vqldm.data.loading import BatchSampler
+from vqldm.data.config import DataConfig
+from vqldm.data.decode import fit_array, load_image, pil_to_array
+from vqldm.data.sources import load_datasets, load_folder
 from vqldm.plumbing.errors import UserError
 
 

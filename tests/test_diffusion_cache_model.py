@@ -8,17 +8,17 @@ import diffusers
 import pytest
 import torch
 
-from vqldm.plumbing.data import Datasets, ArraySplit
+from vqldm.data.splits import Datasets, ArraySplit
 from vqldm.plumbing.checkpoint import weights_sha256
 from vqldm.plumbing.errors import UserError
 from vqldm.autoencoder.model import AutoencoderModelConfig, build_vqmodel
 from vqldm.diffusion.config import ObjectiveConfig, UNetConfig
-from vqldm.plumbing.latent_cache import CacheConfig
+from vqldm.latents.cache import CacheConfig
 from vqldm.diffusion.export import export_pipeline_folder
 from vqldm.plumbing.model_folder import read_vqldm_json
-from vqldm.plumbing.latent_cache import LatentSplit, load_latent_cache, prepare_latent_cache
+from vqldm.latents.cache import LatentSplit, load_latent_cache, prepare_latent_cache
 from vqldm.diffusion.model import build_unet, check_latent_shape
-from vqldm.plumbing.geometry import latent_shape
+from vqldm.autoencoder.model import latent_shape
 from vqldm.diffusion.objective import make_sampling_scheduler
 
 TINY_UNET = UNetConfig(block_out_channels=[16, 32], attention=[False, True], layers_per_block=1,

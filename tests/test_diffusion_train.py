@@ -12,7 +12,7 @@ import diffusers
 import torch
 
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_safetensors
-from vqldm.pipelines.cli import main
+from vqldm.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--set", "train.progress=false", "--set", "data.max_images=64", "--set", "cache.holdout_max_images=16",

@@ -1,4 +1,4 @@
-"""Calibration of FD / KID (pipelines.evaluation): the scale every measured value is read on — real-vs-real
+"""Calibration of FD / KID (vqldm.evaluation): the scale every measured value is read on — real-vs-real
 floor, real images blurred by 0.5 px / 1 px, real images with noise — and where a value falls on it."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vqldm.pipelines.evaluation import (
+from vqldm.evaluation.report import (
     REAL_ROW,
     add_gaussian_noise,
     calibration_rows,
@@ -172,14 +172,15 @@ def test_other_real_images_are_disjoint_and_say_where_they_came_from():
 # ----------------------------------------------------------------------------- the shipped features see blur
 @pytest.fixture(scope="module")
 def fashion_holdout():
-    from vqldm.plumbing.data import DataConfig, load_datasets
+    from vqldm.data.config import DataConfig
+    from vqldm.data.sources import load_datasets
 
     ds = load_datasets("fashion-mnist", DataConfig(image_size=32, channels=1, fit="pad"), progress=False)
     return ds.holdout
 
 
 def test_shipped_features_see_one_pixel_of_blur(fashion_holdout):
-    from vqldm.pipelines.features import load_feature_extractor
+    from vqldm.evaluation.features import load_feature_extractor
 
     n = 500
     ref = fashion_holdout.batch(torch.arange(n))[0]
@@ -194,7 +195,7 @@ def test_shipped_features_see_one_pixel_of_blur(fashion_holdout):
 def test_detail_features_see_half_a_pixel_of_blur(fashion_holdout):
     """The detail-sensitive shipped network: a 0.5 px blur lands far above the floor at n = 500 (the first
     network puts it at ~3.5x), and it classifies at least 92% of the test split."""
-    from vqldm.pipelines.features import classifier_accuracy, load_feature_extractor
+    from vqldm.evaluation.features import classifier_accuracy, load_feature_extractor
 
     n = 500
     extractor = load_feature_extractor("fashion-mnist-detail")
@@ -208,8 +209,12 @@ def test_detail_features_see_half_a_pixel_of_blur(fashion_holdout):
 
 
 def test_detail_features_round_trip(tmp_path):
-    from vqldm.pipelines.features import (DomainClassifier, DomainClassifierConfig, load_domain_classifier,
-                                          save_domain_classifier)
+    from vqldm.evaluation.features import (
+        DomainClassifier,
+        DomainClassifierConfig,
+        load_domain_classifier,
+        save_domain_classifier,
+    )
 
     torch.manual_seed(0)
     model = DomainClassifier(DomainClassifierConfig(image_size=16, widths=[4, 8], feature_dim=6, num_classes=3,
@@ -254,9 +259,10 @@ def test_evaluate_generation_reports_and_prints_calibration(tmp_path, monkeypatc
     import sys
     import types
 
-    from vqldm.pipelines import evaluate
-    from vqldm.pipelines.cli import main
-    from vqldm.plumbing.data import DataConfig, load_datasets
+    from vqldm.cli import evaluate
+    from vqldm.cli.main import main
+    from vqldm.data.config import DataConfig
+    from vqldm.data.sources import load_datasets
 
     ds = load_datasets("fashion-mnist", DataConfig(image_size=16, fit="pad"), progress=False)
     monkeypatch.setattr(evaluate, "_load_pipeline", lambda model, device="cpu": _StubPipeline(ds.train.batch(torch.arange(100))[0]))
@@ -287,7 +293,7 @@ def test_evaluate_generation_reports_and_prints_calibration(tmp_path, monkeypatc
 def test_evaluate_autoencoder_reports_paired_calibration(tiny_ae_run, tmp_path, capsys):
     import json
 
-    from vqldm.pipelines.cli import main
+    from vqldm.cli.main import main
 
     out = tmp_path / "ae"
     code = main(["evaluate", "autoencoder", "--model", str(tiny_ae_run), "--max-images", "32", "--batch-size", "32",

@@ -7,9 +7,9 @@ import types
 import pytest
 import torch
 
-from vqldm.pipelines import evaluate
-from vqldm.pipelines.cli import main
-from vqldm.pipelines.features import (
+from vqldm.cli import evaluate
+from vqldm.cli.main import main
+from vqldm.evaluation.features import (
     DomainClassifier,
     DomainClassifierConfig,
     load_domain_classifier,
@@ -93,7 +93,8 @@ class _StubPipeline:
 
 
 def test_evaluate_generation_with_a_stub_pipeline(tiny_features, tmp_path, monkeypatch, capsys):
-    from vqldm.plumbing.data import DataConfig, load_datasets
+    from vqldm.data.config import DataConfig
+    from vqldm.data.sources import load_datasets
 
     ds = load_datasets("fashion-mnist", DataConfig(image_size=16, fit="pad"), progress=False)
     stub = _StubPipeline(ds.train.batch(torch.arange(200))[0])

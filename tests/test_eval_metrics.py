@@ -1,9 +1,9 @@
-"""Invariants of the distribution and codebook metrics (pipelines.metrics), on synthetic features."""
+"""Invariants of the distribution and codebook metrics (vqldm.evaluation.metrics), on synthetic features."""
 
 import pytest
 import torch
 
-from vqldm.pipelines import metrics
+from vqldm.evaluation import metrics
 
 
 def _gaussian(n, d, shift=0.0, seed=0):

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import vqldm.pipelines.pipeline as pipeline_module
-from vqldm.pipelines.cli import main
+from vqldm.cli.main import main
 
 FAST = ["--steps", "2", "--batch-size", "8", "--num-images", "20", "--class", "7", "--no-progress"]
 

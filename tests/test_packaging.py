@@ -25,7 +25,7 @@ def test_install_claims_only_the_vqldm_import_name(tmp_path, tiny_ae_run):
     assert (pkg / "configs" / "autoencoder" / "fashion-mnist.yaml").is_file()
     assert any((pkg / "pipelines" / "default_model" / "unet").glob("*.safetensors"))
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = ("import vqldm, vqldm.pipelines.cli as cli, vqldm.plumbing.config as c; "
+    code = ("import vqldm, vqldm.cli.main as cli, vqldm.plumbing.config as c; "
             "assert vqldm.__file__.startswith(%r), vqldm.__file__; "
             "assert c.resolve_config_path('tiny', 'autoencoder').is_file(); "
             "import importlib.util as u; "
@@ -37,7 +37,7 @@ def test_install_claims_only_the_vqldm_import_name(tmp_path, tiny_ae_run):
     assert cli.returncode == 0 and "train-autoencoder" in cli.stdout and "train-prior" in cli.stdout
 
     # a prior folder trained here loads and samples with the installed package
-    from vqldm.pipelines.cli import main
+    from vqldm.cli.main import main
 
     run = tmp_path / "prior-run"
     assert main(["train-prior", "--kind", "masked", "--config", "tiny", "--autoencoder", str(tiny_ae_run), "--data", "fashion-mnist",

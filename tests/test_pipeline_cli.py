@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vqldm.pipelines import cli
+from vqldm.cli import main as cli
 from test_pipeline_helpers import tiny_pipeline, tiny_unet
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vqldm.pipelines.fast import FrozenUNet
-from vqldm.plumbing.geometry import unet_latent_shape
+from vqldm.diffusion.model import unet_latent_shape
 from test_pipeline_helpers import tiny_pipeline
 
 STEPS = 4
@@ -89,7 +89,7 @@ def tiny_folder(tmp_path_factory):
 
 def generate(folder, out, monkeypatch, capsys, *argv):
     """`vqldm generate` into a folder: (the decoded images as floats, UNet calls that ran frozen, stderr)."""
-    from vqldm.pipelines import cli, generate as generate_module
+    from vqldm.cli import main as cli, generate as generate_module
 
     images, frozen_calls = [], []
     monkeypatch.setattr(generate_module, "_write_batch", lambda batch, *rest: images.append(batch))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vqldm.pipelines.cli import main
+from vqldm.cli.main import main
 from vqldm.priors.config import PriorSamplingConfig
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint, weights_sha256
 from vqldm.plumbing.errors import UserError

@@ -27,7 +27,7 @@ from PIL import Image
 
 import vqldm.plumbing.checkpoint as checkpoint_module
 from vqldm.plumbing.checkpoint import latest_checkpoint, list_checkpoints, load_training_checkpoint
-from vqldm.pipelines.cli import main
+from vqldm.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}

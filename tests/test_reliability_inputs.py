@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from vqldm.plumbing.checkpoint import PICKLE_SUFFIXES, load_safetensors, refuse_pickle
 from vqldm.plumbing.errors import UserError
-from vqldm.pipelines.cli import build_parser, main
+from vqldm.cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("plumbing", "autoencoder", "diffusion", "pipelines", "configs", "benchmarks")

@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from vqldm.pipelines.cli import main
-from vqldm.pipelines.features import load_feature_extractor
+from vqldm.cli.main import main
+from vqldm.evaluation.features import load_feature_extractor
 from vqldm.pipelines.pipeline import DEFAULT_MODEL_DIR, load_pipeline
 
 

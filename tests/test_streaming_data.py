@@ -12,12 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-import vqldm.plumbing.data as data_module
-import vqldm.plumbing.folder_index as index_module
-from vqldm.pipelines.cli import main
-from vqldm.plumbing.data import BatchSampler, DataConfig, load_datasets, train_batches
+import vqldm.data.loading as loading_module
+import vqldm.data.splits as data_module
+import vqldm.data.folder_index as index_module
+from vqldm.cli.main import main
+from vqldm.data.loading import BatchSampler, train_batches
+from vqldm.data.config import DataConfig
+from vqldm.data.sources import load_datasets
 from vqldm.plumbing.errors import UserError
-from vqldm.plumbing.folder_index import index_folder
+from vqldm.data.folder_index import index_folder
 
 
 def _colour_folder(root, n=24, size=(20, 24), labelled=False, seed=0):
@@ -110,7 +113,7 @@ def test_training_batches_resume_and_processes_bit_exact(tmp_path, workers):
     centred = _collect(ds.train, plain, 9)
     assert sum(not torch.equal(x, c) for (x, _), (c, _) in zip(full, centred)) >= 8
     # ... and an image's view is drawn anew each epoch
-    views = data_module._Augmented(ds.train, 3, crop=True, flip=True)
+    views = loading_module.AugmentedViews(ds.train, 3, crop=True, flip=True)
     assert sum(not torch.equal(views[(i, 0)][0], views[(i, 1)][0]) for i in range(len(ds.train))) >= 12
     assert all(torch.equal(views[(i, 4)][0], views[(i, 4)][0]) for i in range(3))
 
@@ -175,7 +178,7 @@ def test_hf_dataset_from_data_files_and_cli(tmp_path, hf_offline, capsys):
     assert loaded.train.class_names == ["a", "b", "c"] and loaded.source == f"hf:{tmp_path / 'pq'}"
     assert loaded.train.batch([0])[0].shape == (1, 1, 16, 16)
     # --config auto reads its rows and image headers too
-    from vqldm.plumbing.autoconfig import describe_data
+    from vqldm.data.summary import describe_data
 
     summary = describe_data(f"hf:{tmp_path / 'pq'}")
     assert (summary.kind, summary.count, summary.channels, summary.median_hw) == ("hf", 40, 3, (12, 12))

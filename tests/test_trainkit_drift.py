@@ -12,10 +12,10 @@ import torch
 
 from vqldm.diffusion.config import ObjectiveConfig, UNetConfig
 from vqldm.diffusion.export import export_pipeline_folder
-from vqldm.plumbing.latent_cache import read_index
+from vqldm.latents.cache import read_index
 from vqldm.diffusion.model import build_unet
 from vqldm.diffusion.objective import make_sampling_scheduler
-from vqldm.pipelines.cli import main
+from vqldm.cli.main import main
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint, weights_sha256
 from vqldm.plumbing.errors import UserError
 from vqldm.plumbing.trainkit import TrainLoopConfig, learning_rate

@@ -9,9 +9,9 @@ Two kinds, one interface (:class:`FeatureExtractor`: images in [-1, 1] NCHW -> N
   training images. The first version, the embedding alone, cannot tell a 0.5 px blur from real images at
   a few hundred samples; the detail-sensitive one puts it ~15x above the real-vs-real floor. Saved as
   ``model.safetensors`` + ``config.json``. The package ships two trained on Fashion-MNIST in
-  ``pipelines/default_model/``: ``features-detail/`` (``fashion-mnist-detail``, also ``default``; the
-  default of every ``vqldm evaluate``) and ``features/`` (``fashion-mnist-classifier``, the first version,
-  kept because older figures in the docs were measured with it and say so). Numbers are comparable only
+  ``evaluation/networks/``, one folder per name: ``fashion-mnist-detail`` (the default of every
+  ``vqldm evaluate``) and ``fashion-mnist-classifier`` (the first version, kept because archived figures
+  were measured with it and say so). Numbers are comparable only
   between measurements with the *same* file.
 * Inception-v3 with the standard FID weights (pool3, 2048-d), through torchmetrics / torch-fidelity, when
   torch-fidelity is installed and its weights are in the torch hub cache or downloadable. Offline without
@@ -43,8 +43,9 @@ from ..plumbing.trainkit import (
     stop_if_signalled,
 )
 
-DEFAULT_FEATURES_DIR = Path(__file__).resolve().parent / "default_model" / "features"
-DETAIL_FEATURES_DIR = Path(__file__).resolve().parent / "default_model" / "features-detail"
+NETWORKS_DIR = Path(__file__).resolve().parent / "networks"  # the shipped feature networks, one folder each
+CLASSIFIER_FEATURES_DIR = NETWORKS_DIR / "fashion-mnist-classifier"
+DETAIL_FEATURES_DIR = NETWORKS_DIR / "fashion-mnist-detail"
 DOMAIN_NAMES = ("fashion-mnist-classifier",)  # the first version, kept to reproduce figures measured with it
 DETAIL_NAMES = ("fashion-mnist-detail", "domain", "default")  # the default since issue 11
 INCEPTION_NAMES = ("inception", "inception-v3")
@@ -259,7 +260,7 @@ def load_feature_extractor(name_or_path: str | None = None, batch_size: int = 25
     name = (name_or_path or "fashion-mnist-detail").strip()
     if name.lower() in INCEPTION_NAMES:
         return load_inception(min(batch_size, 100), device)
-    for names, folder in ((DOMAIN_NAMES, DEFAULT_FEATURES_DIR), (DETAIL_NAMES, DETAIL_FEATURES_DIR)):
+    for names, folder in ((DOMAIN_NAMES, CLASSIFIER_FEATURES_DIR), (DETAIL_NAMES, DETAIL_FEATURES_DIR)):
         if name.lower() in names:
             if not (folder / "config.json").is_file():
                 raise UserError(f"no shipped domain classifier in {folder}; train one with `vqldm evaluate train-features --data fashion-mnist --out DIR` and pass --features DIR")
@@ -313,7 +314,9 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
     step (15% linear warm-up, then cosine to zero), the NaN policy skips one bad batch and then stops,
     and SIGINT/SIGTERM stop it with one line (nothing is written: a classifier is retrained, not resumed).
     """
-    from ..plumbing.data import BatchSampler, DataConfig, load_datasets, train_batches
+    from ..data.loading import BatchSampler, train_batches
+    from ..data.config import DataConfig
+    from ..data.sources import load_datasets
 
     check_max_steps(cfg.max_steps)
     data_cfg = DataConfig(image_size=cfg.image_size, channels=cfg.channels, fit=cfg.fit, max_images=cfg.max_images,

@@ -1,5 +1,5 @@
 """What ``vqldm evaluate`` measures, without the command line: reference data, reconstructions, generated
-sets, distribution metrics (FID / KID / precision-recall from ``pipelines/metrics.py``), step sweeps, and the
+sets, distribution metrics (FID / KID / precision-recall from :mod:`.metrics`), step sweeps, and the
 calibration every FD / KID is read against (real-vs-real floor, Gaussian blur of 0.5 / 1 px, additive noise:
 :func:`calibration_rows`, :func:`place_on_scale`).
 
@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from ..autoencoder.losses import LossConfig, load_lpips, perceptual_loss
 from ..autoencoder.model import encode_indices
-from ..plumbing.data import DataConfig, load_datasets
-from ..plumbing.geometry import num_classes as geometry_num_classes
+from ..data.config import DataConfig
+from ..data.sources import load_datasets
+from ..diffusion.model import unet_num_classes
 from . import metrics
 from .features import FeatureExtractor
 
@@ -113,11 +114,11 @@ def _lpips_mean(originals: torch.Tensor, recs: torch.Tensor, batch_size: int, de
 
 def _load_pipeline(model: str | None, device: torch.device | str = "cpu"):
     """A latent diffusion pipeline or a prior over codes (its folder's vqldm.json says which)."""
-    from .prior_pipeline import is_prior_folder, load_prior_pipeline
+    from ..pipelines.prior_pipeline import is_prior_folder, load_prior_pipeline
 
     if is_prior_folder(model):
         return load_prior_pipeline(model, device=device)
-    from .pipeline import load_pipeline  # imported when needed: `vqldm --help` does not pay for diffusers
+    from ..pipelines.pipeline import load_pipeline
 
     return load_pipeline(model, device=device, freeze_unet=True)  # many batches: the frozen UNet pays off
 
@@ -156,7 +157,7 @@ def pipeline_num_classes(pipe) -> int | None:
     """Number of real classes of a class-conditional pipeline (its UNet has one extra null class), else None."""
     n = getattr(pipe, "num_classes", None)
     if n is None:
-        n = geometry_num_classes(pipe.unet.config)
+        n = unet_num_classes(pipe.unet.config)
     return int(n) or None
 
 

@@ -38,11 +38,11 @@ from typing import Callable, Literal
 import torch
 from diffusers import VQModel
 
-from .checkpoint import AtomicDir, weights_sha256
-from .data import Datasets, ImageSplit
-from .errors import UserError
-from .geometry import scale_latents, unscale_latents
-from .tensorfile import TensorFileWriter, mmap_tensors
+from ..plumbing.checkpoint import AtomicDir, weights_sha256
+from ..data.splits import Datasets, ImageSplit
+from ..plumbing.errors import UserError
+from ..autoencoder.model import scale_latents, unscale_latents
+from ..plumbing.tensorfile import TensorFileWriter, mmap_tensors
 
 
 @dataclass

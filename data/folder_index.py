@@ -8,7 +8,7 @@ size or mtime changed, or a new one, is decoded again, a removed one is dropped.
 20,000 images is re-indexed in well under a second.
 
 The index holds no pixels and does not depend on the model's geometry (channels, size, fit): training
-reads and fits the images on the fly (:mod:`vqldm.plumbing.data`).
+reads and fits the images on the fly (:mod:`vqldm.data.splits`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_json
+from ..plumbing.checkpoint import atomic_write_json
 from .decode import IMAGE_SUFFIXES, probe_image
-from .errors import UserError
+from ..plumbing.errors import UserError
 
 INDEX_FORMAT = "vqldm-folder-index"
 INDEX_VERSION = 1

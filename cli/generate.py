@@ -27,7 +27,7 @@ from ..plumbing.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .fast import FROZEN_MIN_UNET_CALLS
+    from ..pipelines.fast import FROZEN_MIN_UNET_CALLS
 
     p = parser
     p.add_argument("--model", default=None, metavar="MODEL_DIR",
@@ -81,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args) -> None:
     """Cheap checks before loading any model, so mistakes fail in milliseconds."""
-    from .pipeline import DTYPES, UNET_PATHS
-    from .schedulers import SCHEDULERS
+    from ..pipelines.pipeline import DTYPES, UNET_PATHS
+    from ..pipelines.schedulers import SCHEDULERS
 
     if args.scheduler is not None and args.scheduler.lower() not in SCHEDULERS:
         raise UserError(f"unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
@@ -174,7 +174,7 @@ def _fingerprint(model: str | None) -> str:
     """Identity of the model folder for --resume: its weights files (names, sizes, modification times) and vqldm.json."""
     import hashlib
 
-    from .default_model import DEFAULT_MODEL_DIR
+    from ..pipelines.default_model import DEFAULT_MODEL_DIR
 
     root = Path(model) if model else DEFAULT_MODEL_DIR
     h = hashlib.sha256()
@@ -249,7 +249,7 @@ def _write_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> No
 
 def _load(args):
     """The model at --model: a latent diffusion pipeline, or a code prior (vqldm.json says which)."""
-    from .prior_pipeline import is_prior_folder, load_prior_pipeline
+    from ..pipelines.prior_pipeline import is_prior_folder, load_prior_pipeline
 
     if is_prior_folder(args.model):
         for flag, given in (("--scheduler", args.scheduler), ("--interpolate", args.interpolate is not None),
@@ -259,7 +259,7 @@ def _load(args):
                 raise UserError(f"{flag} is for latent diffusion pipelines; {args.model!r} is a prior over codes: drop {flag}")
         return load_prior_pipeline(args.model, device=_resolve_device(args.device)), {
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
-    from .pipeline import load_pipeline
+    from ..pipelines.pipeline import load_pipeline
 
     for flag, given in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p)):
         if given is not None:

@@ -1,6 +1,6 @@
 """Distribution metrics on feature sets, and codebook-vs-class statistics.
 
-Feature sets are float tensors N x D (one row per image, from :mod:`pipelines.features`). All statistics
+Feature sets are float tensors N x D (one row per image, from :mod:`.features`). All statistics
 are computed in float64. Every function is pure: features in, numbers out.
 
 * Fréchet distance (Heusel et al. 2017, "GANs trained by a two time-scale update rule"): the 2-Wasserstein

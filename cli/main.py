@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--autoencoder", required=True, help="autoencoder run folder (holding vqvae/) or a VQModel folder")
 
-    # generate / evaluate own their arguments (pipelines/generate.py, pipelines/evaluate.py)
+    # generate / evaluate own their arguments (cli/generate.py, cli/evaluate.py)
     from . import evaluate, generate
 
     p = sub.add_parser("generate", help="generate images with a pipeline or prior folder (default: the shipped model)")
@@ -72,7 +72,8 @@ def _say(line: str) -> None:
 def cmd_train_autoencoder(args) -> int:
     from ..autoencoder.config import auto_autoencoder_config, load_autoencoder_config
     from ..autoencoder.train import train_autoencoder
-    from ..plumbing.autoconfig import AUTO, describe_data, detect_device
+    from ..plumbing.autosize import AUTO, detect_device
+    from ..data.summary import describe_data
 
     if args.config == AUTO:
         summary = describe_data(args.data, args.labels)
@@ -86,8 +87,9 @@ def cmd_train_autoencoder(args) -> int:
 
 def cmd_train_diffusion(args) -> int:
     from ..diffusion.config import auto_diffusion_config
-    from ..diffusion.train import load_diffusion_config, train_diffusion
-    from ..plumbing.autoconfig import AUTO, detect_device
+    from ..diffusion.config import load_diffusion_config
+    from ..diffusion.train import train_diffusion
+    from ..plumbing.autosize import AUTO, detect_device
 
     if args.config == AUTO:
         cfg, line = auto_diffusion_config(args.autoencoder, args.data, args.labels, detect_device(), args.overrides, args.max_steps)
@@ -100,7 +102,7 @@ def cmd_train_diffusion(args) -> int:
 
 
 def cmd_train_prior(args) -> int:
-    from ..plumbing.autoconfig import AUTO, detect_device
+    from ..plumbing.autosize import AUTO, detect_device
     from ..plumbing.errors import UserError
     from ..priors.config import KINDS, auto_prior_config, load_prior_config
     from ..priors.train import train_prior

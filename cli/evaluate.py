@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from ..plumbing.checkpoint import atomic_write_json
 from ..plumbing.errors import UserError
-from . import metrics
-from .evaluation import (
+from ..evaluation import metrics
+from ..evaluation.report import (
     prior_code_usage,
     scheduler_label,
     _device,
@@ -52,8 +52,8 @@ from .evaluation import (
     sweep_steps,
     warm_up,
 )
-from .features import FeatureTrainConfig, load_feature_extractor, train_domain_classifier
-from .plots import plot_class_heatmap, plot_code_frequency, plot_image_rows, plot_steps_sweep
+from ..evaluation.features import FeatureTrainConfig, load_feature_extractor, train_domain_classifier
+from ..evaluation.plots import plot_class_heatmap, plot_code_frequency, plot_image_rows, plot_steps_sweep
 
 MODES = ("autoencoder", "generation", "train-features")
 
@@ -137,7 +137,7 @@ def cmd_train_features(args) -> int:
 def cmd_autoencoder(args) -> int:
     from ..autoencoder.evaluate import evaluate_reconstruction
     from ..autoencoder.model import load_vqvae
-    from .default_model import DEFAULT_MODEL_DIR
+    from ..pipelines.default_model import DEFAULT_MODEL_DIR
 
     device = _device(args.device)
     progress = not args.no_progress
@@ -281,7 +281,7 @@ def cmd_generation(args) -> int:
     real_f = extractor(real, progress, "features (real)")
     warm_up(pipe, args.batch_size, args.guidance, num_classes)
     if args.steps is None:
-        from .pipeline import DEFAULT_STEPS
+        from ..pipelines.pipeline import DEFAULT_STEPS
 
         args.steps = int(pipe.info.get("default_steps") or DEFAULT_STEPS)
     codes: list = []

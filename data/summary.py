@@ -1,0 +1,191 @@
+"""What ``--config auto`` needs to know about the data, read cheaply.
+
+:func:`describe_data` reads image count, channels, size distribution and class subfolders from file
+names and image *headers* of a bounded sample (PIL opens a file without decoding its pixels): at most
+500 headers, however large the folder. Named datasets are known constants. Class subfolders (every
+image in one, at least two, not numbered shards like FFHQ's 00000/) make stage 2 class-conditional.
+:func:`check_fits` refuses data no config fits (fewer than :data:`MIN_IMAGES` images, images under 8 px)
+with a one-line UserError. The stages turn a :class:`DataSummary` into a sized config (their
+``choose_*`` functions, with :mod:`vqldm.plumbing.autosize`).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .sources import HF_PREFIX, hf_layout, hf_load
+from .decode import IMAGE_SUFFIXES
+from ..plumbing.errors import UserError
+from .folder_index import scan_folder
+
+
+# Named datasets: (train images, channels, height, width, classes); never downloaded just to be described.
+NAMED = {
+    "fashion-mnist": (60_000, 1, 28, 28, 10),
+    "mnist": (60_000, 1, 28, 28, 10),
+    "cifar10": (50_000, 3, 32, 32, 10),
+}
+SAMPLE_HEADERS = 500  # image headers read to learn modes and sizes (spread over the sorted file list)
+MIN_IMAGES = 8  # below this no run is worth sizing: a model would memorise a handful of pictures
+MIN_SIDE = 8  # data.image_size must be >= 8 (and smaller images have nothing to compress)
+COLOUR_SHARE = 0.1  # colour if at least this share of the sampled images is colour: grey copies of them lose it
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass
+class DataSummary:
+    """What ``--config auto`` knows about the data: counts from file names, modes and sizes from headers."""
+
+    source: str
+    kind: str  # "folder", "hf" or "named"
+    count: int  # image files (by extension) or the named dataset's training images
+    channels: int  # 1 or 3
+    median_hw: tuple[int, int]
+    min_side: int  # shorter sides over the sample
+    max_side: int
+    median_side: int  # median shorter side: what a resize to a square keeps
+    labels: str = "none"  # "folders" when class subfolders will be used
+    class_names: list[str] = field(default_factory=list)
+    subfolders: int = 0  # first-level subfolders holding images (classes or not)
+    sampled: int = 0  # headers read (folders)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.labels != "none" else 0
+
+    def describe(self) -> str:
+        """``1,432 RGB images (median 64x64, no labels)``"""
+        colour = "RGB" if self.channels == 3 else "grayscale"
+        h, w = self.median_hw
+        if self.num_classes:
+            labels = f"{self.num_classes} classes"
+        elif self.subfolders > 1 and self.kind == "folder":
+            labels = f"no labels; {self.subfolders} subfolders"
+        else:
+            labels = "no labels"
+        return f"{self.count:,} {colour} image{'s' if self.count != 1 else ''} (median {h}x{w}, {labels})"
+
+
+# ----------------------------------------------------------------------------- describing the data
+def _looks_like_classes(names: list[str]) -> bool:
+    """Class subfolders, not shards: FFHQ-style numbered chunks (00000/, 01000/, ...) are not classes."""
+    if len(names) < 2:
+        return False
+    shards = all(n.isdigit() for n in names) and len({len(n) for n in names}) == 1 and len(names[0]) >= 3
+    return not shards
+
+
+def describe_data(source: str | os.PathLike | None, labels: str | None = None) -> DataSummary:
+    """Summarise ``source`` (an image folder, ``hf:NAME`` or a named dataset) for sizing a run.
+
+    ``labels``: "folders" or "none" as the user asked, or None to decide: first-level subfolders are
+    classes when every image is in one, there are at least two, and they are not numbered shards.
+    """
+    if not source:
+        raise UserError("--config auto needs --data: an image folder, or one of " + ", ".join(NAMED))
+    if str(source).startswith(HF_PREFIX):
+        return _describe_hf(str(source)[len(HF_PREFIX):], labels)
+    path = Path(source).expanduser()
+    if not path.exists():
+        name = str(source).lower()
+        if name in NAMED:
+            count, channels, h, w, classes = NAMED[name]
+            use = "none" if labels == "none" else "folders"  # named datasets come labelled
+            return DataSummary(name, "named", count, channels, (h, w), min(h, w), min(h, w), min(h, w),
+                               labels=use, class_names=[str(i) for i in range(classes)])
+        raise UserError(f"data path {str(source)!r} not found; pass an existing image folder or one of: {', '.join(NAMED)}")
+    if not path.is_dir():
+        raise UserError(f"--data {str(source)!r} is a file, not a folder of images; pass its folder or a named dataset")
+
+    images = [p for p in scan_folder(path) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise UserError(f"no images in {str(path)!r} (PNG, JPEG, WebP, ...; subfolders are searched); --config auto sizes a run from them")
+    firsts = [p.relative_to(path).parts for p in images]
+    subfolders = sorted({parts[0] for parts in firsts if len(parts) > 1})
+    loose = sum(1 for parts in firsts if len(parts) == 1)
+    if labels == "folders":
+        if not subfolders:
+            raise UserError(f"--labels folders needs one subfolder per class in {str(path)!r}, found none")
+        use = "folders"
+    elif labels == "none":
+        use = "none"
+    else:
+        use = "folders" if loose == 0 and _looks_like_classes(subfolders) else "none"
+
+    k = min(SAMPLE_HEADERS, len(images))
+    picks = sorted({round(i * (len(images) - 1) / max(1, k - 1)) for i in range(k)})
+    sizes, colour = [], 0
+    for i in picks:
+        try:
+            with Image.open(images[i]) as img:  # reads the header only; pixels stay on disk
+                w, h = img.size
+                mode = img.mode
+        except Exception:  # unreadable files are the loader's to skip and count
+            continue
+        sizes.append((h, w))
+        colour += mode not in GRAY_MODES
+    if not sizes:
+        raise UserError(f"none of the {len(picks)} sampled files in {str(path)!r} opens as an image; check the files")
+    sides = [min(h, w) for h, w in sizes]
+    return DataSummary(
+        source=str(path), kind="folder", count=len(images),
+        channels=3 if colour >= COLOUR_SHARE * len(sizes) else 1,
+        median_hw=(int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes))),
+        min_side=min(sides), max_side=max(sides), median_side=int(statistics.median_low(sides)),
+        labels=use, class_names=subfolders if use == "folders" else [], subfolders=len(subfolders), sampled=len(sizes),
+    )
+
+
+def _describe_hf(name: str, labels: str | None) -> DataSummary:
+    """A Hugging Face dataset: rows of the training split, image headers of a sample (the bytes are read,
+    not decoded), its ClassLabel column as classes unless ``--labels none``."""
+    import io
+
+    import datasets as hf
+
+    layout = hf_layout(name, hf_load(name))
+    train = layout.splits[layout.train].cast_column(layout.image_column, hf.Image(decode=False))
+    n = len(train)
+    k = min(SAMPLE_HEADERS, n)
+    sizes, colour = [], 0
+    for i in sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)}):
+        value = train[i][layout.image_column] or {}
+        try:
+            with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")) as img:
+                w, h = img.size
+                colour += img.mode not in GRAY_MODES
+        except Exception:  # unreadable rows are the loader's to report
+            continue
+        sizes.append((h, w))
+    if not sizes:
+        raise UserError(f"none of the sampled rows of hf:{name} opens as an image; check the dataset")
+    sides = [min(h, w) for h, w in sizes]
+    use = "folders" if layout.class_names and labels != "none" else "none"
+    return DataSummary(
+        source=HF_PREFIX + name, kind="hf", count=n, channels=3 if colour >= COLOUR_SHARE * len(sizes) else 1,
+        median_hw=(int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes))),
+        min_side=min(sides), max_side=max(sides), median_side=int(statistics.median_low(sides)),
+        labels=use, class_names=layout.class_names if use == "folders" else [], sampled=len(sizes),
+    )
+
+
+def check_fits(summary: DataSummary) -> None:
+    """The data no config fits: a one-line UserError with what to do instead."""
+    if summary.count < MIN_IMAGES:
+        raise UserError(
+            f"--config auto: {summary.count} image{'s' if summary.count != 1 else ''} in {summary.source!r} is too few to size a "
+            f"run for (at least {MIN_IMAGES}; a few hundred for a useful model); add images, or pass a preset such as --config tiny"
+        )
+    if summary.median_side < MIN_SIDE:
+        h, w = summary.median_hw
+        raise UserError(
+            f"--config auto: the images in {summary.source!r} are too small (median {h}x{w}; the smallest model takes "
+            f"{MIN_SIDE} px); upscale them to at least 16 px, or pass a preset with --set data.image_size=16"
+        )
+
+
