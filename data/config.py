@@ -23,9 +23,10 @@ class DataConfig:
     hf_config: str | None = None  # --data hf:NAME: the dataset's configuration (subset) name, where it has several
 
     def __post_init__(self):
-        if self.image_size < 8:
+        # None (image_size, channels) is allowed only by LatentDataConfig: "take it from the autoencoder"
+        if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
-        if self.channels not in (1, 3):
+        if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")

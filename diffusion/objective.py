@@ -90,18 +90,6 @@ def diffusion_loss(model_output: torch.Tensor, target: torch.Tensor, weights: to
     return per_sample.mean()
 
 
-def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each label by ``null_class`` with probability ``p`` (classifier-free guidance training).
-
-    The coin flips are drawn on the generator's device (CPU for the trainer) and moved to ``labels``.
-    """
-    if p <= 0:
-        return labels
-    device = generator.device if generator is not None else labels.device
-    drop = torch.rand(labels.shape, generator=generator, device=device) < p
-    return torch.where(drop.to(labels.device), torch.full_like(labels, null_class), labels)
-
-
 def sample_noise_and_timesteps(
     x0: torch.Tensor, num_train_timesteps: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:

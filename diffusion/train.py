@@ -17,25 +17,22 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..autoencoder.model import load_vqvae
+from ..latents.guidance import drop_labels
+from ..latents.setup import prepare_latent_stage
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint, weights_sha256
-from ..plumbing.config import save_config, to_dict
-from ..data.loading import BatchSampler
-from ..latents.setup import conditioning_classes, load_latent_stage_data
-from ..autoencoder.model import latent_shape
-from .model import null_class
+from ..plumbing.config import to_dict
+from ..plumbing.ema import EMA, ema_decay_at
 from ..plumbing.images import make_grid, save_png
-from ..plumbing.runs import RunLogger, console, prepare_run_dir
+from ..plumbing.runs import RunLogger
 from ..plumbing.trainkit import (
     LossWindow,
     NonFiniteGuard,
     StopSignals,
     TrainClock,
-    check_max_steps,
+    adamw,
     due,
     keep_training,
     learning_rate,
-    make_accelerator,
     optimizer_step,
     resume_training,
     run_metrics,
@@ -45,13 +42,10 @@ from ..plumbing.trainkit import (
     stop_if_signalled,
 )
 from .config import DiffusionRunConfig
-from ..plumbing.ema import EMA, ema_decay_at
 from .export import export_pipeline_folder
-from ..latents.cache import cache_root, prepare_latent_cache
-from .model import build_unet, check_latent_shape
+from .model import build_unet, check_latent_shape, null_class
 from .objective import (
     diffusion_loss,
-    drop_labels,
     make_sampling_scheduler,
     make_train_scheduler,
     min_snr_weights,
@@ -72,41 +66,17 @@ def train_diffusion(
 ) -> dict:
     """Train the latent UNet, export ``out/pipeline`` (EMA weights) and return the final metrics
     (also written to ``out/metrics.json``; empty on non-main processes)."""
-    check_max_steps(max_steps, cfg.train.grad_accumulation)
-    if max_steps is not None:
-        cfg.train.max_steps = max_steps
     tc, oc = cfg.train, cfg.objective
-    acc = make_accelerator(tc)
-    is_main = acc.is_main_process
-    log = console if is_main else (lambda msg: None)
-    progress = is_main and tc.progress
-    # Check every input before writing anything: a failed start leaves no (half-)run folder behind.
-    prepare_run_dir(out, resume, is_main, create=False)
-    ae = load_vqvae(autoencoder)
-    vqvae, ae_data, ae_run = ae.vqvae, ae.data, ae.run_dir
 
-    # ---------------------------------------------------------------- data -> latent cache
-    datasets, data_cfg = load_latent_stage_data(cfg.data, ae_data, vqvae.config, data, log=log, progress=progress, accelerator=acc)
-    latent = latent_shape(vqvae.config, data_cfg.image_size)
-    num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
-    class_names = list(datasets.train.class_names) if num_classes else []
-    torch.manual_seed(tc.seed)
-    unet = build_unet(cfg.model, latent, num_classes)  # rejects impossible shapes before anything is written
-    check_latent_shape(vqvae.config, unet.config, data_cfg.image_size)
-    run_dir = prepare_run_dir(out, resume, is_main)
-    acc.wait_for_everyone()
-    if is_main:
-        save_config(cfg, run_dir / "config.yaml")
-    device = acc.device
-    vqvae.to(device)
-    cache = prepare_latent_cache(cache_root(cfg.cache.folder, ae_run, run_dir), vqvae, datasets, cfg.cache, data_cfg.image_size, data_cfg.channels, data_cfg.fit,
-                                 accelerator=acc, log=log, progress=progress, num_workers=data_cfg.num_workers)
-    del datasets  # the images are not needed any more: training reads latents only
-    sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
+    stage, unet = prepare_latent_stage(cfg, out, autoencoder, data, max_steps, resume, codes=False,
+                                       build_model=lambda vqvae, latent, n_classes: build_unet(cfg.model, latent, n_classes))
+    acc, log, progress, vqvae, run_dir, cache = stage.accelerator, stage.log, stage.progress, stage.vqvae, stage.run_dir, stage.cache
+    is_main, device, latent, num_classes = stage.is_main, stage.device, stage.latent, stage.num_classes
+    data_cfg, sampler = stage.data, stage.sampler
 
     # ---------------------------------------------------------------- EMA, optimizer, schedules
     ema = EMA(unet, tc.ema_decay, tc.ema_warmup)
-    opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    opt = adamw(unet.parameters(), tc)
     noise_scheduler = make_train_scheduler(oc)
     sample_scheduler = make_sampling_scheduler(oc)
     null = null_class(num_classes)
@@ -202,7 +172,7 @@ def train_diffusion(
                               latent_cache={"folder": str(cache.folder), "key": cache.key, "built": cache.built, "seconds": cache.seconds})
         export_pipeline_folder(
             vqvae.cpu(), ema.model.cpu(), sample_scheduler, run_dir / "pipeline",
-            extra={"class_names": class_names, "num_classes": num_classes, "image_size": data_cfg.image_size,
+            extra={"class_names": stage.class_names, "num_classes": num_classes, "image_size": data_cfg.image_size,
                    "vqvae_weights_sha256": weights_sha256(vqvae),
                    "step": step, "prediction_type": oc.prediction_type, "training_config": to_dict(cfg)},
         )

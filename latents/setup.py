@@ -9,14 +9,26 @@ same order for both, checking every input before anything is written. The loops 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
+import torch
+from diffusers import VQModel
+from torch import nn
+
+from ..autoencoder.model import latent_shape, load_vqvae
 from ..data.config import DataConfig
+from ..data.loading import BatchSampler
 from ..data.sources import load_datasets
 from ..data.splits import Datasets, ImageSplit
+from ..plumbing.config import save_config
 from ..plumbing.errors import UserError
 from ..plumbing.images import size_hw
+from ..plumbing.runs import console, prepare_run_dir
+from ..plumbing.trainkit import check_max_steps, make_accelerator
+from .cache import cache_root, prepare_code_cache, prepare_latent_cache
 
 
 @dataclass
@@ -31,17 +43,7 @@ class LatentDataConfig(DataConfig):
 
     image_size: int | None = None
     channels: int | None = None
-    fit: Literal["pad", "resize", "crop"] | None = None
-
-    def __post_init__(self):
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
-        if self.channels is not None and self.channels not in (1, 3):
-            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0 (or null for automatic), got {self.num_workers}")
+    fit: Literal["pad", "resize", "crop"] | None = None  # validated by DataConfig.__post_init__, which allows None
 
 
 def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_config) -> DataConfig:
@@ -103,3 +105,68 @@ def conditioning_classes(train: "ImageSplit", class_conditional: bool) -> int:
             "(one subfolder per class), use a labelled dataset, or --set model.class_conditional=false"
         )
     return train.num_classes
+
+
+@dataclass
+class LatentStage:
+    """A latent-stage run once it is set up: everything its training loop reads besides the model."""
+
+    accelerator: Any
+    log: Callable[[str], None]  # console lines on the main process, silent elsewhere
+    progress: bool  # progress bars (main process, train.progress)
+    vqvae: VQModel  # on the training device, frozen
+    run_dir: Path
+    data: DataConfig  # the images' source and geometry, as used
+    latent: tuple[int, int, int]  # (C, h, w) of the latent grid
+    num_classes: int  # 0: unconditional
+    class_names: list[str]
+    cache: Any  # LatentCache (latents) or CodeCache (code indices)
+    sampler: BatchSampler
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+def prepare_latent_stage(cfg, out: str | os.PathLike, autoencoder: str | os.PathLike, data: str | None,
+                         max_steps: int | None, resume: bool, *, codes: bool,
+                         build_model: Callable[[VQModel, tuple[int, int, int], int], nn.Module]) -> tuple[LatentStage, nn.Module]:
+    """Set up a stage-2 run (``cfg``: a run config with ``data``, ``model``, ``cache``, ``train``): open the
+    autoencoder, read the images with its geometry, build the model with ``build_model(vqvae, latent,
+    num_classes)`` (seeded; it rejects impossible shapes), then -- every input checked, nothing written
+    before -- create the run folder with its config.yaml, encode the images once into the cache (``codes``:
+    code indices, else scaled latents) and lay out the batch order."""
+    check_max_steps(max_steps, cfg.train.grad_accumulation)
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    tc = cfg.train
+    acc = make_accelerator(tc)
+    is_main = acc.is_main_process
+    log = console if is_main else (lambda msg: None)
+    progress = is_main and tc.progress
+    prepare_run_dir(out, resume, is_main, create=False)  # a failed start leaves no (half-)run folder behind
+    ae = load_vqvae(autoencoder)
+    vqvae = ae.vqvae
+    datasets, data_cfg = load_latent_stage_data(cfg.data, ae.data, vqvae.config, data, log=log, progress=progress, accelerator=acc)
+    latent = latent_shape(vqvae.config, data_cfg.image_size)
+    num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
+    class_names = list(datasets.train.class_names) if num_classes else []
+    torch.manual_seed(tc.seed)
+    model = build_model(vqvae, latent, num_classes)
+    run_dir = prepare_run_dir(out, resume, is_main)
+    acc.wait_for_everyone()
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    vqvae.to(acc.device)
+    prepare_cache = prepare_code_cache if codes else prepare_latent_cache
+    cache = prepare_cache(cache_root(cfg.cache.folder, ae.run_dir, run_dir), vqvae, datasets, cfg.cache, data_cfg.image_size,
+                          data_cfg.channels, data_cfg.fit, accelerator=acc, log=log, progress=progress,
+                          num_workers=data_cfg.num_workers)
+    # from here on training reads the cache only; the images (``datasets``) are dropped with this frame
+    sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
+    stage = LatentStage(acc, log, progress, vqvae, run_dir, data_cfg, latent, num_classes, class_names, cache, sampler)
+    return stage, model

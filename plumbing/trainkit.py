@@ -287,6 +287,11 @@ def learning_rate(tc: TrainLoopConfig, step: int) -> float:
     return tc.lr * multiplier(step // tc.grad_accumulation)
 
 
+def adamw(parameters, tc: TrainLoopConfig) -> torch.optim.AdamW:
+    """The optimizer of every vqldm trainer: AdamW with the loop's lr, betas and weight decay."""
+    return torch.optim.AdamW(parameters, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

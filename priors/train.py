@@ -16,27 +16,24 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..autoencoder.model import decode_codes, load_vqvae
+from ..autoencoder.model import decode_codes
+from ..latents.guidance import drop_labels
+from ..latents.setup import prepare_latent_stage
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint
-from ..plumbing.config import save_config, to_dict
-from ..data.loading import BatchSampler
-from ..latents.setup import conditioning_classes, load_latent_stage_data
+from ..plumbing.config import to_dict
 from ..plumbing.ema import EMA
 from ..plumbing.errors import UserError
-from ..autoencoder.model import latent_shape
 from ..plumbing.images import make_grid, save_png
-from ..latents.cache import cache_root, prepare_code_cache
-from ..plumbing.runs import RunLogger, console, prepare_run_dir
+from ..plumbing.runs import RunLogger
 from ..plumbing.trainkit import (
     LossWindow,
     NonFiniteGuard,
     StopSignals,
     TrainClock,
-    check_max_steps,
+    adamw,
     due,
     keep_training,
     learning_rate,
-    make_accelerator,
     optimizer_step,
     resume_training,
     run_metrics,
@@ -68,41 +65,18 @@ def train_prior(
 ) -> dict:
     """Train a prior over the autoencoder's codes, export ``out/prior`` and return the final metrics."""
     if cfg.model.kind not in KINDS:
-        raise UserError(f"unknown prior kind {cfg.model.kind!r}; pass --kind masked or --kind autoregressive")
-    check_max_steps(max_steps, cfg.train.grad_accumulation)
-    if max_steps is not None:
-        cfg.train.max_steps = max_steps
+        raise UserError(f"model.kind is {cfg.model.kind!r}; set it to masked or autoregressive")
     tc, kind = cfg.train, cfg.model.kind
-    acc = make_accelerator(tc)
-    is_main = acc.is_main_process
-    log = console if is_main else (lambda msg: None)
-    progress = is_main and tc.progress
-    # Check every input before writing anything: a failed start leaves no (half-)run folder behind.
-    prepare_run_dir(out, resume, is_main, create=False)
-    ae = load_vqvae(autoencoder)
-    vqvae = ae.vqvae
-
-    # ---------------------------------------------------------------- data -> code cache
-    datasets, data_cfg = load_latent_stage_data(cfg.data, ae.data, vqvae.config, data, log=log, progress=progress, accelerator=acc)
-    _, gh, gw = latent_shape(vqvae.config, data_cfg.image_size)
-    num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
-    class_names = list(datasets.train.class_names) if num_classes else []
-    torch.manual_seed(tc.seed)
-    prior = build_prior(cfg, int(vqvae.config.num_vq_embeddings), (gh, gw), num_classes)
-    run_dir = prepare_run_dir(out, resume, is_main)
-    acc.wait_for_everyone()
-    if is_main:
-        save_config(cfg, run_dir / "config.yaml")
-    device = acc.device
-    vqvae.to(device)
-    cache = prepare_code_cache(cache_root(cfg.cache.folder, ae.run_dir, run_dir), vqvae, datasets, cfg.cache, data_cfg.image_size,
-                               data_cfg.channels, data_cfg.fit, accelerator=acc, log=log, progress=progress, num_workers=data_cfg.num_workers)
-    del datasets  # training reads codes only
-    sampler = BatchSampler(len(cache.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
+    stage, prior = prepare_latent_stage(
+        cfg, out, autoencoder, data, max_steps, resume, codes=True,
+        build_model=lambda vqvae, latent, n_classes: build_prior(cfg, int(vqvae.config.num_vq_embeddings), latent[1:], n_classes))
+    acc, log, progress, vqvae, run_dir, cache = stage.accelerator, stage.log, stage.progress, stage.vqvae, stage.run_dir, stage.cache
+    is_main, device, num_classes, sampler = stage.is_main, stage.device, stage.num_classes, stage.sampler
+    _, gh, gw = stage.latent
 
     # ---------------------------------------------------------------- EMA, optimizer
     ema = EMA(prior, tc.ema_decay, tc.ema_warmup)
-    opt = torch.optim.AdamW(prior.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    opt = adamw(prior.parameters(), tc)
     null = prior.null_class
 
     # ---------------------------------------------------------------- resume
@@ -149,11 +123,7 @@ def train_prior(
             codes, labels = cache.train.batch(next(batches))  # B x T code ids, B labels
             codes = codes.to(device, non_blocking=True)
             g = step_generator(tc.seed, step, acc.process_index)
-            if num_classes:  # classifier-free guidance: drop the label to the null class with probability p
-                drop = torch.rand(labels.shape[0], generator=g) < cfg.objective.label_dropout
-                class_labels = torch.where(drop, torch.full_like(labels, null), labels).to(device)
-            else:
-                class_labels = None
+            class_labels = drop_labels(labels, cfg.objective.label_dropout, null, g).to(device) if num_classes else None
             set_learning_rate(opt, learning_rate(tc, step))
             prior.train()
             with acc.accumulate(prior):
@@ -192,7 +162,7 @@ def train_prior(
         metrics = run_metrics(step, steps_done, clock, tc, acc, n_params, window.last_mean, kind=kind, grid=[gh, gw],
                               train_items=len(cache.train), num_classes=num_classes,
                               code_cache={"folder": str(cache.folder), "key": cache.key, "built": cache.built})
-        export_prior_folder(vqvae.cpu(), ema.model.cpu(), run_dir / "prior", kind, cfg.sampling, class_names, data_cfg.image_size,
+        export_prior_folder(vqvae.cpu(), ema.model.cpu(), run_dir / "prior", kind, cfg.sampling, stage.class_names, stage.data.image_size,
                             extra={"step": step, "training_config": to_dict(cfg)})
         atomic_write_json(run_dir / "metrics.json", metrics)
         log(f"done: {step} steps, loss {window.last_mean:.4f}; {kind} prior in {run_dir / 'prior'}")

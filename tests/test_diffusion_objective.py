@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from vqldm.diffusion.config import ObjectiveConfig
+from vqldm.latents.guidance import drop_labels
 from vqldm.plumbing.ema import EMA, ema_decay_at
 from vqldm.diffusion.objective import (
     diffusion_loss,
-    drop_labels,
     make_train_scheduler,
     min_snr_weights,
     sample_noise_and_timesteps,
