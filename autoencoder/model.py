@@ -101,9 +101,10 @@ class VQAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vqmodel.quant_conv(self.vqmodel.encoder(x))  # B x D x h x w
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput, torch.Tensor]:
+    def forward(self, x: torch.Tensor, step: int | None = None) -> tuple[torch.Tensor, QuantizerOutput, torch.Tensor]:
+        """x -> (reconstruction, quantizer output, h); ``step``: the optimizer step (see the quantizer)."""
         h = self.encode(x)
-        q = self.quantizer(h)
+        q = self.quantizer(h, step=step)
         rec = vq_decode(self.vqmodel, q.z_q.to(h.dtype))
         return rec, q, h
 

@@ -47,8 +47,8 @@ class QuantizerConfig:
     kmeans_iters: int = 10
     restart_dead_codes: bool = True
     dead_code_threshold: float = 1.0  # EMA count of assignments per step below which a code is dead
-    restart_every: int = 1  # steps between dead-code checks
-    restart_until: int = 0  # last training step with restarts (0 = never stop); lets the decoder settle at the end
+    restart_every: int = 1  # optimizer steps between dead-code checks
+    restart_until: int = 0  # last optimizer step with restarts (0 = never stop); lets the decoder settle at the end
     lookup: Literal["euclidean", "cosine"] = "euclidean"  # cosine: unit-norm codes, nearest by angle (ViT-VQGAN)
 
     def __post_init__(self):
@@ -208,8 +208,13 @@ class VectorQuantizerEMA(nn.Module):
         return n_dead
 
     # ------------------------------------------------------------------ forward
-    def forward(self, h: torch.Tensor) -> QuantizerOutput:
+    def forward(self, h: torch.Tensor, step: int | None = None) -> QuantizerOutput:
         """h: B x D x H x W pre-quantization latents -> straight-through quantized latents and losses.
+
+        ``step``: the optimizer step this batch belongs to (the training loop's ``step // grad_accumulation``),
+        so that dead-code restarts are scheduled in optimizer steps like everything else and happen once per
+        optimizer step (on its first micro-batch) under gradient accumulation; without it every training call
+        counts as one step. The EMA statistics are updated on every batch.
 
         With ``lookup: cosine`` the straight-through input, the commitment term and the codebook statistics
         use h / ||h|| (per position, over D); the returned z_q is still the codebook rows."""
@@ -235,13 +240,16 @@ class VectorQuantizerEMA(nn.Module):
             loss = self.cfg.beta * commitment + codebook_loss
             counts = torch.bincount(indices, minlength=self.num_codes).float()
             if self.training:
-                self.steps.add_(1)
+                # ``steps``: optimizer steps begun (1-based); a batch that begins one may restart dead codes
+                n = int(self.steps) + 1 if step is None else step + 1
+                new_step = n != int(self.steps)
+                self.steps.fill_(n)
                 finite = True
                 if self.cfg.codebook_update == "ema":
                     finite = self._ema_update(flat, indices)
-                restarting = self.cfg.restart_dead_codes and (
-                    self.cfg.restart_until <= 0 or int(self.steps) <= self.cfg.restart_until)
-                if finite and restarting and int(self.steps) % self.cfg.restart_every == 0:
+                restarting = new_step and self.cfg.restart_dead_codes and (
+                    self.cfg.restart_until <= 0 or n <= self.cfg.restart_until)
+                if finite and restarting and n % self.cfg.restart_every == 0:
                     if _distributed() and self.cfg.codebook_update == "gradient":
                         dist.all_reduce(counts)
                     self._restart_dead(flat, counts)

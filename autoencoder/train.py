@@ -19,15 +19,19 @@ from ..data.sources import load_datasets
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (
+    LossWindow,
     NonFiniteGuard,
     StopSignals,
     TrainClock,
+    adamw,
     check_max_steps,
+    due,
     keep_training,
     learning_rate,
     make_accelerator,
     optimizer_step,
     resume_training,
+    run_metrics,
     save_training_state,
     set_learning_rate,
     stop_if_signalled,
@@ -74,7 +78,7 @@ def train_autoencoder(
     # ---------------------------------------------------------------- model, losses, optimizers
     model = VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    opt = adamw(params, tc)
     use_disc = cfg.loss.disc_weight > 0
     disc = PatchDiscriminator(cfg.data.channels, cfg.loss.disc_channels, cfg.loss.disc_layers) if use_disc else None
     dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr or tc.lr, betas=tc.adam_betas) if use_disc else None
@@ -114,8 +118,7 @@ def train_autoencoder(
     guard = NonFiniteGuard(tc.skip_nonfinite_once, log=log)
     k = cfg.model.codebook_size
     epoch_counts = torch.zeros(k, device=device)
-    window: dict[str, float] = {}
-    window_n = 0
+    window, steps_done = LossWindow(), 0
     fixed_batch, _ = datasets.holdout.batch(torch.arange(min(16, len(datasets.holdout))))
     last_ckpt = latest_checkpoint(run_dir)
     batches = train_batches(datasets.train, sampler, step, cfg.data, tc.seed, pin_memory=acc.device.type == "cuda")
@@ -125,11 +128,12 @@ def train_autoencoder(
         while keep_training(tc, step, clock, acc):
             x, _ = next(batches)
             x = x.to(device, non_blocking=True)
+            opt_step = step // tc.grad_accumulation  # every schedule counts optimizer steps
             model.train()
             set_learning_rate(opt, learning_rate(tc, step))  # a function of the step: resume needs no state
             with acc.accumulate(model):
                 with acc.autocast():
-                    rec, q, h = model(x)
+                    rec, q, h = model(x, step=opt_step)
                     rec_loss = reconstruction_loss(rec.float(), x, cfg.loss.reconstruction)
                     nll = rec_loss
                     if cfg.loss.frequency_weight > 0:
@@ -140,9 +144,9 @@ def train_autoencoder(
                         p_loss = perceptual_loss(lpips_model, rec.float(), x)
                         nll = nll + cfg.loss.perceptual_weight * p_loss
                     loss = nll + q.loss
-                    disc_active = use_disc and step >= cfg.loss.disc_start
+                    disc_active = use_disc and opt_step >= cfg.loss.disc_start
                     if disc_active:
-                        ramp = min(1.0, (step - cfg.loss.disc_start + 1) / cfg.loss.disc_ramp_steps) if cfg.loss.disc_ramp_steps else 1.0
+                        ramp = min(1.0, (opt_step - cfg.loss.disc_start + 1) / cfg.loss.disc_ramp_steps) if cfg.loss.disc_ramp_steps else 1.0
                         g_loss = decoder_adversarial_loss(raw_disc, rec, cfg.loss.disc_loss)  # unwrapped: no DDP sync
                         d_weight = adaptive_weight(nll, g_loss, raw.last_layer(), cfg.loss.adaptive_weight_max)
                         loss = loss + cfg.loss.disc_weight * ramp * d_weight * g_loss
@@ -159,33 +163,30 @@ def train_autoencoder(
                             d_loss = d_loss + cfg.loss.lecam_weight * lecam_penalty(raw_disc, logits_real, logits_fake, cfg.loss.lecam_decay)
                     optimizer_step(d_loss, dopt, disc.parameters(), None, acc)
             step += 1
+            steps_done += 1
             bar.update(1)
 
-            # -------------------------------------------------------- metrics
+            # -------------------------------------------------------- metrics (on the device until logged)
             with torch.no_grad():
-                counts = torch.bincount(q.indices.flatten(), minlength=k).float()
-                epoch_counts += counts
-                stats = {"loss": float(loss), "rec_loss": float(rec_loss), "commitment": float(q.commitment_loss),
-                         "perplexity": float(q.perplexity), "psnr": float(psnr(rec.float(), x).mean())}
+                epoch_counts += torch.bincount(q.indices.flatten(), minlength=k).float()
+                stats = {"rec_loss": rec_loss, "commitment": q.commitment_loss, "perplexity": q.perplexity,
+                         "psnr": psnr(rec.float(), x).mean()}
                 if disc_active:
-                    stats.update(g_loss=float(g_loss), d_loss=float(d_loss), d_weight=float(d_weight), disc_ramp=ramp,
-                                 logits_real=float(logits_real.float().mean()), logits_fake=float(logits_fake.float().mean()))
-            for key, v in stats.items():
-                window[key] = window.get(key, 0.0) + v
-            window_n += 1
+                    stats.update(g_loss=g_loss, d_loss=d_loss, d_weight=d_weight, disc_ramp=ramp,
+                                 logits_real=logits_real.float().mean(), logits_fake=logits_fake.float().mean())
+                window.add(loss, **stats)
             if step % sampler.steps_per_epoch == 0:
                 usage = codebook_stats(acc.reduce(epoch_counts, "sum").cpu())
                 logger.scalars(step, {"epoch/codebook_usage": usage["codebook_usage"], "epoch/perplexity": usage["perplexity"]})
                 epoch_counts.zero_()
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                avg = {f"train/{key}": v / window_n for key, v in window.items()}
+            if due(step, tc.log_every, tc):
+                avg = {f"train/{key}": v for key, v in window.means(acc).items()}
                 live = (epoch_counts > 0).float().mean().item() * 100
                 avg.update({"train/codebook_usage_epoch_so_far": live, "train/restarts": float(raw.quantizer.restarts),
                             "train/lr": opt.param_groups[0]["lr"]})
                 logger.scalars(step, avg)
                 bar.set_postfix(loss=f"{avg['train/loss']:.4f}", psnr=f"{avg['train/psnr']:.2f}", codes=f"{live:.0f}%")
-                window, window_n = {}, 0
-            if is_main and (step % tc.image_every == 0 or step == tc.max_steps):
+            if is_main and due(step, tc.image_every, tc):
                 raw.eval()
                 with torch.no_grad():
                     r, _, _ = raw(fixed_batch.to(device))
@@ -196,7 +197,6 @@ def train_autoencoder(
     bar.close()
     batches.close()  # stops the loader's worker processes
     clock.stop()
-    train_seconds = clock.total()
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/rec_loss", "train/psnr", "train/perplexity", "train/codebook_usage_epoch_so_far"])
 
@@ -209,16 +209,10 @@ def train_autoencoder(
         result = evaluate_reconstruction(vq, datasets.holdout, tc.eval_batch_size, device, tc.eval_max_images, progress=tc.progress)
         with AtomicDir(run_dir / "vqvae") as tmp:
             vq.save_pretrained(tmp, safe_serialization=True)
-        metrics = {
-            "step": step,
-            "train_seconds": train_seconds,
-            "scaling_factor": scaling,
-            "holdout": result,
-            "train_images": len(datasets.train),
-            "skipped_files": len(datasets.skipped),
-            "restarts": int(raw.quantizer.restarts),
-            "processes": acc.num_processes,
-        }
+        n_params = sum(p.numel() for p in raw.parameters())
+        metrics = run_metrics(step, steps_done, clock, tc, acc, n_params, window.last_mean, scaling_factor=scaling,
+                              holdout=result, train_images=len(datasets.train), skipped_files=len(datasets.skipped),
+                              restarts=int(raw.quantizer.restarts))
         atomic_write_json(run_dir / "metrics.json", metrics)
         logger.scalars(step, {f"eval/{key}": v for key, v in result.items() if isinstance(v, (int, float))})
         log(

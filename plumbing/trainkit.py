@@ -117,21 +117,40 @@ def due(step: int, every: int, tc: TrainLoopConfig) -> bool:
 
 
 class LossWindow:
-    """The mean loss over the steps since the last log line, averaged over every process."""
+    """Means of the training scalars over the steps since the last log line, averaged over every process.
+
+    Values stay where they are (on the device) until the log step: adding one costs no host sync. Each
+    scalar is averaged over the steps that reported it (a loss term that switches on mid-window, like the
+    discriminator's, is not diluted by the steps before it). ``loss`` is the scalar every loop reports."""
 
     def __init__(self):
-        self.total, self.count, self.last_mean = 0.0, 0, float("nan")
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+        self.last_mean = float("nan")
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.total += float(loss.detach())
-        self.count += 1
+    def add(self, loss: torch.Tensor, **others) -> None:
+        for key, value in {"loss": loss, **others}.items():
+            value = torch.as_tensor(value).detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self, accelerator) -> dict[str, float]:
+        """Every scalar's mean, reduced over processes in one call (all processes report the same keys),
+        remembered as ``last`` / ``last_mean``; then a new window starts."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        local = torch.stack([self.sums[k].to(accelerator.device) / self.counts[k] for k in keys])
+        values = accelerator.reduce(local, "mean").cpu().tolist()
+        self.last = dict(zip(keys, values))
+        self.last_mean = self.last.get("loss", float("nan"))
+        self.sums, self.counts = {}, {}
+        return dict(self.last)
 
     def mean(self, accelerator) -> float:
-        """Reduce over processes, remember as ``last_mean``, and start a new window."""
-        local = self.total / max(self.count, 1)
-        self.last_mean = float(accelerator.reduce(torch.tensor(local, device=accelerator.device), "mean"))
-        self.total, self.count = 0.0, 0
-        return self.last_mean
+        """The mean ``loss`` of the window (see :meth:`means`)."""
+        return self.means(accelerator).get("loss", float("nan"))
 
 
 def run_metrics(step: int, steps_done: int, clock: TrainClock, tc: TrainLoopConfig, accelerator, parameters: int,
