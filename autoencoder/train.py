@@ -20,7 +20,7 @@ from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (
     LossWindow,
-    NonFiniteGuard,
+    StepGuard,
     StopSignals,
     TrainClock,
     adamw,
@@ -115,7 +115,6 @@ def train_autoencoder(
 
     # ---------------------------------------------------------------- loop
     logger = RunLogger(run_dir, is_main)
-    guard = NonFiniteGuard(tc.skip_nonfinite_once, log=log)
     k = cfg.model.codebook_size
     epoch_counts = torch.zeros(k, device=device)
     window, steps_done = LossWindow(), 0
@@ -125,7 +124,8 @@ def train_autoencoder(
     clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc="train-autoencoder", disable=not (is_main and tc.progress), dynamic_ncols=True)
     with StopSignals() as signals:
-        while keep_training(tc, step, clock, acc):
+        guard = StepGuard(tc, signals, clock, acc, log=log)  # skip/stop decisions agreed by every process
+        while keep_training(tc, step, guard):
             x, _ = next(batches)
             x = x.to(device, non_blocking=True)
             opt_step = step // tc.grad_accumulation  # every schedule counts optimizer steps
@@ -193,7 +193,7 @@ def train_autoencoder(
                 save_png(make_grid(torch.cat([fixed_batch, r.float().cpu()]), nrow=len(fixed_batch)), run_dir / "images" / f"reconstructions_{step:08d}.png")
             if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 last_ckpt = save_checkpoint(step) or last_ckpt
-            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
+            stop_if_signalled(guard, step, save_checkpoint, bar, logger, run_dir)
     bar.close()
     batches.close()  # stops the loader's worker processes
     clock.stop()

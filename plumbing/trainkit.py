@@ -10,11 +10,13 @@ export); they call these helpers for the steps they have in common:
   *optimizer* step (``step // grad_accumulation``), so every loop schedules the same and resume needs
   no scheduler state.
 * ``optimizer_step`` -- backward, gradient clipping on the accumulation boundary, step, zero_grad.
-* ``NonFiniteGuard`` -- the NaN policy: skip one bad batch (the batch is consumed: the loop advances its
-  step, so a resumed run draws the same batches as an uninterrupted one), stop on the next.
-* ``StopSignals`` / ``stop_if_signalled`` -- SIGINT/SIGTERM save a checkpoint and exit 130/143.
-* ``TrainClock`` / ``keep_training`` -- training seconds that keep counting across ``--resume``, and the
-  loop condition (steps left, and time left under ``train.max_seconds``).
+* ``StepGuard`` -- every skip/stop decision of a loop, agreed by all processes at the same step in one
+  reduce: the NaN policy (skip one bad batch -- the batch is consumed: the loop advances its step, so a
+  resumed run draws the same batches as an uninterrupted one -- and stop on the next), a SIGINT/SIGTERM
+  (``StopSignals`` catches it; ``stop_if_signalled`` saves a checkpoint and exits 130/143) and the time
+  budget ``train.max_seconds`` (``keep_training``, the loop condition). One process deciding alone would
+  leave the others waiting in a collective: a DDP run would hang instead of skipping or stopping.
+* ``TrainClock`` -- training seconds that keep counting across ``--resume``.
 * ``resume_training`` / ``save_training_state`` -- one checkpoint convention: modules and optimizers by
   name, the torch CPU RNG, ``step`` and ``train_seconds`` in ``state.json``; one wording for a checkpoint
   that does not match the config.
@@ -227,48 +229,79 @@ class StopSignals:
         return False
 
 
-def stop_if_signalled(signals: "StopSignals", step: int, save_checkpoint, bar, logger=None, run_dir: Path | None = None,
-                      grad_accumulation: int = 1) -> None:
-    """After a SIGINT/SIGTERM: save a checkpoint, close the bar and logs, and stop with one line. Under
+class StepGuard:
+    """The skip and stop decisions of a training loop, taken by every process at the same step.
+
+    :meth:`check` runs once per step, after the loss and before backward. It reduces (max over processes,
+    one ``all_reduce`` of three numbers) what each process saw: a non-finite loss, a SIGINT/SIGTERM
+    (:class:`StopSignals`), the time budget ``train.max_seconds`` spent (:class:`TrainClock`). So if one
+    process alone sees a NaN, every process skips that batch; if one alone is signalled, every process
+    saves and stops after the same step; the slowest clock decides the budget. A single process needs no
+    reduce. The budget is also agreed once at the start, so a resumed run that is already out of time
+    runs no step.
+    """
+
+    def __init__(self, tc: TrainLoopConfig, signals: "StopSignals", clock: "TrainClock", accelerator=None, log=print):
+        self.allow_skip, self.max_seconds, self.grad_accumulation = tc.skip_nonfinite_once, tc.max_seconds, tc.grad_accumulation
+        self.signals, self.clock, self.accelerator, self.log = signals, clock, accelerator, log
+        self.skipped = 0
+        self.stop_signal: str | None = None  # agreed: the signal every process stops for
+        self.out_of_time = False  # agreed: the time budget is spent
+        if self.max_seconds is not None:
+            self._agree(0.0)
+
+    def _over_budget(self) -> bool:
+        return self.max_seconds is not None and self.clock.total() >= self.max_seconds
+
+    def _agree(self, nonfinite: float) -> bool:
+        signum = float(signal.Signals[self.signals.requested]) if self.signals.requested else 0.0
+        local = [nonfinite, signum, float(self._over_budget())]
+        acc = self.accelerator
+        if acc is not None and acc.num_processes > 1:
+            agreed = acc.reduce(torch.tensor(local, dtype=torch.float64, device=acc.device), "max").tolist()
+        else:
+            agreed = local
+        if agreed[1] and self.stop_signal is None:
+            self.stop_signal = signal.Signals(int(agreed[1])).name
+        self.out_of_time = self.out_of_time or bool(agreed[2])
+        return bool(agreed[0])
+
+    def check(self, loss: torch.Tensor, step: int, last_checkpoint: Path | None, optimizer=None) -> bool:
+        """True if the step may proceed; False if every process skips this batch (``optimizer``'s gradients
+        are cleared then). On a second non-finite loss every process raises the same UserError."""
+        value = float(loss.detach())
+        if not self._agree(float(not math.isfinite(value))):
+            return True
+        here = not math.isfinite(value)
+        if self.allow_skip and self.skipped == 0:
+            self.skipped += 1
+            seen = f"loss is {value}" if here else "the loss of another process is not finite"
+            self.log(f"warning: {seen} at step {step}; skipping this batch once (on every process)")
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+            return False
+        seen = f"loss became {value}" if here else "the loss of another process became non-finite"
+        where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        raise UserError(f"{seen} at step {step} ({where}); lower train.lr, enable train.grad_clip, or check the data, then --resume")
+
+
+def stop_if_signalled(guard: StepGuard, step: int, save_checkpoint, bar, logger=None, run_dir: Path | None = None) -> None:
+    """After an agreed SIGINT/SIGTERM: save a checkpoint, close the bar and logs, and stop with one line. Under
     gradient accumulation the loop runs on to the next optimizer step first (at most k - 1 micro-batches),
     so the checkpoint holds no half-summed gradients and the resumed run stays bit-exact. A loop that does
     not resume (``save_checkpoint=None``) stops saying that nothing was saved."""
-    if not signals.requested or step % grad_accumulation:
+    if not guard.stop_signal or step % guard.grad_accumulation:
         return
     path = save_checkpoint(step) if save_checkpoint is not None else None
     bar.close()
     if logger is not None:
         logger.close()
     if save_checkpoint is None:
-        stop = UserError(f"stopped by {signals.requested} at step {step}; nothing was saved (this run does not resume); run it again")
+        stop = UserError(f"stopped by {guard.stop_signal} at step {step}; nothing was saved (this run does not resume); run it again")
     else:
-        stop = UserError(f"stopped by {signals.requested} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
-    stop.exit_code = 128 + int(signal.Signals[signals.requested])  # the shell convention: 130 for SIGINT, 143 for SIGTERM
+        stop = UserError(f"stopped by {guard.stop_signal} at step {step}; checkpoint saved to {path or run_dir}; continue with --resume")
+    stop.exit_code = 128 + int(signal.Signals[guard.stop_signal])  # the shell convention: 130 for SIGINT, 143 for SIGTERM
     raise stop
-
-
-class NonFiniteGuard:
-    """Stops a run on a NaN/inf loss with a message naming the step; may skip one bad batch first."""
-
-    def __init__(self, allow_skip: bool, log=print):
-        self.allow_skip = allow_skip
-        self.skipped = 0
-        self.log = log
-
-    def check(self, loss: torch.Tensor, step: int, last_checkpoint: Path | None, optimizer=None) -> bool:
-        """True if the step may proceed, False if the batch should be skipped (``optimizer``'s gradients are
-        cleared then); raises UserError to stop."""
-        value = float(loss.detach())
-        if math.isfinite(value):
-            return True
-        if self.allow_skip and self.skipped == 0:
-            self.skipped += 1
-            self.log(f"warning: loss is {value} at step {step}; skipping this batch once")
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-            return False
-        where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-        raise UserError(f"loss became {value} at step {step} ({where}); lower train.lr, enable train.grad_clip, or check the data, then --resume")
 
 
 def lr_lambda(warmup_steps: int, schedule: str = "constant", max_steps: int = 0, min_ratio: float = 0.0):
@@ -351,17 +384,12 @@ class TrainClock:
         return self.seconds_before + self.session()
 
 
-def keep_training(tc: TrainLoopConfig, step: int, clock: TrainClock, accelerator=None) -> bool:
-    """The loop condition of every trainer: steps left and, with ``train.max_seconds``, time left. The time
-    is checked on optimizer-step boundaries and agreed by all processes (the slowest clock decides)."""
+def keep_training(tc: TrainLoopConfig, step: int, guard: StepGuard) -> bool:
+    """The loop condition of every trainer: steps left and, with ``train.max_seconds``, time left -- as agreed
+    by all processes (:class:`StepGuard`), acted on at optimizer-step boundaries."""
     if step >= tc.max_steps:
         return False
-    if tc.max_seconds is None or step % tc.grad_accumulation:
-        return True
-    over = clock.total() >= tc.max_seconds
-    if accelerator is not None and accelerator.num_processes > 1:
-        over = bool(accelerator.reduce(torch.tensor(float(over), device=accelerator.device), "max"))
-    return not over
+    return not (guard.out_of_time and step % tc.grad_accumulation == 0)
 
 
 def _restoring(ckpt: Path, fn: Callable[[], None]) -> None:

@@ -27,7 +27,7 @@ from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger
 from ..plumbing.trainkit import (
     LossWindow,
-    NonFiniteGuard,
+    StepGuard,
     StopSignals,
     TrainClock,
     adamw,
@@ -112,14 +112,14 @@ def train_prior(
 
     # ---------------------------------------------------------------- loop
     logger = RunLogger(run_dir, is_main)
-    guard = NonFiniteGuard(tc.skip_nonfinite_once, log=log)
     last_ckpt = latest_checkpoint(run_dir)
     batches = sampler.batches(step)
     window, steps_done = LossWindow(), 0
     clock = TrainClock(resumed.seconds)
     bar = tqdm(total=tc.max_steps, initial=step, desc=f"train-prior ({kind})", disable=not progress, dynamic_ncols=True)
     with StopSignals() as signals:
-        while keep_training(tc, step, clock, acc):
+        guard = StepGuard(tc, signals, clock, acc, log=log)  # skip/stop decisions agreed by every process
+        while keep_training(tc, step, guard):
             codes, labels = cache.train.batch(next(batches))  # B x T code ids, B labels
             codes = codes.to(device, non_blocking=True)
             g = step_generator(tc.seed, step, acc.process_index)
@@ -150,7 +150,7 @@ def train_prior(
                 sample_grid(step)
             if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 last_ckpt = save_checkpoint(step) or last_ckpt
-            stop_if_signalled(signals, step, save_checkpoint, bar, logger, run_dir, tc.grad_accumulation)
+            stop_if_signalled(guard, step, save_checkpoint, bar, logger, run_dir)
     bar.close()
     clock.stop()
     save_checkpoint(step)
