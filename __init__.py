@@ -1,10 +1,9 @@
 """vqldm: latent diffusion on a VQ-compressed space.
 
 The installed package is ``vqldm``; its sub-packages are the repository's top-level folders
-(``vqldm.autoencoder`` -> ``autoencoder/``, ``vqldm.diffusion`` -> ``diffusion/``, ``vqldm.pipelines`` ->
-``pipelines/``, ``vqldm.plumbing`` -> ``plumbing/``, ``vqldm.configs`` -> ``configs/``), mapped by
-setuptools' ``package-dir`` in pyproject.toml. Dependencies point one way:
-pipelines -> diffusion -> autoencoder -> plumbing.
+(``vqldm.autoencoder`` -> ``autoencoder/``, ...), mapped by setuptools' ``package-dir`` in pyproject.toml.
+Dependencies point one way: cli -> evaluation -> pipelines -> (diffusion | priors) -> latents ->
+autoencoder -> data -> plumbing.
 
 ``from vqldm import VQLatentDiffusionPipeline, load_pipeline`` (imported lazily, so ``import vqldm``
 stays cheap).

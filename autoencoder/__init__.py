@@ -1,5 +1,7 @@
 """Stage 1: a VQ autoencoder that compresses images to a grid of codebook vectors (exports a diffusers VQModel).
 
-Modules: ``config`` (typed run config), ``model`` (VQModel builder, training wrapper, the loader
-``load_vqvae``), ``quantizer`` (EMA vector quantizer), ``losses``, ``metrics``, ``evaluate``, ``train``.
+Modules: ``model`` (VQModel builder, training wrapper, the loader ``load_vqvae``, latent geometry and
+scaling), ``quantizer`` (EMA vector quantizer), ``losses``, ``metrics``, ``evaluate`` (held-out
+reconstruction, the scaling factor), ``config`` (typed run config and its ``--config auto`` rules),
+``train`` (``vqldm train-autoencoder``). Other stages import ``model``, ``quantizer`` and ``losses`` only.
 """
