@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
-from ..diffusion.model import null_class
 from ..plumbing.model_folder import VQLDM_JSON
 from .config import PriorSamplingConfig
 
@@ -34,7 +33,7 @@ def export_prior_folder(vqvae, prior, out_dir: str | os.PathLike, kind: str, sam
         "kind": kind,
         "class_names": [str(c) for c in class_names] if num_classes else [],
         "num_classes": num_classes,
-        "null_class": null_class(num_classes),
+        "null_class": prior.null_class if num_classes else None,
         "image_size": int(image_size),
         "channels": int(vqvae.config.in_channels),
         "grid": [int(cfg.grid_height), int(cfg.grid_width)],
