@@ -1,4 +1,14 @@
-"""Shared fixtures: tiny data and a tiny trained autoencoder, built once per test session."""
+"""Shared fixtures: tiny data and a tiny trained autoencoder, built once per test session.
+
+The fast lane: ``python -m pytest -q -m "not slow"`` runs every stage (training, resume, pipelines, priors,
+evaluation, data, CLI errors) in about two minutes on 2 cores, for a developer's inner loop. It leaves out
+the tests marked ``slow`` (registered in pyproject.toml): those that build a wheel, start torchrun or
+several processes, run 256 px end to end, the GPU check's CPU run, the SIGKILL loop and the longest
+end-to-end trainings (``python -m pytest -m slow --co -q`` lists them; ``-m slow`` runs only them).
+``python -m pytest -q`` (the README's command, and ``.ci/run``) still runs everything. Mark a new test
+``@pytest.mark.slow`` when it is of one of those kinds or takes more than a few seconds on its own.
+The SIGKILL test prints its random seed; ``VQLDM_TEST_SEED=N`` replays it.
+"""
 
 from __future__ import annotations
 

@@ -9,12 +9,15 @@ import json
 
 import diffusers
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from vqldm.autoencoder.config import load_autoencoder_config
 from vqldm.cli.main import main
 from vqldm.autoencoder.model import latent_shape
 from vqldm.diffusion.model import unet_latent_shape
+
+pytestmark = pytest.mark.slow  # 256 px through both trainers and generate
 
 AE_PRESET, LDM_PRESET = "ldm-vq-f4-256", "celebahq-256"
 QUIET = ["--set", "train.progress=false"]

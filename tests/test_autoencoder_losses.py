@@ -119,7 +119,7 @@ def test_offline_perceptual_terms():
     """The focal frequency and gradient losses: zero on a perfect reconstruction, larger for blur, and the
     gradient loss ignores a constant offset (it compares edges, not levels), which an L1 does not."""
     from vqldm.autoencoder.losses import focal_frequency_loss, gradient_loss
-    from vqldm.evaluation.report import gaussian_blur
+    from vqldm.evaluation.calibration import gaussian_blur
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 1, 16, 16, generator=g) * 2 - 1

@@ -327,6 +327,7 @@ def test_cosine_lookup_needs_the_ema_codebook():
         QuantizerConfig(lookup="cosine", codebook_update="gradient")
 
 
+@pytest.mark.slow  # trains a cosine-lookup autoencoder, ~6 s; test_autoencoder_export covers the default export
 def test_cosine_export_decodes_identically_in_plain_diffusers(tmp_path):
     """A run trained by `train-autoencoder` with quantizer.lookup=cosine exports a VQModel whose own (Euclidean)
     lookup picks the training model's codes and decodes the same images: decode(quantize(h)) ==

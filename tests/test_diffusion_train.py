@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import diffusers
+import pytest
 import torch
 
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_safetensors
@@ -57,6 +58,7 @@ def test_geometry_conflict_and_missing_autoencoder(tiny_ae_run, tmp_path, capsys
     assert "vqvae" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three trainings, ~9 s; the fast lane resumes a diffusion run in test_trainkit_drift
 def test_resume_matches_uninterrupted_run(tiny_ae_run, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = ["--set", "train.checkpoint_every=3"]
@@ -74,6 +76,7 @@ def test_resume_matches_uninterrupted_run(tiny_ae_run, tmp_path):
     assert any(not torch.equal(c[k], b[k]) for k in c)
 
 
+@pytest.mark.slow  # torchrun with 2 processes
 def test_two_processes(tiny_ae_run, tmp_path):
     """`torchrun --standalone --nproc_per_node 2 -m vqldm train-diffusion ...` (README's CPU command): both
     processes train on a gloo group, the main process writes."""

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # a subprocess that trains both stages twice: ~35 s
 
 
 def test_gpu_check_runs_on_cpu(tmp_path):

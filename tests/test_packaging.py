@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # builds and installs a wheel: ~20 s
 def test_install_claims_only_the_vqldm_import_name(tmp_path, tiny_ae_run):
     target, src = tmp_path / "site", tmp_path / "src"
     # build from a copy, so setuptools' build/ and egg-info folders do not land in the checkout

@@ -88,8 +88,17 @@ def assert_checkpoints_complete(run: Path, context: str) -> None:
         VQModel.from_pretrained(run / "vqvae")  # an export is complete or absent
 
 
+def seed_from_env() -> int:
+    """The seed of a randomised test: ``VQLDM_TEST_SEED`` when set (to replay a failure), else a fresh one."""
+    value = os.environ.get("VQLDM_TEST_SEED", "").strip()
+    return int(value) if value else int.from_bytes(os.urandom(4), "little")
+
+
+@pytest.mark.slow  # four training subprocesses of 240 steps, ~45 s
 def test_sigkill_at_random_points_never_leaves_a_half_written_checkpoint(data, tmp_path):
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = seed_from_env()
+    replay = f"rerun with VQLDM_TEST_SEED={seed}"
+    print(f"kill delays drawn from seed {seed} ({replay})")  # shown with the output of a failing test
     rnd = random.Random(seed)
     run = tmp_path / "run"
     # enough steps that three killed sessions cannot finish the run on a fast machine (60 could: a session
@@ -111,23 +120,24 @@ def test_sigkill_at_random_points_never_leaves_a_half_written_checkpoint(data, t
                 proc.kill()
                 kills += 1
             _, err = proc.communicate()
-        context = f"round {round_}, seed {seed}, stderr tail: {err[-500:]!r}"
+        context = f"round {round_}, seed {seed} ({replay}), stderr tail: {err[-500:]!r}"
         assert_checkpoints_complete(run, context)
         progress.append(newest_step(run))
         assert progress[-1] > before, context  # every session added at least one checkpoint
-    assert kills == 3, f"a run finished before it could be killed (seed {seed})"
+    assert kills == 3, f"a run finished before it could be killed (seed {seed}: {replay})"
     # the last session resumes from the newest complete checkpoint and finishes
     proc = spawn(args + ["--resume"])
     out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, f"{replay}: {err[-3000:]}"
     assert f"at step {progress[-1]}" in out  # "resumed from ... at step N"
-    assert_checkpoints_complete(run, f"final, seed {seed}")
+    assert_checkpoints_complete(run, f"final, seed {seed} ({replay})")
     vq = VQModel.from_pretrained(run / "vqvae")
     assert math.isfinite(vq.config.scaling_factor) and vq.config.scaling_factor > 0
     assert json.loads((run / "metrics.json").read_text())["step"] == max_steps
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# ~7 s each (a training subprocess): SIGTERM in the fast lane, SIGINT in the slow one
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_sigint_and_sigterm_save_a_checkpoint_before_exiting(data, tmp_path, sig):
     run = tmp_path / "run"
     # checkpoints every 1000 steps: the one we find afterwards can only come from the signal
@@ -230,6 +240,7 @@ def test_disk_full_while_saving_a_checkpoint(data, tmp_path, capsys, monkeypatch
     assert {p.name: p.read_bytes() for p in (run / "checkpoints" / "step-00000002").iterdir()} == before
 
 
+@pytest.mark.slow  # a training subprocess, ~6 s; test_disk_full_while_saving_a_checkpoint covers it in-process
 def test_file_size_limit_in_a_real_process_fails_cleanly(data, tmp_path):
     """A real write failure inside safetensors' Rust writer (RLIMIT_FSIZE: EFBIG, like a disk filling up)."""
     run = tmp_path / "run"
