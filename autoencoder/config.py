@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..data.config import DataConfig
 from ..data.summary import DataSummary, check_fits
 from ..plumbing.autosize import AutoChoice, batch_for, is_gpu, nearest_size, passes_to_steps, schedule_for
 from ..plumbing.config import load_config, read_yaml, resolve_config_path
-from ..data.config import DataConfig
 from ..plumbing.trainkit import TrainLoopConfig
 from .losses import LossConfig
 from .model import AutoencoderModelConfig

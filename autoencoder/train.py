@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..plumbing.checkpoint import AtomicDir, atomic_write_json, latest_checkpoint
-from ..plumbing.config import save_config, to_dict
 from ..data.loading import BatchSampler, train_batches
 from ..data.sources import load_datasets
+from ..plumbing.checkpoint import AtomicDir, atomic_write_json, latest_checkpoint
+from ..plumbing.config import save_config, to_dict
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, console, prepare_run_dir
 from ..plumbing.trainkit import (
@@ -38,8 +38,18 @@ from ..plumbing.trainkit import (
 )
 from .config import AutoencoderRunConfig
 from .evaluate import evaluate_reconstruction, measure_scaling_factor
-from .losses import (PatchDiscriminator, adaptive_weight, decoder_adversarial_loss, discriminator_loss, focal_frequency_loss,
-                     gradient_loss, lecam_penalty, load_lpips, perceptual_loss, reconstruction_loss)
+from .losses import (
+    PatchDiscriminator,
+    adaptive_weight,
+    decoder_adversarial_loss,
+    discriminator_loss,
+    focal_frequency_loss,
+    gradient_loss,
+    lecam_penalty,
+    load_lpips,
+    perceptual_loss,
+    reconstruction_loss,
+)
 from .metrics import codebook_stats, psnr
 from .model import VQAutoencoder, build_vqmodel
 

@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..plumbing.checkpoint import atomic_write_json
-from .decode import IMAGE_SUFFIXES, probe_image
 from ..plumbing.errors import UserError
+from .decode import IMAGE_SUFFIXES, probe_image
 
 INDEX_FORMAT = "vqldm-folder-index"
 INDEX_VERSION = 1

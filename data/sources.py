@@ -32,10 +32,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .decode import fit_array
 from ..plumbing.errors import UserError
-from .folder_index import SkippedFile, index_folder, skipped_summary
 from .config import DataConfig
+from .decode import fit_array
+from .folder_index import SkippedFile, index_folder, skipped_summary
 from .splits import ArraySplit, Datasets, FileSplit, Geometry, HFSplit
 
 NAMED_DATASETS = ("fashion-mnist", "mnist", "cifar10")

@@ -18,11 +18,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from .sources import HF_PREFIX, hf_layout, hf_load
-from .decode import IMAGE_SUFFIXES
 from ..plumbing.errors import UserError
+from .decode import IMAGE_SUFFIXES
 from .folder_index import scan_folder
-
+from .sources import HF_PREFIX, hf_layout, hf_load
 
 # Named datasets: (train images, channels, height, width, classes); never downloaded just to be described.
 NAMED = {

@@ -24,13 +24,10 @@ from pathlib import Path
 
 import diffusers
 
+from ..autoencoder.model import downsampling_factor
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
 from ..plumbing.model_folder import VQLDM_JSON
-from ..autoencoder.model import downsampling_factor
-from .model import null_class, unet_latent_shape
-from .model import unet_num_classes
-
-from .model import check_latent_shape
+from .model import check_latent_shape, null_class, unet_latent_shape, unet_num_classes
 
 PIPELINE_CLASS_NAME = "LDMPipeline"
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from diffusers import UNet2DModel
 
+from ..autoencoder.model import latent_shape
 from ..plumbing.config import config_value
 from ..plumbing.errors import UserError
-from ..autoencoder.model import latent_shape
 from ..plumbing.images import size_hw
-
 from .config import UNetConfig
 
 

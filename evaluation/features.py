@@ -3,16 +3,16 @@
 Two kinds, one interface (:class:`FeatureExtractor`: images in [-1, 1] NCHW -> N x D features):
 
 * a small domain classifier (3 conv blocks, 128-d embedding) trained on the evaluation dataset with
-  ``vqldm evaluate train-features``; its logits give ``classify``. Its features are the embedding, and in
-  the detail-sensitive version (what ``train-features`` trains now) also the spatial spread of each
-  channel of the first block's two conv activations, every feature standardised by its spread over the
-  training images. The first version, the embedding alone, cannot tell a 0.5 px blur from real images at
-  a few hundred samples; the detail-sensitive one puts it ~15x above the real-vs-real floor. Saved as
-  ``model.safetensors`` + ``config.json``. The package ships two trained on Fashion-MNIST in
-  ``evaluation/networks/``, one folder per name: ``fashion-mnist-detail`` (the default of every
-  ``vqldm evaluate``) and ``fashion-mnist-classifier`` (the first version, kept because archived figures
-  were measured with it and say so). Numbers are comparable only
-  between measurements with the *same* file.
+  ``vqldm evaluate train-features`` (:mod:`.feature_training`); its logits give ``classify``. Its
+  features are the embedding, and in the detail-sensitive version (what ``train-features`` trains now)
+  also the spatial spread of each channel of the first block's two conv activations, every feature
+  standardised by its spread over the training images. The first version, the embedding alone, cannot
+  tell a 0.5 px blur from real images at a few hundred samples; the detail-sensitive one puts it ~12x
+  above the real-vs-real floor at 500 images. Saved as ``model.safetensors`` + ``config.json``. The
+  package ships two trained on Fashion-MNIST in ``evaluation/networks/``, one folder per name:
+  ``fashion-mnist-detail`` (``DEFAULT_FEATURES``, the default of every ``vqldm evaluate``) and
+  ``fashion-mnist-classifier`` (the first version, kept because archived figures were measured with it
+  and say so). Numbers are comparable only between measurements with the *same* file.
 * Inception-v3 with the standard FID weights (pool3, 2048-d), through torchmetrics / torch-fidelity, when
   torch-fidelity is installed and its weights are in the torch hub cache or downloadable. Offline without
   them it is a one-line error — never a silent switch to other features.
@@ -31,24 +31,13 @@ from tqdm.auto import tqdm
 
 from ..plumbing.checkpoint import AtomicDir, load_safetensors
 from ..plumbing.errors import UserError
-from ..plumbing.trainkit import (
-    NonFiniteGuard,
-    StopSignals,
-    TrainClock,
-    TrainLoopConfig,
-    check_max_steps,
-    learning_rate,
-    optimizer_step,
-    set_learning_rate,
-    stop_if_signalled,
-)
 
-NETWORKS_DIR = Path(__file__).resolve().parent / "networks"  # the shipped feature networks, one folder each
-CLASSIFIER_FEATURES_DIR = NETWORKS_DIR / "fashion-mnist-classifier"
-DETAIL_FEATURES_DIR = NETWORKS_DIR / "fashion-mnist-detail"
-DOMAIN_NAMES = ("fashion-mnist-classifier",)  # the first version, kept to reproduce figures measured with it
-DETAIL_NAMES = ("fashion-mnist-detail", "domain", "default")  # the default since issue 11
-INCEPTION_NAMES = ("inception", "inception-v3")
+NETWORKS_DIR = Path(__file__).resolve().parent / "networks"  # the shipped feature networks, one folder per name
+DEFAULT_FEATURES = "fashion-mnist-detail"  # detail-sensitive: sees a 0.5 px blur (the default since issue 11)
+SHIPPED_FEATURES = (DEFAULT_FEATURES, "fashion-mnist-classifier")  # the second: the first version, for archived figures
+INCEPTION = "inception"
+FEATURE_NAMES = (*SHIPPED_FEATURES, INCEPTION)
+TRAIN_FEATURES_HINT = "train one with `vqldm evaluate train-features`"
 FID_INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception weights
 
 
@@ -165,7 +154,7 @@ class FeatureExtractor:
         return torch.cat(out) if out else torch.zeros(0, self.dim, dtype=torch.float64)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
-        raise UserError(f"the {self.name} features have no class head; pass --features with a domain classifier folder")
+        raise UserError(f"the {self.name} features have no class head; use a domain classifier's features")
 
 
 class DomainFeatures(FeatureExtractor):
@@ -205,18 +194,29 @@ def load_domain_classifier(folder: str | Path) -> DomainClassifier:
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file() or not (folder / "model.safetensors").is_file():
-        raise UserError(f"{str(folder)!r} is not a feature-extractor folder (needs config.json + model.safetensors); create one with `vqldm evaluate train-features --data fashion-mnist --out DIR`")
+        raise UserError(f"{str(folder)!r} is not a feature-network folder (needs config.json + model.safetensors); {TRAIN_FEATURES_HINT}")
     try:
         meta = json.loads(cfg_path.read_text(encoding="utf-8"))
         cfg = DomainClassifierConfig(**meta["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise UserError(f"{str(cfg_path)!r} is not a valid classifier config ({err}); retrain with `vqldm evaluate train-features`") from None
+        raise UserError(f"{str(cfg_path)!r} is not a valid classifier config ({err}); {TRAIN_FEATURES_HINT}") from None
     model = DomainClassifier(cfg)
     try:
         model.load_state_dict(load_safetensors(folder / "model.safetensors"))
     except RuntimeError as err:
         raise UserError(f"weights in {str(folder)!r} do not match its config.json ({str(err).splitlines()[0][:100]}); retrain it") from None
     return model.eval()
+
+
+@torch.inference_mode()
+def classifier_accuracy(model: DomainClassifier, data, batch_size: int = 500, max_images: int | None = None) -> float:
+    """Share of the first ``max_images`` images of ``data`` (a split) the classifier labels correctly."""
+    model.eval()
+    n = len(data) if max_images is None else min(len(data), max_images)
+    correct = 0
+    for x, y in data.batches(batch_size, n):
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    return correct / max(n, 1)
 
 
 # ----------------------------------------------------------------------------- Inception (FID standard)
@@ -238,12 +238,12 @@ class InceptionFeatures(FeatureExtractor):
 
 def load_inception(batch_size: int = 100, device="cpu") -> InceptionFeatures:
     """torchmetrics' FID Inception-v3 (torch-fidelity weights); a UserError when unavailable."""
-    hint = "or use --features fashion-mnist-detail (or a folder from `vqldm evaluate train-features`)"
+    hint = f"or use the {DEFAULT_FEATURES} features (or a folder from `vqldm evaluate train-features`)"
     try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
         import torch_fidelity  # noqa: F401
+        from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError:
-        raise UserError(f"--features inception needs torch-fidelity (pip install torch-fidelity) and the FID Inception weights; {hint}") from None
+        raise UserError(f"the inception features need torch-fidelity (pip install torch-fidelity) and the FID Inception weights; {hint}") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / FID_INCEPTION_WEIGHTS
     try:
         module = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
@@ -254,116 +254,18 @@ def load_inception(batch_size: int = 100, device="cpu") -> InceptionFeatures:
 
 # ----------------------------------------------------------------------------- entry point
 def load_feature_extractor(name_or_path: str | None = None, batch_size: int = 250, device="cpu") -> FeatureExtractor:
-    """``None`` / ``fashion-mnist-detail`` / ``default``: the shipped detail-sensitive classifier;
-    ``fashion-mnist-classifier``: the first shipped one (embedding only); ``inception``: FID Inception-v3; otherwise a
-    folder written by ``vqldm evaluate train-features``."""
-    name = (name_or_path or "fashion-mnist-detail").strip()
-    if name.lower() in INCEPTION_NAMES:
+    """``None``: the default network (``DEFAULT_FEATURES``); a shipped network by its name
+    (``fashion-mnist-detail``, ``fashion-mnist-classifier``); ``inception``: FID Inception-v3; otherwise a folder
+    written by ``vqldm evaluate train-features``."""
+    name = DEFAULT_FEATURES if name_or_path is None else str(name_or_path)
+    if name == INCEPTION:
         return load_inception(min(batch_size, 100), device)
-    for names, folder in ((DOMAIN_NAMES, CLASSIFIER_FEATURES_DIR), (DETAIL_NAMES, DETAIL_FEATURES_DIR)):
-        if name.lower() in names:
-            if not (folder / "config.json").is_file():
-                raise UserError(f"no shipped domain classifier in {folder}; train one with `vqldm evaluate train-features --data fashion-mnist --out DIR` and pass --features DIR")
-            return DomainFeatures(load_domain_classifier(folder), names[0], batch_size, device)
+    if name in SHIPPED_FEATURES:
+        folder = NETWORKS_DIR / name
+        if not (folder / "config.json").is_file():
+            raise UserError(f"no shipped feature network in {folder}; {TRAIN_FEATURES_HINT} and use its folder")
+        return DomainFeatures(load_domain_classifier(folder), name, batch_size, device)
     path = Path(name).expanduser()
     if not path.exists():
-        raise UserError(f"--features {name!r} not found; pass fashion-mnist-detail, fashion-mnist-classifier, inception, or a folder from `vqldm evaluate train-features`")
+        raise UserError(f"feature network {name!r} not found: neither {', '.join(FEATURE_NAMES)} nor a folder; {TRAIN_FEATURES_HINT}")
     return DomainFeatures(load_domain_classifier(path), f"domain-classifier:{path.resolve()}", batch_size, device)
-
-
-# ----------------------------------------------------------------------------- training
-@dataclass
-class FeatureTrainConfig:
-    image_size: int = 32
-    channels: int = 1
-    fit: str = "pad"
-    epochs: int = 2
-    max_steps: int | None = None  # stop earlier (quick runs / tests)
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    max_images: int | None = None
-    seed: int = 0
-    augment: bool = True  # random horizontal flips and +-2 px shifts
-    detail_layers: int = 2  # detail-sensitive features: both conv activations of the first block (DomainClassifierConfig)
-    standardize: bool = True
-    statistics_images: int = 10_000  # training images whose features fix the standardisation
-
-
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=g) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
-    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-
-
-@torch.inference_mode()
-def classifier_accuracy(model: DomainClassifier, data, batch_size: int = 500, max_images: int | None = None) -> float:
-    model.eval()
-    n = len(data) if max_images is None else min(len(data), max_images)
-    correct = 0
-    for x, y in data.batches(batch_size, n):
-        correct += int((model(x).argmax(dim=1) == y).sum())
-    return correct / max(n, 1)
-
-
-def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfig, progress: bool = True, log=print) -> dict:
-    """Train the domain classifier on ``source``'s training split; report held-out accuracy; save to ``out``.
-
-    The loop uses the trainer kit like the stage trainers: the learning rate is a pure function of the
-    step (15% linear warm-up, then cosine to zero), the NaN policy skips one bad batch and then stops,
-    and SIGINT/SIGTERM stop it with one line (nothing is written: a classifier is retrained, not resumed).
-    """
-    from ..data.loading import BatchSampler, train_batches
-    from ..data.config import DataConfig
-    from ..data.sources import load_datasets
-
-    check_max_steps(cfg.max_steps)
-    data_cfg = DataConfig(image_size=cfg.image_size, channels=cfg.channels, fit=cfg.fit, max_images=cfg.max_images,
-                          labels="folders" if Path(source).expanduser().is_dir() else "none")
-    ds = load_datasets(source, data_cfg, log=log, progress=progress)
-    if ds.num_classes < 2 or bool((ds.train.labels < 0).any()):
-        raise UserError(f"train-features needs labelled data with at least 2 classes; {source!r} has {ds.num_classes} (use a named dataset or class subfolders)")
-    torch.manual_seed(cfg.seed)
-    model = DomainClassifier(DomainClassifierConfig(cfg.image_size, cfg.channels, ds.num_classes, class_names=list(ds.train.class_names),
-                                                    detail_layers=cfg.detail_layers, standardize=cfg.standardize))
-    steps_per_epoch = max(1, len(ds.train) // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    tc = TrainLoopConfig(max_steps=max(total, 1), batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                         warmup_steps=int(0.15 * total), lr_schedule="cosine", grad_clip=None, seed=cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    guard = NonFiniteGuard(allow_skip=True, log=log)
-    g = torch.Generator().manual_seed(cfg.seed)
-    clock = TrainClock()
-    step = 0
-    batches = train_batches(ds.train, BatchSampler(len(ds.train), cfg.batch_size, cfg.seed), 0, data_cfg, cfg.seed)
-    bar = tqdm(total=total, desc="train-features", disable=not progress, dynamic_ncols=True)
-    model.train()
-    with StopSignals() as signals:
-        while step < total:
-            x, y = next(batches)
-            if cfg.augment:
-                x = _augment(x, g)
-            set_learning_rate(opt, learning_rate(tc, step))
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-            if guard.check(loss, step, None, opt):
-                optimizer_step(loss, opt, model.parameters(), tc.grad_clip)
-            step += 1
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            stop_if_signalled(signals, step, None, bar)
-    bar.close()
-    batches.close()
-    seconds = clock.total()
-    if cfg.standardize:
-        model.eval()
-        with torch.inference_mode():
-            raw = torch.cat([model.raw_features(x) for x, _ in ds.train.batches(500, cfg.statistics_images)])
-        model.set_feature_statistics(raw)
-    accuracy = classifier_accuracy(model, ds.holdout)
-    info = {"source": ds.source, "train_images": len(ds.train), "steps": step, "train_seconds": round(seconds, 1),
-            "test_images": len(ds.holdout), "test_accuracy": accuracy, "train_config": asdict(cfg)}
-    save_domain_classifier(model, out, info)
-    log(f"done: {step} steps in {seconds:.0f} s; test accuracy {100 * accuracy:.2f}% on {len(ds.holdout)} held-out images; saved to {out}")
-    return info

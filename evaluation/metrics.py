@@ -8,6 +8,7 @@ are computed in float64. Every function is pure: features in, numbers out.
 * KID (Bińkowski et al. 2018, "Demystifying MMD GANs"): unbiased MMD² with the cubic polynomial kernel,
   averaged over random subsets; unlike FID it is unbiased in the sample count.
 * Precision / recall (Kynkäänniemi et al. 2019, "Improved precision and recall metric"): k-NN manifolds.
+  ``distribution_metrics`` gives all three with their sample counts, as every report states them.
 * Normalized mutual information between code indices and class labels (Strehl & Ghosh 2002).
 """
 
@@ -80,7 +81,8 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(term_x + term_y - 2 * kxy.mean())
 
 
-def kid_subset_size(subset_size: int, n_real: int, n_fake: int) -> int:
+def kid_subset_size_used(subset_size: int, n_real: int, n_fake: int) -> int:
+    """The subset size KID draws: ``subset_size``, or half the smaller set when a set is not larger."""
     smaller = min(n_real, n_fake)
     return subset_size if smaller > subset_size else max(2, smaller // 2)
 
@@ -97,7 +99,7 @@ def kernel_inception_distance(
     ``subset_size`` rows, subsets of half the smaller set are used, so that they differ and the std is
     meaningful; the estimate stays unbiased either way."""
     real, fake = real.detach().double().cpu(), fake.detach().double().cpu()
-    size = kid_subset_size(subset_size, real.shape[0], fake.shape[0])
+    size = kid_subset_size_used(subset_size, real.shape[0], fake.shape[0])
     if size < 2:
         raise ValueError("KID needs at least 2 samples in each set")
     g = torch.Generator().manual_seed(seed)
@@ -142,6 +144,19 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     precision = _fraction_inside(fake, real, _kth_neighbour_radii(real, k))
     recall = _fraction_inside(real, fake, _kth_neighbour_radii(fake, k))
     return precision, recall
+
+
+# ----------------------------------------------------------------------------- all three at once
+def distribution_metrics(real_f: torch.Tensor, fake_f: torch.Tensor, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                         seed: int = 0, with_pr: bool = True) -> dict:
+    """FID, KID (mean, std) and precision/recall between two feature sets, with the sample counts."""
+    kid_mean, kid_std = kernel_inception_distance(real_f, fake_f, kid_subsets, kid_subset_size, seed)
+    out = {"fid": fid_from_features(real_f, fake_f), "kid_mean": kid_mean, "kid_std": kid_std,
+           "kid_subset_size": kid_subset_size_used(kid_subset_size, real_f.shape[0], fake_f.shape[0]), "kid_subsets": kid_subsets,
+           "num_real": int(real_f.shape[0]), "num_generated": int(fake_f.shape[0])}
+    if with_pr and min(real_f.shape[0], fake_f.shape[0]) > 3:
+        out["precision"], out["recall"] = precision_recall(real_f, fake_f, k=3)
+    return out
 
 
 # ----------------------------------------------------------------------------- codes vs classes

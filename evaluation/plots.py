@@ -14,7 +14,8 @@ from ..plumbing.checkpoint import atomic_write_bytes
 from ..plumbing.images import make_grid
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures render to PNG without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +26,7 @@ def _pyplot():
 
 def save_figure(fig, path: Path) -> Path:
     """Render a matplotlib figure to PNG and write it atomically."""
-    plt = _pyplot()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -34,7 +35,7 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def plot_code_frequency(counts: torch.Tensor, path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     c = counts.double().sort(descending=True).values
     freq = c / c.sum().clamp(min=1)
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -50,7 +51,7 @@ def plot_code_frequency(counts: torch.Tensor, path: Path, title: str) -> Path:
 
 def plot_class_heatmap(class_counts: torch.Tensor, class_names: list[str], path: Path, title: str) -> Path:
     """Rows: classes; columns: codes ordered by overall frequency; cell: the code's share of the class's positions."""
-    plt = _pyplot()
+    plt = pyplot()
     counts = class_counts.double()
     order = counts.sum(dim=0).argsort(descending=True)
     used = int((counts.sum(dim=0) > 0).sum())
@@ -68,7 +69,7 @@ def plot_class_heatmap(class_counts: torch.Tensor, class_names: list[str], path:
 
 def plot_image_rows(rows: list[tuple[str, torch.Tensor]], path: Path, nrow: int) -> Path:
     """Labelled image grids stacked vertically ([-1, 1] tensors)."""
-    plt = _pyplot()
+    plt = pyplot()
     grids = [make_grid(imgs, nrow=nrow) for _, imgs in rows]
     width = 8.0
     heights = [width * g.height / g.width + 0.35 for g in grids]  # image aspect + room for the title
@@ -82,7 +83,7 @@ def plot_image_rows(rows: list[tuple[str, torch.Tensor]], path: Path, nrow: int)
 
 
 def plot_steps_sweep(rows: list[dict], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name in dict.fromkeys(r["scheduler"] for r in rows):
         pts = sorted((r["steps"], r["fid"]) for r in rows if r["scheduler"] == name)

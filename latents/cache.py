@@ -38,10 +38,10 @@ from typing import Callable, Literal
 import torch
 from diffusers import VQModel
 
-from ..plumbing.checkpoint import AtomicDir, weights_sha256
-from ..data.splits import Datasets, ImageSplit
-from ..plumbing.errors import UserError
 from ..autoencoder.model import scale_latents, unscale_latents
+from ..data.splits import Datasets, ImageSplit
+from ..plumbing.checkpoint import AtomicDir, weights_sha256
+from ..plumbing.errors import UserError
 from ..plumbing.tensorfile import TensorFileWriter, mmap_tensors
 
 

@@ -11,10 +11,10 @@ from typing import Literal
 
 from ..autoencoder.model import autoencoder_geometry
 from ..data.summary import DataSummary, check_fits, describe_data
+from ..latents.cache import CacheConfig
+from ..latents.setup import LatentDataConfig
 from ..plumbing.autosize import AutoChoice, batch_for, is_gpu, passes_to_steps, schedule_for
 from ..plumbing.config import load_config
-from ..latents.setup import LatentDataConfig
-from ..latents.cache import CacheConfig
 from ..plumbing.trainkit import EMATrainLoopConfig
 
 KINDS = ("masked", "autoregressive")

@@ -1,4 +1,4 @@
-"""Calibration of FD / KID (vqldm.evaluation): the scale every measured value is read on — real-vs-real
+"""Calibration of FD / KID (vqldm.evaluation.calibration): the scale every measured value is read on — real-vs-real
 floor, real images blurred by 0.5 px / 1 px, real images with noise — and where a value falls on it."""
 
 import math
@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 
-from vqldm.evaluation.report import (
+from vqldm.evaluation.calibration import (
     REAL_ROW,
     add_gaussian_noise,
     calibration_rows,
     gaussian_blur,
     gaussian_kernel1d,
-    other_real_images,
     place_on_scale,
 )
+from vqldm.evaluation.reference import other_real_images
 
 ROWS = [
     {"name": REAL_ROW, "fd": 0.9, "kid_mean": 0.001},
@@ -179,33 +179,47 @@ def fashion_holdout():
     return ds.holdout
 
 
-def test_shipped_features_see_one_pixel_of_blur(fashion_holdout):
+def _default_features():
+    """The network ``vqldm evaluate`` measures in when no ``--features`` is given: the CLI's default, which is
+    the library's (``load_feature_extractor(None)``). Loaded by that path, not by name, so that a change of
+    default is judged by the claims below."""
+    from vqldm.cli.main import build_parser
     from vqldm.evaluation.features import load_feature_extractor
 
-    n = 500
-    ref = fashion_holdout.batch(torch.arange(n))[0]
-    probe = fashion_holdout.batch(torch.arange(n, 2 * n))[0]
-    rows = {r["name"]: r for r in calibration_rows(ref, probe, load_feature_extractor("fashion-mnist-classifier"))}
-    floor, blur05, blur1, noise = (rows[k]["fd"] for k in (REAL_ROW, "blur 0.5px", "blur 1px", "noise std 0.1"))
-    print(f"n={n}: real-vs-real {floor:.3f}, blur 0.5px {blur05:.3f}, blur 1px {blur1:.3f}, noise 0.1 {noise:.3f}")
+    args = build_parser().parse_args(["evaluate", "generation"])
+    assert args.features is None  # the CLI names no network of its own
+    return load_feature_extractor(args.features)
+
+
+def _blur_scale(holdout, extractor, n=500):
+    ref, probe = holdout.batch(torch.arange(n))[0], holdout.batch(torch.arange(n, 2 * n))[0]
+    rows = {r["name"]: r["fd"] for r in calibration_rows(ref, probe, extractor)}
+    floor, blur05, blur1, noise = (rows[k] for k in (REAL_ROW, "blur 0.5px", "blur 1px", "noise std 0.1"))
+    print(f"{extractor.name}, n={n}: real-vs-real {floor:.3f}, blur 0.5px {blur05:.3f}, blur 1px {blur1:.3f}, noise 0.1 {noise:.3f}")
+    return floor, blur05, blur1, noise
+
+
+def test_default_features_see_half_a_pixel_of_blur(fashion_holdout):
+    """What the docs claim of the default network: at n = 500 a 0.5 px blur lands far above the real-vs-real
+    floor (measured ~12x; the first shipped network, blind to it, puts it at ~3.5x), 1 px far above that."""
+    floor, blur05, blur1, noise = _blur_scale(fashion_holdout, _default_features())
+    assert blur05 > 8 * floor and blur1 > 3 * blur05 and noise > 8 * floor
+
+
+@pytest.mark.slow  # the 10,000 test images through the classifier
+def test_default_features_classify_the_test_split(fashion_holdout):
+    from vqldm.evaluation.features import classifier_accuracy
+
+    assert classifier_accuracy(_default_features().model, fashion_holdout) >= 0.92
+
+
+@pytest.mark.slow  # the first network, kept only for archived figures
+def test_first_network_sees_one_pixel_of_blur(fashion_holdout):
+    from vqldm.evaluation.features import load_feature_extractor
+
+    floor, blur05, blur1, noise = _blur_scale(fashion_holdout, load_feature_extractor("fashion-mnist-classifier"))
     assert blur1 > 3 * floor
     assert blur1 > blur05 > floor and noise > floor
-
-
-def test_detail_features_see_half_a_pixel_of_blur(fashion_holdout):
-    """The detail-sensitive shipped network: a 0.5 px blur lands far above the floor at n = 500 (the first
-    network puts it at ~3.5x), and it classifies at least 92% of the test split."""
-    from vqldm.evaluation.features import classifier_accuracy, load_feature_extractor
-
-    n = 500
-    extractor = load_feature_extractor("fashion-mnist-detail")
-    ref = fashion_holdout.batch(torch.arange(n))[0]
-    probe = fashion_holdout.batch(torch.arange(n, 2 * n))[0]
-    rows = {r["name"]: r for r in calibration_rows(ref, probe, extractor)}
-    floor, blur05, blur1, noise = (rows[k]["fd"] for k in (REAL_ROW, "blur 0.5px", "blur 1px", "noise std 0.1"))
-    print(f"n={n}: real-vs-real {floor:.3f}, blur 0.5px {blur05:.3f}, blur 1px {blur1:.3f}, noise 0.1 {noise:.3f}")
-    assert blur05 > 8 * floor and blur1 > 3 * blur05 and noise > 8 * floor
-    assert classifier_accuracy(extractor.model, fashion_holdout) >= 0.92
 
 
 def test_detail_features_round_trip(tmp_path):
@@ -256,8 +270,6 @@ class _StubPipeline:
 
 def test_evaluate_generation_reports_and_prints_calibration(tmp_path, monkeypatch, capsys):
     import json
-    import sys
-    import types
 
     from vqldm.cli import evaluate
     from vqldm.cli.main import main
@@ -265,10 +277,8 @@ def test_evaluate_generation_reports_and_prints_calibration(tmp_path, monkeypatc
     from vqldm.data.sources import load_datasets
 
     ds = load_datasets("fashion-mnist", DataConfig(image_size=16, fit="pad"), progress=False)
-    monkeypatch.setattr(evaluate, "_load_pipeline", lambda model, device="cpu": _StubPipeline(ds.train.batch(torch.arange(100))[0]))
-    fake_module = types.ModuleType("vqldm.pipelines.pipeline")
-    fake_module.DEFAULT_STEPS = 50
-    monkeypatch.setitem(sys.modules, "vqldm.pipelines.pipeline", fake_module)
+    stub = _StubPipeline(ds.train.batch(torch.arange(100))[0])
+    monkeypatch.setattr(evaluate, "load_sampler", lambda path, device="cpu", freeze_unet=False: stub)
     out = tmp_path / "gen"
     code = main(["evaluate", "generation", "--num-samples", "40", "--batch-size", "20", "--steps", "2",
                  "--steps-sweep", "1", "--sweep-schedulers", "ddim", "--sweep-samples", "30",

@@ -1,7 +1,6 @@
 """``vqldm evaluate`` end to end on tiny models: train-features, autoencoder, generation (stub pipeline), errors."""
 
 import json
-import sys
 import types
 
 import pytest
@@ -16,6 +15,7 @@ from vqldm.evaluation.features import (
     load_feature_extractor,
     save_domain_classifier,
 )
+from vqldm.plumbing.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +98,7 @@ def test_evaluate_generation_with_a_stub_pipeline(tiny_features, tmp_path, monke
 
     ds = load_datasets("fashion-mnist", DataConfig(image_size=16, fit="pad"), progress=False)
     stub = _StubPipeline(ds.train.batch(torch.arange(200))[0])
-    monkeypatch.setattr(evaluate, "_load_pipeline", lambda model, device="cpu": stub)
-    fake_module = types.ModuleType("vqldm.pipelines.pipeline")
-    fake_module.DEFAULT_STEPS = 50
-    monkeypatch.setitem(sys.modules, "vqldm.pipelines.pipeline", fake_module)
+    monkeypatch.setattr(evaluate, "load_sampler", lambda path, device="cpu", freeze_unet=False: stub)
     out = tmp_path / "gen"
     code = main(["evaluate", "generation", "--features", str(tiny_features), "--num-samples", "40", "--batch-size", "20",
                  "--steps", "3", "--guidance", "2", "--steps-sweep", "1,2", "--sweep-schedulers", "ddim,dpm", "--sweep-samples", "20",
@@ -136,4 +133,8 @@ def test_inception_offline_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 
 def test_missing_feature_folder_is_a_user_error(tmp_path, capsys):
     code = main(["evaluate", "generation", "--features", str(tmp_path / "nope"), "--no-progress"])
-    assert code == 2 and "train-features" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "train-features" in err and "--features" in err  # the CLI names its flag ...
+    with pytest.raises(UserError) as raised:
+        load_feature_extractor(str(tmp_path / "nope"))
+    assert "--" not in str(raised.value)  # ... the library speaks of what it was given

@@ -1,0 +1,53 @@
+"""The real side of every comparison: the held-out split at the model's size, a fixed subset of it, and
+other real images disjoint from that subset (the real-vs-real floor every FD / KID is read against)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.config import DataConfig
+from ..data.sources import load_datasets
+
+
+def load_reference_data(source: str, image_size: int, channels: int, fit: str, progress: bool):
+    """The splits of ``source`` at the model's size; its held-out split is the real side of every comparison."""
+    labels = "folders" if Path(source).expanduser().is_dir() and any(p.is_dir() for p in Path(source).expanduser().iterdir()) else "none"
+    cfg = DataConfig(image_size=image_size, channels=channels, fit=fit, labels=labels)
+    return load_datasets(source, cfg, log=lambda m: tqdm.write(m), progress=progress)
+
+
+def real_indices(num_items: int, n: int, seed: int) -> torch.Tensor:
+    """The indices :func:`real_images` takes: a fixed random subset of ``n`` (all if fewer), sorted."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_items, generator=g)[: min(n, num_items)].sort().values
+
+
+def real_images(data, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` held-out images (a fixed random subset; all of them if fewer) in [-1, 1], with labels."""
+    return data.batch(real_indices(len(data), n, seed))
+
+
+def other_real_images(ds, exclude: torch.Tensor, n: int, seed: int, train_when_short: bool = False) -> tuple[torch.Tensor | None, str]:
+    """Up to ``n`` real images disjoint from the held-out images ``exclude`` (indices), for the real-vs-real
+    floor, and where they came from. The rest of the held-out split first (a fixed random subset); when it
+    has fewer than ``n``: the training split if ``train_when_short`` (and it has ``n``), else what the
+    held-out split has (the description gives the count); the training split when the held-out split has
+    fewer than 2 others. ``(None, why)`` when there are not 2 images anywhere."""
+    holdout = ds.holdout
+    keep = torch.ones(len(holdout), dtype=torch.bool)
+    keep[torch.as_tensor(exclude, dtype=torch.long)] = False
+    rest = keep.nonzero().flatten()
+    train = getattr(ds, "train", None)
+    n_train = len(train) if train is not None else 0
+    if len(rest) >= n or (len(rest) >= 2 and not (train_when_short and n_train >= n)):
+        idx = rest[real_indices(len(rest), n, seed)]
+        short = "" if len(idx) >= n else f" (only {len(idx)}: the held-out split has {len(holdout)} images, fewer than {len(exclude)} + {n})"
+        return holdout.batch(idx)[0], f"{len(idx)} other held-out images{short}"
+    if n_train >= 2:
+        idx = real_indices(n_train, n, seed)
+        short = "" if len(idx) >= n else f" (only {len(idx)})"
+        return train.batch(idx)[0], f"{len(idx)} training-split images{short} (the held-out split has {len(rest)} others)"
+    return None, f"no calibration: fewer than 2 real images besides the {len(exclude)} reference ones"
