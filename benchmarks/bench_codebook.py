@@ -122,9 +122,9 @@ def print_table(rows: list[dict], calibration: list[dict]) -> None:
 
 
 def plot(rows: list[dict], calibration: list[dict], path: Path, title: str) -> Path:
-    from vqldm.evaluation.plots import _pyplot, save_figure
+    from vqldm.evaluation.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     series: dict[str, list[dict]] = {}
     for r in rows:
         series.setdefault(f"D={r['dim']}, {r['lookup']}", []).append(r)
@@ -195,7 +195,7 @@ def main() -> int:
               f"{' (training reused)' if reused else ''}; {time.time() - t0:.0f} s wall", flush=True)
 
     from vqldm.autoencoder.config import load_autoencoder_config
-    from vqldm.cli.evaluate import format_calibration
+    from vqldm.evaluation.calibration import format_calibration
 
     cfg = load_autoencoder_config(out / names[0] / "config.yaml")
     n, f = rows[0]["images"], cfg.model.downsampling_factor

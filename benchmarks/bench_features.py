@@ -6,7 +6,7 @@
 For each feature network: its test accuracy on the 10,000 Fashion-MNIST test images, and, for each
 sample count n, the Frechet distance of n held-out reference images to n *other* held-out images (the
 real-vs-real floor), to those images blurred by a Gaussian of 0.5 px and 1 px, and with noise of std 0.1
-(vqldm's calibration rows: ``vqldm.evaluation.calibration_rows``). A network is useful for judging an
+(vqldm's calibration rows: ``vqldm.evaluation.calibration.calibration_rows``). A network is useful for judging an
 autoencoder or a generator only if a 0.5 px blur lands well above the floor at the counts evaluation uses.
 """
 
@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from vqldm.evaluation.report import REAL_ROW, calibration_rows
+    from vqldm.evaluation.calibration import REAL_ROW, calibration_rows
     from vqldm.evaluation.features import classifier_accuracy, load_feature_extractor
     from vqldm.data.config import DataConfig
     from vqldm.data.sources import load_datasets

@@ -171,17 +171,16 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
-    from vqldm.cli.evaluate import (
-        _load_pipeline,
-        distribution_metrics,
+    from vqldm.evaluation.generation import (
         format_kid,
         generate_images,
-        load_reference_data,
+        load_sampler,
         pipeline_data_fit,
         pipeline_num_classes,
         warm_up,
     )
-    from vqldm.evaluation.report import real_images
+    from vqldm.evaluation.metrics import distribution_metrics
+    from vqldm.evaluation.reference import load_reference_data, real_images
     from vqldm.pipelines.fast import FrozenUNet
     from vqldm.evaluation.features import load_feature_extractor
 
@@ -196,7 +195,7 @@ def main(argv=None) -> int:
 
     pipe = None
     if not args.pixel_only:
-        pipe = _load_pipeline(args.model)
+        pipe = load_sampler(args.model, freeze_unet=True)
         pipe.set_scheduler("ddim")
         size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
         num_classes = pipeline_num_classes(pipe)

@@ -114,25 +114,28 @@ def main(argv=None) -> int:
     print(f"  parameter counts within {100 * (max(sizes) / min(sizes) - 1):.1f}% of each other (limit 20%)")
 
     # ---------------------------------------------------------------- evaluation
-    import vqldm.evaluation.report as ev
+    import vqldm.evaluation.calibration as cal
+    import vqldm.evaluation.generation as gen
+    import vqldm.evaluation.reference as ref
     from vqldm.evaluation.features import load_feature_extractor
+    from vqldm.evaluation.metrics import distribution_metrics
 
     device = torch.device(args.device)
     extractor = load_feature_extractor(None, args.batch_size, device)
-    pipes = {"continuous": ev._load_pipeline(args.work / "continuous" / "pipeline", device)}
+    pipes = {"continuous": gen.load_sampler(args.work / "continuous" / "pipeline", device, freeze_unet=True)}
     # the continuous model samples with vqldm's measured default sampler for this model family (docs/results.md)
     pipes["continuous"].set_scheduler("unipc", timestep_spacing="trailing")
     pipes["continuous"].info["default_steps"] = 10
     for name in ("masked", "autoregressive"):
-        pipes[name] = ev._load_pipeline(args.work / name / "prior", device)
+        pipes[name] = gen.load_sampler(args.work / name / "prior", device)
     any_pipe = pipes["continuous"]
     size, channels = int(any_pipe.vqvae.config.sample_size), int(any_pipe.vqvae.config.in_channels)
-    ds = ev.load_reference_data(args.data, size, channels, ev.pipeline_data_fit(any_pipe), progress=False)
-    idx = ev.real_indices(len(ds.holdout), args.num_samples, args.seed)
+    ds = ref.load_reference_data(args.data, size, channels, gen.pipeline_data_fit(any_pipe), progress=False)
+    idx = ref.real_indices(len(ds.holdout), args.num_samples, args.seed)
     real, real_labels = ds.holdout.batch(idx)
     real_f = extractor(real)
-    probe, probe_desc = ev.other_real_images(ds, idx, real.shape[0], args.seed)
-    calibration = ev.calibration_rows(real, probe, extractor, ref_features=real_f, seed=args.seed)
+    probe, probe_desc = ref.other_real_images(ds, idx, real.shape[0], args.seed)
+    calibration = cal.calibration_rows(real, probe, extractor, ref_features=real_f, seed=args.seed)
     real_acc = float((extractor.classify(real) == real_labels).float().mean())
     n_real = real.shape[0]
     print(f"evaluation: {args.num_samples} generated images per setting vs {n_real} held-out real images "
@@ -145,15 +148,15 @@ def main(argv=None) -> int:
     rows = []
     for name, steps_list in sweeps.items():
         pipe = pipes[name]
-        num_classes = ev.pipeline_num_classes(pipe)
-        ev.warm_up(pipe, args.batch_size, args.guidance, num_classes)
+        num_classes = gen.pipeline_num_classes(pipe)
+        gen.warm_up(pipe, args.batch_size, args.guidance, num_classes)
         for steps in steps_list:
-            fake, labels, spi = ev.generate_images(pipe, args.num_samples, args.batch_size, steps, args.guidance, args.seed,
+            fake, labels, spi = gen.generate_images(pipe, args.num_samples, args.batch_size, steps, args.guidance, args.seed,
                                                 num_classes, progress=False)
-            m = ev.distribution_metrics(real_f, extractor(fake), with_pr=False, kid_subsets=10, kid_subset_size=min(1000, args.num_samples))
+            m = distribution_metrics(real_f, extractor(fake), with_pr=False, kid_subsets=10, kid_subset_size=min(1000, args.num_samples))
             acc = float((extractor.classify(fake) == labels).float().mean()) if labels is not None else None
             shown_steps = steps if steps is not None else int(pipe.info.get("default_steps") or 0)
-            rows.append({"model": name, "steps": shown_steps, "fd": m["fid"], "fd_scale": ev.place_on_scale(m["fid"], calibration),
+            rows.append({"model": name, "steps": shown_steps, "fd": m["fid"], "fd_scale": cal.place_on_scale(m["fid"], calibration),
                          "class_accuracy": acc, "class_accuracy_vs_real": acc / real_acc if acc is not None else None,
                          "seconds_per_image": spi, "parameters": runs[name]["parameters"]})
 
