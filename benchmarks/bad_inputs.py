@@ -396,6 +396,18 @@ CASES: list[Case] = [
     Case(GEN, "--resume into a folder of images made with another seed",
          lambda s, sh: (run_cli(_gen(s, sh, out=str(s / "imgs") + "/")), _gen(s, sh, "--seed", "5", "--resume", out=str(s / "imgs") + "/"))[1],
          flags=("--model", "--resume"), needs=("pipeline",)),
+    Case(GEN, "--steps 100000 (more than the scheduler's 1000 training timesteps)", lambda s, sh: _gen(s, sh, "--steps", "100000"),
+         flags=("--model", "--steps"), needs=("pipeline",), expect_in_stderr="timesteps"),
+    Case(GEN, "--num-images 10000000000 into a folder (more than the disk holds)",
+         lambda s, sh: _gen(s, sh, "--num-images", "10000000000", out=str(s / "out") + "/"),
+         flags=("--model", "--num-images"), needs=("pipeline",), expect_in_stderr="is free there"),
+    Case(GEN, "--resume to 10001 images in a folder of 4-digit names (0000.png ...)",
+         lambda s, sh: (run_cli(_gen(s, sh, out=str(s / "imgs") + "/")),
+                        _gen(s, sh, "--num-images", "10001", "--resume", out=str(s / "imgs") + "/"))[1],
+         flags=("--model", "--resume"), needs=("pipeline",), expect_in_stderr="5-digit file names"),
+    Case(GEN, "--eta 2 (DDIM eta is 0..1)", lambda s, sh: _gen(s, sh, "--eta", "2"), flags=("--model", "--eta"), needs=("pipeline",)),
+    Case(GEN, "--freeze-unet (the removed name of --unet-path frozen)", lambda s, sh: _gen(s, sh, "--freeze-unet"),
+         flags=("--model",), needs=("pipeline",)),
     # ------------------------------------------------------------------ train-prior / priors in generate
     Case(PRIOR, "--kind unknown", lambda s, sh: _prior(s, sh, kind="diffusion"), flags=("--kind",), needs=("ae_run",)),
     Case(PRIOR, "--max-steps 0", lambda s, sh: _prior(s, sh, "--max-steps", "0"), flags=("--max-steps",), needs=("ae_run",)),
@@ -405,6 +417,10 @@ CASES: list[Case] = [
          needs=("prior",)),
     Case(GEN, "--class out of range (99) on a prior", lambda s, sh: _gen(s, sh, "--class", "99", model=sh["prior"]),
          flags=("--model", "--class"), needs=("prior",)),
+    Case(GEN, "--steps 100000 on a masked prior (more steps than codes)", lambda s, sh: _gen(s, sh, "--steps", "100000", model=sh["prior"]),
+         flags=("--model", "--steps"), needs=("prior",), expect_in_stderr="codes"),
+    Case(GEN, "--eta on a prior (a DDIM option)", lambda s, sh: _gen(s, sh, "--eta", "0.5", model=sh["prior"]),
+         flags=("--model", "--eta"), needs=("prior",)),
 ]
 
 
@@ -436,7 +452,7 @@ def command_help(command: str) -> str | None:
     return _HELP_CACHE[command]
 
 
-NOT_IMPLEMENTED = re.compile(r"not implemented|ModuleNotFoundError|No module named|argument COMMAND: invalid choice", re.I)
+NOT_IMPLEMENTED = re.compile(r"not implemented|ModuleNotFoundError|No module named|unknown COMMAND", re.I)
 
 
 def _left_behind(out: Path) -> str:

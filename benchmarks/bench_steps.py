@@ -49,28 +49,22 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from vqldm.plumbing.checkpoint import atomic_write_json
-    from vqldm.cli.evaluate import _parse_ints, format_sweep_table
-    from vqldm.evaluation.report import (
-        _device,
-        _load_pipeline,
-        load_reference_data,
-        pipeline_data_fit,
-        pipeline_num_classes,
-        real_images,
-        sweep_steps,
-    )
+    from vqldm.cli.evaluate import parse_ints
+    from vqldm.evaluation.generation import format_sweep_table, load_sampler, pipeline_data_fit, pipeline_num_classes, sweep_steps
+    from vqldm.evaluation.reference import load_reference_data, real_images
+    from vqldm.evaluation.report import resolve_device
     from vqldm.evaluation.plots import plot_steps_sweep
     from vqldm.evaluation.features import load_feature_extractor
 
     progress = not args.no_progress
-    steps = _parse_ints(args.steps, "--steps")
+    steps = parse_ints(args.steps, "--steps")
     schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip()]
-    device = _device(args.device)
+    device = resolve_device(args.device)
     extractor = load_feature_extractor(args.features, args.batch_size, device)
-    pipe = _load_pipeline(args.model, device)
+    pipe = load_sampler(args.model, device, freeze_unet=True)
     num_classes = pipeline_num_classes(pipe)
     if args.guidance is None:
-        args.guidance = float(pipe.info.get("default_guidance") or 1.0) if num_classes else 1.0
+        args.guidance = pipe.default_guidance  # the model's measured scale (1 for an unconditional one)
     size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
     ds = load_reference_data(args.data, size, channels, pipeline_data_fit(pipe), progress)
     real, _ = real_images(ds.holdout, args.num_samples, args.seed)

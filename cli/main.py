@@ -1,4 +1,4 @@
-"""The ``vqldm`` command line. User errors print one line on stderr and exit with code 2.
+"""The ``vqldm`` command line. User errors, argparse's included, print one line on stderr and exit with code 2.
 
 Several processes: start the same command under a standard launcher, e.g.
 ``torchrun --standalone --nproc_per_node 2 -m vqldm train-diffusion ...`` (CPU workers form a gloo
@@ -9,7 +9,34 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+
+from .argtypes import positive_int
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with vqldm's error convention: one line ``vqldm: error: ...`` and exit code 2, no usage block.
+
+    A bad value reads as its flag: "--steps must be >= 1, got 0", "unknown --scheduler 'x'; choose one of ...".
+    """
+
+    def error(self, message: str):
+        from ..plumbing.errors import UserError
+
+        raise UserError(flag_words(message))
+
+
+def flag_words(message: str) -> str:
+    """argparse's "argument --x: ..." as a sentence about ``--x``."""
+    m = re.fullmatch(r"argument (\S+?)(?:/\S+)?: (.*)", message, flags=re.S)
+    if not m:
+        return message
+    flag, text = m.groups()
+    choice = re.fullmatch(r"invalid choice: (.+?) \(choose from (.*)\)", text, flags=re.S)
+    if choice:
+        return f"unknown {flag} {choice.group(1)}; choose one of {choice.group(2).replace(chr(39), '')}"
+    return f"{flag} {text}" if text.startswith("must ") else f"{flag}: {text}"
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -17,7 +44,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="YAML config path, a preset name (e.g. fashion-mnist), or auto: sized for the data and device")
     p.add_argument("--data", help="image folder or named dataset (fashion-mnist, mnist, cifar10)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<command>)")
-    p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="override train.max_steps")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key (repeatable)")
@@ -25,7 +52,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqldm", description="Latent diffusion on a VQ-compressed space.")
+    from ..priors.config import KINDS
+
+    parser = ArgumentParser(prog="vqldm", description="Latent diffusion on a VQ-compressed space.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train-autoencoder", help="train the VQ autoencoder (stage 1)")
@@ -41,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoencoder", required=True, help="autoencoder run folder (holding vqvae/) or a VQModel folder")
 
     p = sub.add_parser("train-prior", help="train a masked or autoregressive prior over the autoencoder's codes (stage 2, discrete)")
-    p.add_argument("--kind", required=True, metavar="masked|autoregressive",
+    p.add_argument("--kind", required=True, choices=KINDS, metavar="masked|autoregressive",
                    help="masked: bidirectional, parallel decoding (MaskGIT); autoregressive: one code at a time in raster order")
     _add_train_args(p)
     p.add_argument("--autoencoder", required=True, help="autoencoder run folder (holding vqvae/) or a VQModel folder")
@@ -58,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args) -> list[str]:
     extra = list(args.overrides)
-    if getattr(args, "labels", None):
+    if args.labels:
         extra.append(f"data.labels={args.labels}")
     return extra
 
@@ -104,11 +133,9 @@ def cmd_train_diffusion(args) -> int:
 def cmd_train_prior(args) -> int:
     from ..plumbing.autosize import AUTO, detect_device
     from ..plumbing.errors import UserError
-    from ..priors.config import KINDS, auto_prior_config, load_prior_config
+    from ..priors.config import auto_prior_config, load_prior_config
     from ..priors.train import train_prior
 
-    if args.kind not in KINDS:
-        raise UserError(f"unknown prior kind {args.kind!r}; pass --kind masked or --kind autoregressive")
     if args.config == AUTO:
         cfg, line = auto_prior_config(args.autoencoder, args.data, args.labels, detect_device(), args.overrides, args.max_steps)
         _say(line)
@@ -163,16 +190,15 @@ HANDLERS = {
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from ..pipelines.sampler import ModelFolderError
     from ..plumbing.errors import UserError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = HANDLERS[args.command]
     try:
-        code = handler(args)
-    except UserError as err:
+        args = build_parser().parse_args(argv)
+        code = HANDLERS[args.command](args)
+    except (UserError, ModelFolderError) as err:  # a model folder that cannot be loaded is the user's to fix too
         print(f"vqldm: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return getattr(err, "exit_code", 2)  # a training run stopped by a signal exits 128 + its number
     except KeyboardInterrupt:
         print("vqldm: interrupted", file=sys.stderr)
         return 130

@@ -1,15 +1,21 @@
-"""Stage 3: the VQ latent diffusion pipeline, the ``vqldm`` command line, and evaluation.
+"""Stage 3: the samplers. The VQ latent diffusion pipeline and the prior over codes, both behind one protocol
+(``ImageSampler``) and one loader (``load_sampler``); schedulers, image/mask inputs, the frozen CPU UNet.
 
-``from vqldm.pipelines import VQLatentDiffusionPipeline, load_pipeline`` (imported lazily, so ``vqldm --help``
+``from vqldm.pipelines import load_sampler, VQLatentDiffusionPipeline`` (imported lazily, so ``vqldm --help``
 does not pay for importing diffusers).
 """
 
-__all__ = ["VQLatentDiffusionPipeline", "load_pipeline", "make_scheduler"]
+_WHERE = {
+    "VQLatentDiffusionPipeline": "pipeline", "load_pipeline": "pipeline", "make_scheduler": "schedulers",
+    "CodePriorPipeline": "prior_pipeline", "load_prior_pipeline": "prior_pipeline",
+    "ImageSampler": "sampler", "load_sampler": "sampler", "ModelFolderError": "sampler",
+}
+__all__ = list(_WHERE)
 
 
 def __getattr__(name):
-    if name in __all__:
-        from . import pipeline
+    if name in _WHERE:
+        from importlib import import_module
 
-        return getattr(pipeline, name)
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

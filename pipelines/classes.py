@@ -1,11 +1,12 @@
 """Class conditioning shared by the pipelines (latent diffusion and code priors): class names and indices
-from ``vqldm.json``, the null class of classifier-free guidance, and label checking."""
+from ``vqldm.json``, the null class of classifier-free guidance, the guidance a call defaults to, and label
+checking. Errors are ValueErrors in the terms of the Python API (``class_labels``, ``guidance_scale``)."""
 
 from __future__ import annotations
 
-import torch
+import math
 
-from ..plumbing.errors import UserError
+import torch
 
 
 class ClassConditioning:
@@ -34,10 +35,32 @@ class ClassConditioning:
         names = self.info.get("class_names")
         return [str(n) for n in names] if names else [str(i) for i in range(self.num_classes)]
 
-    def class_index(self, name_or_index: str | int) -> int:
-        """A class given as an index or a name from vqldm.json -> its index; UserError if unknown."""
+    @property
+    def default_guidance(self) -> float:
+        """The guidance scale of a call with class labels and no ``guidance_scale``: the scale measured for this
+        model (vqldm.json ``default_guidance``), else 1; always 1 (no guidance) for an unconditional model."""
         if not self.num_classes:
-            raise UserError("this model is unconditional; drop --class (and --guidance)")
+            return 1.0
+        return float(self.info.get("default_guidance") or 1.0)
+
+    def _guidance_scale(self, guidance_scale: float | None, class_labels) -> float:
+        """The scale a call uses; classifier-free guidance needs a class-conditional model and class labels
+        (unconditional samples of a class-conditional model are the null class's, unguided)."""
+        if guidance_scale is None:
+            return self.default_guidance if class_labels is not None else 1.0
+        guidance_scale = float(guidance_scale)
+        if not math.isfinite(guidance_scale) or guidance_scale <= 0:
+            raise ValueError(f"guidance_scale must be a finite number > 0, got {guidance_scale}")
+        if guidance_scale != 1.0 and not self.num_classes:
+            raise ValueError(f"guidance_scale={guidance_scale:g} needs a class-conditional model; this one is unconditional")
+        if guidance_scale != 1.0 and class_labels is None:
+            raise ValueError(f"guidance_scale={guidance_scale:g} needs class_labels (guidance pulls samples towards a class)")
+        return guidance_scale
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """A class given as an index or a name from vqldm.json -> its index; ValueError if unknown."""
+        if not self.num_classes:
+            raise ValueError("this model is unconditional; it has no classes")
         text = str(name_or_index).strip()
         names = self.class_names
         if text.lstrip("-").isdigit():
@@ -45,9 +68,9 @@ class ClassConditioning:
         elif text.lower() in [n.lower() for n in names]:
             idx = [n.lower() for n in names].index(text.lower())
         else:
-            raise UserError(f"unknown class {text!r}; use an index 0..{self.num_classes - 1} or one of: {', '.join(names)}")
+            raise ValueError(f"unknown class {text!r}; use an index 0..{self.num_classes - 1} or one of: {', '.join(names)}")
         if not 0 <= idx < self.num_classes:
-            raise UserError(f"class {idx} is out of range; this model has classes 0..{self.num_classes - 1}")
+            raise ValueError(f"class {idx} is out of range; this model has classes 0..{self.num_classes - 1}")
         return idx
 
     def _class_tensor(self, class_labels, batch_size: int) -> torch.Tensor | None:
@@ -56,13 +79,13 @@ class ClassConditioning:
                 return torch.full((batch_size,), self.null_class, dtype=torch.long, device=self.device)
             return None
         if not self.num_classes:
-            raise UserError("this model is unconditional; it takes no class labels (drop --class)")
+            raise ValueError("this model is unconditional; it takes no class_labels")
         labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
         if labels.numel() == 1 and batch_size > 1:
             labels = labels.expand(batch_size)
         if labels.numel() != batch_size:
-            raise UserError(f"got {labels.numel()} class labels for {batch_size} images; pass one label or one per image")
+            raise ValueError(f"got {labels.numel()} class_labels for batch_size {batch_size}; pass one label or one per image")
         bad = labels[(labels < 0) | (labels >= self.num_classes)]
         if bad.numel():
-            raise UserError(f"class {int(bad[0])} is out of range; this model has classes 0..{self.num_classes - 1}")
+            raise ValueError(f"class label {int(bad[0])} is out of range; this model has classes 0..{self.num_classes - 1}")
         return labels.to(self.device)

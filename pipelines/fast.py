@@ -24,8 +24,11 @@ from torch import nn
 
 # Where building the frozen copy pays off: a build costs 0.4-0.8 s per batch shape and saves 1.3-15 ms per
 # UNet call, a break-even of 50-320 calls (the shipped model at batch 4-32, a CompVis-shaped 64 px one at
-# batch 1-16, 1 and 2 threads; table in docs/results.md). Fewer calls sample eagerly under --unet-path auto.
+# batch 1-16, 1 and 2 threads; table in docs/results.md). Fewer calls sample eagerly on the "auto" path.
 FROZEN_MIN_UNET_CALLS = 300
+# How a pipeline runs its UNet while sampling (VQLatentDiffusionPipeline.choose_unet_path): "auto" picks the
+# frozen copy for jobs of at least FROZEN_MIN_UNET_CALLS UNet calls where it applies.
+UNET_PATHS = ("auto", "eager", "frozen")
 
 
 class _Forward(nn.Module):

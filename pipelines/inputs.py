@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..plumbing.errors import UserError
-
 
 def to_output(images: torch.Tensor, output_type: str):
     """Decoded images in [-1, 1] -> what a pipeline returns: "pt" (B x c x H x W in [0, 1]), "np"
@@ -52,7 +50,7 @@ def to_image_tensor(image, channels: int, size: tuple[int, int], what: str) -> t
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[1] != channels:
-            raise UserError(f"{what} tensor must be B x {channels} x H x W in [-1, 1], got shape {tuple(x.shape)}")
+            raise ValueError(f"{what} tensor must be B x {channels} x H x W in [-1, 1], got shape {tuple(x.shape)}")
     else:
         items = image if isinstance(image, (list, tuple)) else [image]
         arrays = []
@@ -67,7 +65,7 @@ def to_image_tensor(image, channels: int, size: tuple[int, int], what: str) -> t
             arrays.append(arr)
         arr = np.stack(arrays) if arrays[0].ndim == 3 else np.concatenate(arrays)
         if arr.shape[-1] != channels:
-            raise UserError(f"{what} has {arr.shape[-1]} channels but the model expects {channels}")
+            raise ValueError(f"{what} has {arr.shape[-1]} channels but the model expects {channels}")
         x = torch.from_numpy(arr).permute(0, 3, 1, 2) * 2 - 1
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)

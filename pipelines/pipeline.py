@@ -7,6 +7,9 @@ any scheduler (``pipelines/schedulers.py``), decoding with or without quantizati
 non-square latents; it reads a VQ config that lacks ``scaling_factor`` correctly (1.0, not the KL default
 0.18215; diffusers issue #6725), and refuses a vqvae other than the one its UNet was trained on.
 
+Errors speak the Python API: a bad argument is a ValueError (TypeError for a wrong kind or an unknown
+keyword) naming the parameter; a folder that cannot be loaded is a ``ModelFolderError`` (a ValueError).
+
 Shapes: latents ``B x C x h x w`` (C = ``unet.config.in_channels``, h x w = ``unet.config.sample_size``);
 images ``B x c x H x W`` in [-1, 1] internally, returned like diffusers pipelines: PIL images, numpy
 ``B x H x W x c`` in [0, 1], torch ``B x c x H x W`` in [0, 1], or the raw latents.
@@ -14,6 +17,7 @@ images ``B x c x H x W`` in [-1, 1] internally, returned like diffusers pipeline
 
 from __future__ import annotations
 
+import operator
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,31 +33,32 @@ from ..diffusion.export import export_pipeline_folder
 from ..plumbing.model_folder import check_trained_vqvae, read_vqldm_json
 from ..diffusion.sampling import denoise
 from ..plumbing.checkpoint import refuse_pickle
-from ..plumbing.errors import UserError
 from ..autoencoder.model import latent_shape, scale_latents, unscale_latents
 from ..diffusion.model import unet_num_classes, unet_latent_shape
 from ..plumbing.images import size_hw
 from .classes import ClassConditioning
 from .default_model import DEFAULT_MODEL_DIR
+from .fast import UNET_PATHS
 from .inputs import slerp, to_image_tensor, to_mask_tensor, to_output
+from .sampler import ModelFolderError, model_folder_errors, torch_device
 from .schedulers import make_scheduler
 
 DEFAULT_STEPS = 50  # diffusers' LDMPipeline default; a folder may override it with vqldm.json "default_steps"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-UNET_PATHS = ("auto", "eager", "frozen")  # how the UNet runs while sampling (choose_unet_path)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # autocast precision (CUDA)
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 def check_components(vqvae, unet) -> None:
-    """Raise a one-line UserError when the UNet cannot denoise this vqvae's latents."""
+    """Raise a one-line ModelFolderError when the UNet cannot denoise this vqvae's latents."""
     vc, vh, vw = latent_shape(vqvae.config)
     uc, uh, uw = unet_latent_shape(unet.config)
     if uc != vc or unet.config.out_channels != vc:
-        raise UserError(
+        raise ModelFolderError(
             f"the UNet works on {uc} latent channels but the vqvae produces {vc}; "
             f"use a UNet trained on this autoencoder's latents (unet in_channels/out_channels = {vc})"
         )
     if (uh, uw) != (vh, vw):
-        raise UserError(
+        raise ModelFolderError(
             f"the UNet's sample_size is {uh}x{uw} but the vqvae's latent grid is {vh}x{vw} "
             f"(image {vqvae.config.sample_size} / 2^{len(vqvae.config.block_out_channels) - 1}); "
             f"use a UNet trained on this autoencoder's latents"
@@ -86,38 +91,45 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
     # ------------------------------------------------------------------ loading / saving
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a pipeline folder (vqldm's, or a diffusers ``LDMPipeline`` folder); safetensors only."""
+        """Load a pipeline folder (vqldm's, or a diffusers ``LDMPipeline`` folder); safetensors only.
+        ModelFolderError for a folder that cannot be loaded as it is."""
         path = Path(pretrained_model_name_or_path)
-        refuse_pickle(path)  # a .ckpt/.bin/.pt handed as the model: name the conversion, never unpickle
+        with model_folder_errors():
+            refuse_pickle(path)  # a .ckpt/.bin/.pt handed as the model: name the conversion, never unpickle
         if not path.exists():
-            raise UserError(f"model folder {str(path)!r} not found; pass a pipeline folder (holding model_index.json)")
+            raise ModelFolderError(f"model folder {str(path)!r} not found; pass a pipeline folder (holding model_index.json)")
         if path.is_dir() and not (path / "model_index.json").is_file() and (path / "pipeline" / "model_index.json").is_file():
             path = path / "pipeline"  # a train-diffusion run folder
         if not (path / "model_index.json").is_file():
-            raise UserError(
+            raise ModelFolderError(
                 f"{str(path)!r} is not a pipeline folder (no model_index.json); pass the pipeline/ folder "
                 f"written by `vqldm train-diffusion`"
             )
         for part in ("vqvae", "unet", "scheduler"):
             if not (path / part).is_dir():
-                raise UserError(f"pipeline folder {str(path)!r} has no {part}/ subfolder; re-export the pipeline")
+                raise ModelFolderError(f"pipeline folder {str(path)!r} has no {part}/ subfolder; re-export the pipeline")
         for part in ("vqvae", "unet"):
             if not any((path / part).glob("*.safetensors")):
-                raise UserError(
+                raise ModelFolderError(
                     f"{str(path / part)!r} holds no .safetensors weights; vqldm does not load pickles: convert them with "
                     f"`vqldm convert FILE --trust-pickle` if you trust their source"
                 )
         kwargs.setdefault("use_safetensors", True)
         try:
             pipe = super().from_pretrained(str(path), **kwargs)
-        except UserError:
+        except ModelFolderError:  # check_components: parts that do not fit together
             raise
         except Exception as err:  # diffusers raises many kinds (OSError, ValueError, JSON errors, ...)
-            raise UserError(f"could not load pipeline {str(path)!r} ({type(err).__name__}: {err}); re-export it") from None
-        pipe.info = read_vqldm_json(path)
-        check_trained_vqvae(pipe.vqvae, pipe.info, path)
+            raise ModelFolderError(f"could not load pipeline {str(path)!r} ({type(err).__name__}: {err}); re-export it") from None
+        with model_folder_errors():
+            pipe.info = read_vqldm_json(path)
+            check_trained_vqvae(pipe.vqvae, pipe.info, path)
         if pipe.info.get("default_scheduler"):  # the sampler chosen for this model by measurement
-            pipe.set_scheduler(pipe.info["default_scheduler"])
+            try:
+                pipe.set_scheduler(pipe.info["default_scheduler"])
+            except ValueError as err:
+                raise ModelFolderError(f"{str(path / 'vqldm.json')!r}: {err}; fix default_scheduler or "
+                                       f"default_scheduler_options") from None
         return pipe
 
     def save_pretrained(self, save_directory, **kwargs):
@@ -125,7 +137,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
         ``LDMPipeline`` (loads in plain diffusers), and ``vqldm.json``."""
         target = Path(save_directory)
         if target.is_dir() and any(target.iterdir()) and not (target / "model_index.json").is_file():
-            raise UserError(f"{str(target)!r} exists and is not a pipeline folder; choose an empty or new folder")
+            raise FileExistsError(f"{str(target)!r} exists and is not a pipeline folder; choose an empty or new folder")
         extra = {k: v for k, v in self.info.items() if k not in ("autoencoder_scaling_factor", "latent_shape", "vqvae_weights_sha256")}
         export_pipeline_folder(self.vqvae, self.unet, self.scheduler, target, extra)
 
@@ -162,14 +174,40 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
         from .fast import FROZEN_MIN_UNET_CALLS
 
         if option not in UNET_PATHS:
-            raise UserError(f"unknown UNet path {option!r}; choose one of {', '.join(UNET_PATHS)}")
+            raise ValueError(f"unknown UNet path {option!r}; choose one of {', '.join(UNET_PATHS)}")
         wanted = option == "frozen" or (option == "auto" and unet_calls >= FROZEN_MIN_UNET_CALLS)
         self.use_frozen_unet(wanted and self.frozen_unet_applies())
         return "frozen" if self.freeze_unet else "eager"
 
+    def use_autocast(self, dtype: str | torch.dtype = "fp32") -> "VQLatentDiffusionPipeline":
+        """Sample under fp16 / bf16 autocast (CUDA only; the weights stay fp32); "fp32" turns it off."""
+        self.autocast_dtype = _autocast_dtype(dtype, self.device)
+        return self
+
+    @property
+    def max_inference_steps(self) -> int:
+        """The training schedule's timesteps: a sampler has no more timesteps to step through."""
+        return int((self._schedule_config or self.scheduler.config)["num_train_timesteps"])
+
     def resolve_steps(self, num_inference_steps: int | None = None) -> int:
-        """The denoising steps a call runs: the given number, else the model's default_steps, else 50."""
-        return int(num_inference_steps or self.info.get("default_steps") or DEFAULT_STEPS)
+        """The denoising steps a call runs: ``num_inference_steps`` (1..max_inference_steps), else the
+        model's default_steps, else 50."""
+        if num_inference_steps is None:
+            num_inference_steps = self.info.get("default_steps") or DEFAULT_STEPS
+        steps = operator.index(num_inference_steps)  # TypeError for 2.5 or "10"
+        if not 1 <= steps <= self.max_inference_steps:
+            raise ValueError(f"num_inference_steps must be in 1..{self.max_inference_steps} (the timesteps of the "
+                             f"training schedule), got {steps}")
+        return steps
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of each decoded image."""
+        return (int(self.vqvae.config.out_channels), *size_hw(self.vqvae.config.sample_size))
+
+    @property
+    def sampler_name(self) -> str:
+        return type(self.scheduler).__name__
 
     def _sampling_unet(self):
         if not self.freeze_unet or not self.frozen_unet_applies():
@@ -203,7 +241,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
     def encode_image(self, image) -> torch.Tensor:
         """Images -> scaled pre-quantization latents ``h * scaling_factor`` (the space the UNet works in)."""
         c = self.vqvae.config.in_channels
-        x = to_image_tensor(image, c, size_hw(self.vqvae.config.sample_size), "init image").to(self.device)
+        x = to_image_tensor(image, c, size_hw(self.vqvae.config.sample_size), "image").to(self.device)
         return scale_latents(self.vqvae.encode(x).latents, self.vqvae)
 
     def decode_latents(self, latents: torch.Tensor, quantize: bool = True, decode_batch_size: int | None = None) -> torch.Tensor:
@@ -249,24 +287,23 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
         - ``quantize``: snap latents to the codebook before decoding (the VQ decoder was trained on codes).
         - ``output_type``: "pil", "np" (B x H x W x c in [0, 1]), "pt" (B x c x H x W in [0, 1]) or "latent".
         """
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise UserError(f"unknown output_type {output_type!r}; choose pil, np, pt or latent")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}")
+        if operator.index(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if latents is not None and batch_size not in (1, latents.shape[0]):
+            raise ValueError(f"batch_size is {batch_size} but latents hold {latents.shape[0]} samples; pass one of them")
         if mask_image is not None and image is None:
-            raise UserError("inpainting needs the image to inpaint as well as the mask (pass --init-image)")
-        if guidance_scale is None:
-            guidance_scale = float(self.info.get("default_guidance") or 1.0) if class_labels is not None else 1.0
-        if guidance_scale != 1.0 and not self.num_classes:
-            raise UserError("classifier-free guidance needs a class-conditional model; this one is unconditional: drop --guidance")
-        if guidance_scale != 1.0 and class_labels is None:
-            raise UserError("guidance needs class labels (pass --class)")
+            raise ValueError("mask_image needs image (the image whose masked part is regenerated)")
+        if strength is not None and image is None:
+            raise ValueError("strength needs image (it says how much of that image to re-noise)")
+        guidance_scale = self._guidance_scale(guidance_scale, class_labels)
         steps = self.resolve_steps(num_inference_steps)
-        if steps < 1:
-            raise UserError(f"the number of steps must be >= 1, got {steps}")
         known = None
         if image is not None:
             strength = (1.0 if mask_image is not None else 0.6) if strength is None else float(strength)
             if not 0.0 <= strength <= 1.0:
-                raise UserError(f"strength must be in [0, 1], got {strength}")
+                raise ValueError(f"strength must be in [0, 1], got {strength}")
             with self._autocast():
                 known = self.encode_image(image).float()  # B_img x C x h x w, scaled
             if batch_size == 1 and latents is None:
@@ -277,7 +314,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
             if known.shape[0] == 1 and batch_size > 1:
                 known = known.expand(batch_size, -1, -1, -1)
             if known.shape[0] != batch_size:
-                raise UserError(f"got {known.shape[0]} init images for {batch_size} outputs; pass one or one per output")
+                raise ValueError(f"got {known.shape[0]} images for batch_size {batch_size}; pass one image or one per output")
         labels = self._class_tensor(class_labels, batch_size)
 
         self.scheduler.set_timesteps(steps)
@@ -349,20 +386,23 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
 
     def interpolate(self, seed_a: int, seed_b: int, frames: int = 8, **kwargs):
         """Images along the spherical path between the initial noise of two seeds; frame 0 is seed_a's
-        image, the last frame seed_b's. Other arguments as in ``__call__`` (class_labels, steps, ...)."""
+        image, the last frame seed_b's. Other arguments as in ``__call__`` (class_labels, steps, ...), but no
+        ``batch_size``: the call makes ``frames`` images."""
         if frames < 2:
-            raise UserError(f"interpolation needs at least 2 frames, got {frames}")
+            raise ValueError(f"frames must be >= 2 (the two seeds' images), got {frames}")
+        if "batch_size" in kwargs or "latents" in kwargs:
+            raise TypeError("interpolate() makes `frames` images from the two seeds' noise; it takes no batch_size or latents")
         a = self.prepare_noise(1, torch.Generator().manual_seed(int(seed_a)))
         b = self.prepare_noise(1, torch.Generator().manual_seed(int(seed_b)))
         noise = torch.cat([slerp(a, b, i / (frames - 1)) for i in range(frames)])
-        kwargs.pop("batch_size", None)
         return self(latents=noise, **kwargs)
 
 
 # ----------------------------------------------------------------------------- loading for users
 def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
                   channels_last: bool = True, freeze_unet: bool = False):
-    """The pipeline at ``path`` (None: the model shipped in ``pipelines/default_model``) on ``device``.
+    """The pipeline at ``path`` (None: the model shipped in ``pipelines/default_model``) on ``device``
+    (ValueError for a device this machine lacks; ModelFolderError for a folder that cannot be loaded).
 
     ``dtype`` fp16/bf16 turns on autocast on CUDA; weights stay fp32 and CPU runs stay fp32.
     ``channels_last`` (default on) stores conv weights NHWC; it changes images by ~4e-6, so compare
@@ -373,24 +413,14 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
     (evaluation, serving), not for one grid; ``pipe.choose_unet_path("auto", unet_calls)`` decides by the
     job's size, as ``vqldm generate`` does.
     """
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        dtype = DTYPES[dtype]
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if dtype != torch.float32 and device.type != "cuda":
-        raise UserError(f"--dtype {str(dtype).replace('torch.', '')} is for CUDA GPUs; use --dtype fp32 on {device.type}")
+    device = torch_device(device)
+    dtype = _autocast_dtype(dtype, device)  # checked before the (slower) load
     if path is None:
         folder = DEFAULT_MODEL_DIR
         if not (folder / "model_index.json").is_file() or not any(folder.glob("*/*.safetensors")):
-            raise UserError(
+            raise ModelFolderError(
                 "the shipped model is missing from this install (pipelines/default_model has no weights); "
-                "pass --model PIPELINE_DIR or reinstall vqldm"
+                "pass a pipeline folder or reinstall vqldm"
             )
     else:
         folder = Path(path)
@@ -409,3 +439,13 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
     pipe.use_frozen_unet(freeze_unet)
     pipe.autocast_dtype = dtype
     return pipe
+
+
+def _autocast_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``dtype`` ("fp32" / "fp16" / "bf16" or a torch dtype) as the autocast dtype; half precision is a CUDA feature."""
+    name = dtype if isinstance(dtype, str) else next((k for k, v in DTYPES.items() if v == dtype), None)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if name != "fp32" and device.type != "cuda":
+        raise ValueError(f"dtype {name!r} (autocast) is for CUDA GPUs; use 'fp32' on {device.type}")
+    return DTYPES[name]

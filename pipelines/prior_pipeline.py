@@ -8,11 +8,15 @@ the same call signature as :class:`VQLatentDiffusionPipeline` where the ideas co
 
 Inpainting (masked prior): the init image is encoded to codes; a code is kept where every pixel it covers
 is kept by the mask, and the prior fills in the rest. Kept codes are unchanged in the output.
+
+Errors speak the Python API (ValueError / TypeError naming the parameter; ``ModelFolderError`` for a folder
+that cannot be loaded), as in :mod:`.pipeline`.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,6 @@ from tqdm.auto import tqdm
 
 from ..autoencoder.model import apply_missing_scale_rule, decode_codes, encode_indices
 from ..plumbing.checkpoint import refuse_pickle
-from ..plumbing.errors import UserError
 from ..plumbing.images import size_hw
 from ..plumbing.model_folder import VQLDM_JSON, check_trained_vqvae, read_vqldm_json
 from ..priors.config import PriorSamplingConfig
@@ -34,6 +37,9 @@ from ..priors.model import CodePrior
 from ..priors.sampling import sample_codes
 from .classes import ClassConditioning
 from .inputs import to_image_tensor, to_mask_tensor, to_output
+from .sampler import ModelFolderError, model_folder_errors, torch_device
+
+OUTPUT_TYPES = ("pil", "np", "pt", "codes")
 
 
 @dataclass
@@ -63,38 +69,46 @@ class CodePriorPipeline(ClassConditioning):
 
     def __init__(self, vqvae: VQModel, prior: CodePrior, info: dict):
         self.vqvae, self.prior, self.info = vqvae, prior, dict(info)
-        self.kind = "autoregressive" if prior.config.causal else "masked"
+        self.kind = "autoregressive" if prior.config.causal else "masked"  # how it decodes (priors/sampling.py)
         self._progress = {"disable": False}
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "CodePriorPipeline":
+        """Load a prior folder (or its train-prior run folder); ModelFolderError for one that cannot be loaded."""
         path = Path(path)
-        refuse_pickle(path)
+        with model_folder_errors():
+            refuse_pickle(path)
         if not path.exists():
-            raise UserError(f"model folder {str(path)!r} not found; pass a prior folder (holding prior/, vqvae/ and vqldm.json)")
+            raise ModelFolderError(f"model folder {str(path)!r} not found; pass a prior folder (holding prior/, vqvae/ and vqldm.json)")
         if not (path / VQLDM_JSON).is_file() and (path / "prior" / VQLDM_JSON).is_file():
             path = path / "prior"  # a train-prior run folder
-        info = read_vqldm_json(path)
+        with model_folder_errors():
+            info = read_vqldm_json(path)
         if info.get("model_type") != MODEL_TYPE:
-            raise UserError(f"{str(path)!r} is not a prior folder (vqldm.json has no model_type {MODEL_TYPE!r}); pass the prior/ folder of `vqldm train-prior`")
+            raise ModelFolderError(f"{str(path)!r} is not a prior folder (vqldm.json has no model_type {MODEL_TYPE!r}); "
+                                   f"pass the prior/ folder of `vqldm train-prior`")
         if info.get("kind") not in ("masked", "autoregressive"):
-            raise UserError(f"{str(path / VQLDM_JSON)!r} names an unknown prior kind {info.get('kind')!r}; choose masked or autoregressive")
+            raise ModelFolderError(f"{str(path / VQLDM_JSON)!r} names an unknown prior kind {info.get('kind')!r}; "
+                                   f"choose masked or autoregressive")
         for part in ("prior", "vqvae"):
             if not any((path / part).glob("*.safetensors")):
-                raise UserError(f"{str(path / part)!r} holds no .safetensors weights; re-export the prior (vqldm loads no pickles)")
+                raise ModelFolderError(f"{str(path / part)!r} holds no .safetensors weights; re-export the prior (vqldm loads no pickles)")
         try:
             prior = CodePrior.from_pretrained(path / "prior", use_safetensors=True).eval()
             vqvae = VQModel.from_pretrained(path / "vqvae", use_safetensors=True).eval()
         except Exception as err:  # diffusers raises several kinds for bad folders
-            raise UserError(f"could not load the prior folder {str(path)!r} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); re-export it") from None
+            raise ModelFolderError(f"could not load the prior folder {str(path)!r} ({type(err).__name__}: "
+                                   f"{str(err).splitlines()[0][:160]}); re-export it") from None
         apply_missing_scale_rule(vqvae)
-        check_trained_vqvae(vqvae, info, path, model="prior", check_scale=False)  # codes, not scaled latents
+        with model_folder_errors():
+            check_trained_vqvae(vqvae, info, path, model="prior", check_scale=False)  # codes, not scaled latents
         if int(vqvae.config.num_vq_embeddings) != int(prior.config.codebook_size):
-            raise UserError(f"the vqvae in {str(path)!r} has {vqvae.config.num_vq_embeddings} codes but the prior models "
-                            f"{prior.config.codebook_size}; put back the vqvae the prior was trained on")
+            raise ModelFolderError(f"the vqvae in {str(path)!r} has {vqvae.config.num_vq_embeddings} codes but the prior "
+                                   f"models {prior.config.codebook_size}; put back the vqvae the prior was trained on")
         if (info.get("kind") == "autoregressive") != bool(prior.config.causal):
-            raise UserError(f"{str(path)!r}: vqldm.json says a {info.get('kind')} prior but the weights are the other kind; re-export it")
+            raise ModelFolderError(f"{str(path)!r}: vqldm.json says a {info.get('kind')} prior but the weights are the "
+                                   f"other kind; re-export it")
         return cls(vqvae, prior, info)
 
     def to(self, device) -> "CodePriorPipeline":
@@ -113,14 +127,45 @@ class CodePriorPipeline(ClassConditioning):
         self._progress.update(kwargs)
 
     def set_scheduler(self, name: str, **options) -> None:
-        if name != self.kind:
-            raise UserError(f"this is a {self.kind} prior: it samples codes, it has no {name!r} scheduler (drop --scheduler)")
+        """A prior's only "scheduler" is its own decoding (``name`` = its kind), so a step sweep over samplers
+        can include it; any other name is a ValueError."""
+        if name != self.kind or options:
+            raise ValueError(f"this is a {self.kind} prior: it samples codes and has no {name!r} scheduler")
 
     @property
     def grid(self) -> tuple[int, int]:
         return int(self.prior.config.grid_height), int(self.prior.config.grid_width)
 
+    @property
+    def max_inference_steps(self) -> int:
+        """Masked prior: one code per round at the slowest, so at most as many rounds as codes in the grid.
+        Autoregressive prior: always one step per code."""
+        h, w = self.grid
+        return h * w
+
+    def resolve_steps(self, num_inference_steps: int | None = None) -> int:
+        """Decoding rounds of a call: the masked prior's ``num_inference_steps`` (1..max_inference_steps), else
+        the folder's default_steps; the autoregressive prior takes one step per code whatever it is given."""
+        if self.kind == "autoregressive":
+            return self.max_inference_steps
+        steps = operator.index(num_inference_steps if num_inference_steps is not None else (self.info.get("default_steps") or 8))
+        if not 1 <= steps <= self.max_inference_steps:
+            raise ValueError(f"num_inference_steps must be in 1..{self.max_inference_steps} (a masked prior decodes at "
+                             f"least one of its {self.max_inference_steps} codes per round), got {steps}")
+        return steps
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of each decoded image."""
+        return (int(self.vqvae.config.out_channels), *size_hw(self.vqvae.config.sample_size))
+
+    @property
+    def sampler_name(self) -> str:
+        return f"{self.kind} prior"
+
     def sampling_defaults(self, **overrides) -> PriorSamplingConfig:
+        """The folder's sampling settings (vqldm.json ``default_*``), with the non-None ``overrides``; ValueError
+        names the parameter (``temperature``, ``top_k``, ``top_p``) of a bad override."""
         i = self.info
         values = dict(steps=int(i.get("default_steps") or 8), temperature=float(i.get("default_temperature") or 1.0),
                       top_k=i.get("default_top_k"), top_p=i.get("default_top_p"), guidance=float(i.get("default_guidance") or 1.0),
@@ -129,7 +174,7 @@ class CodePriorPipeline(ClassConditioning):
         try:
             return PriorSamplingConfig(**values)
         except ValueError as err:
-            raise UserError(str(err).replace("sampling.", "--").replace("_", "-")) from None
+            raise ValueError(str(err).replace("sampling.", "")) from None
 
     # ------------------------------------------------------------------ inpainting
     def _known_codes(self, image, mask_image, batch_size: int) -> torch.Tensor:
@@ -137,7 +182,7 @@ class CodePriorPipeline(ClassConditioning):
         pixel it covers is kept)."""
         c = self.vqvae.config.in_channels
         hw = size_hw(self.vqvae.config.sample_size)
-        x = to_image_tensor(image, c, hw, "init image").to(self.device)
+        x = to_image_tensor(image, c, hw, "image").to(self.device)
         with torch.no_grad():
             _, idx = encode_indices(self.vqvae, self.vqvae.encode(x).latents)
         codes = idx.reshape(idx.shape[0], -1)
@@ -149,7 +194,7 @@ class CodePriorPipeline(ClassConditioning):
         if codes.shape[0] == 1 and batch_size > 1:
             codes = codes.expand(batch_size, -1)
         if codes.shape[0] != batch_size:
-            raise UserError(f"got {codes.shape[0]} init images for {batch_size} outputs; pass one or one per output")
+            raise ValueError(f"got {codes.shape[0]} images for batch_size {batch_size}; pass one image or one per output")
         return codes
 
     # ------------------------------------------------------------------ sampling
@@ -167,31 +212,28 @@ class CodePriorPipeline(ClassConditioning):
         top_p: float | None = None,
         image=None,
         mask_image=None,
-        strength: float | None = None,
         return_dict: bool = True,
-        **unused,
     ):
         """Generate images (or ``output_type="codes"``: B x h x w code indices).
 
         ``guidance_scale`` / ``num_inference_steps`` / ``temperature`` / ``top_k`` / ``top_p`` default to the
-        folder's vqldm.json; the autoregressive prior takes one step per code whatever ``num_inference_steps``
-        says. ``image`` + ``mask_image`` inpaint (masked prior). Arguments of the diffusion pipeline that have
-        no meaning here (``eta``, ``decode_batch_size``; ``quantize`` must stay True) are accepted and ignored.
+        folder's vqldm.json (guidance: :attr:`default_guidance` with class labels, else 1); the autoregressive
+        prior takes one step per code whatever ``num_inference_steps`` says. ``image`` + ``mask_image``
+        inpaint (masked prior). The diffusion pipeline's ``eta``, ``quantize``, ``strength``,
+        ``decode_batch_size`` and ``latents`` mean nothing for codes: passing one is a TypeError.
         """
-        if output_type not in ("pil", "np", "pt", "codes"):
-            raise UserError(f"unknown output_type {output_type!r}; choose pil, np, pt or codes")
-        if unused.get("quantize") is False:
-            raise UserError("a prior generates codes, which are quantized by definition: drop --no-quantize")
-        if strength is not None:
-            raise UserError("--strength is for latent diffusion (image-to-image); a prior inpaints with --init-image and --mask")
-        if image is not None and mask_image is None:
-            raise UserError("a prior regenerates the masked part of an image: pass --mask with --init-image")
-        if guidance_scale is not None and guidance_scale != 1.0 and not self.num_classes:
-            raise UserError("classifier-free guidance needs a class-conditional prior; this one is unconditional: drop --guidance")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}")
+        if operator.index(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if (image is None) != (mask_image is None):
+            raise ValueError("a prior regenerates the masked part of an image: pass image and mask_image together")
+        if image is not None and self.kind == "autoregressive":
+            raise ValueError("inpainting (image with mask_image) needs a masked prior; this one is autoregressive")
+        guidance_scale = self._guidance_scale(guidance_scale, class_labels)
+        steps = self.resolve_steps(num_inference_steps)
         labels = self._class_tensor(class_labels, batch_size) if class_labels is not None else None
-        if labels is None:
-            guidance_scale = 1.0  # unconditional samples (the null class) are not guided
-        sampling = self.sampling_defaults(steps=num_inference_steps, temperature=temperature, top_k=top_k, top_p=top_p,
+        sampling = self.sampling_defaults(steps=steps, temperature=temperature, top_k=top_k, top_p=top_p,
                                           guidance=guidance_scale)
         known = self._known_codes(image, mask_image, batch_size) if image is not None else None
         g = generator[0] if isinstance(generator, list) else generator
@@ -209,10 +251,6 @@ class CodePriorPipeline(ClassConditioning):
 
 
 def load_prior_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu") -> CodePriorPipeline:
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    """The prior folder at ``path`` on ``device`` (ValueError for a device this machine lacks)."""
+    device = torch_device(device)  # before the load: a machine without the device fails at once
     return CodePriorPipeline.from_pretrained(path).to(device)

@@ -16,8 +16,6 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from ..plumbing.errors import UserError
-
 # name -> (scheduler class, extra config); "dpm" is DPM-Solver++ (Lu et al. 2022), 2nd order multistep;
 # "unipc" is UniPC (Zhao et al. 2023), 2nd order multistep with the B(h) = e^h - 1 variant.
 SCHEDULERS: dict[str, tuple[type, dict]] = {
@@ -32,14 +30,15 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
 # Without this, converting a DPM-Solver config (which has no clip_sample key) to DDIM switched clipping on.
 SAMPLER_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
 
+
 def make_scheduler(name: str, base_config, **options):
     """A scheduler of kind ``name`` carrying the training schedule (betas, prediction type) of ``base_config``.
 
     ``options`` set sampler settings such as ``timestep_spacing="trailing"`` (keys the class does not
-    take are an error)."""
+    take are an error). ValueError for an unknown ``name`` or option."""
     key = str(name).lower()
     if key not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls, extra = SCHEDULERS[key]
     accepted = set(inspect.signature(cls.__init__).parameters)
     base = dict(base_config)
@@ -49,6 +48,6 @@ def make_scheduler(name: str, base_config, **options):
     config.update(extra)
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise UserError(f"scheduler {key!r} has no option {', '.join(map(repr, unknown))}; check vqldm.json default_scheduler_options")
+        raise ValueError(f"scheduler {key!r} has no option {', '.join(map(repr, unknown))}")
     config.update(options)
     return cls.from_config(config)

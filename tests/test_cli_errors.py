@@ -134,6 +134,26 @@ def test_max_steps_zero(tmp_path, capsys):
     assert "--max-steps must be >= 1" in run_error(capsys, ae(data, tmp_path / "run", "--max-steps", "0"))
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["train-autoencoder", "--config", "tiny", "--max-steps", "-1"], "vqldm: error: --max-steps must be >= 1, got -1"),
+    (["train-autoencoder", "--config", "tiny", "--max-steps", "ten"], "vqldm: error: --max-steps must be an integer, got 'ten'"),
+    (["train-autoencoder", "--data", "x"], "vqldm: error: the following arguments are required: --config"),
+    (["train-autoencoder", "--config", "tiny", "--labels", "files"], "vqldm: error: unknown --labels 'files'; choose one of none, folders"),
+    (["train-prior", "--kind", "diffusion", "--config", "tiny", "--autoencoder", "x"],
+     "vqldm: error: unknown --kind 'diffusion'; choose one of masked, autoregressive"),
+    (["generate", "--num-images", "-3"], "vqldm: error: --num-images must be >= 1, got -3"),
+    (["generate", "--unet-path", "fast"], "vqldm: error: unknown --unet-path 'fast'; choose one of auto, eager, frozen"),
+    (["generate", "--freeze-unet"], "vqldm: error: unrecognized arguments: --freeze-unet"),
+    (["no-such-command"], "vqldm: error: unknown COMMAND 'no-such-command'; choose one of train-autoencoder, convert"),
+])
+def test_argparse_errors_follow_the_one_line_convention(argv, line, tmp_path, capsys, monkeypatch):
+    """argparse's own refusals (types, choices, required and unknown options) read like every other error:
+    one line in flag words, exit 2, no usage block, nothing created."""
+    monkeypatch.chdir(tmp_path)
+    assert run_error(capsys, argv).startswith(line)
+    assert not list(tmp_path.iterdir())
+
+
 def test_output_path_not_writable(tmp_path, capsys):
     data = good_images(tmp_path / "data")
     blocker = tmp_path / "a_file"

@@ -95,12 +95,22 @@ def _assert_one_line_error(code, err, *needles):
         (["--model", "{root}/cond", "--class", "hat"], ["unknown class"]),
         (["--model", "{root}/uncond", "--guidance", "3"], ["unconditional"]),
         (["--model", "{root}/uncond", "--class", "1"], ["unconditional"]),
-        (["--model", "{root}/uncond", "--scheduler", "plms"], ["unknown scheduler", "dpm"]),
+        (["--model", "{root}/uncond", "--scheduler", "plms"], ["unknown --scheduler 'plms'", "dpm"]),
         (["--model", "{root}/uncond", "--init-image", "{root}/not_an_image.png"], ["not a readable image"]),
         (["--model", "{root}/uncond", "--init-image", "{root}/missing.png"], ["not found"]),
         (["--model", "{root}/uncond", "--mask", "{root}/mask.png"], ["--mask needs --init-image"]),
-        (["--model", "{root}/uncond", "--steps", "0"], ["--steps"]),
-        (["--model", "{root}/uncond", "--dtype", "fp8"], ["--dtype"]),
+        (["--model", "{root}/uncond", "--steps", "0"], ["--steps must be >= 1, got 0"]),
+        (["--model", "{root}/uncond", "--steps", "100000"], ["--steps 100000 is more than the 1000 timesteps", "--steps 1..1000"]),
+        (["--model", "{root}/uncond", "--steps", "many"], ["--steps must be an integer, got 'many'"]),
+        (["--model", "{root}/uncond", "--dtype", "fp8"], ["unknown --dtype 'fp8'", "fp32, fp16, bf16"]),
+        (["--model", "{root}/uncond", "--dtype", "fp16", "--device", "cpu"], ["--dtype fp16 is for CUDA GPUs"]),
+        (["--model", "{root}/uncond", "--device", "tpu:x"], ["--device must be cpu, cuda, cuda:N or auto"]),
+        (["--model", "{root}/uncond", "--guidance", "0"], ["--guidance must be > 0, got 0"]),
+        (["--model", "{root}/uncond", "--guidance", "inf"], ["--guidance must be a finite number"]),
+        (["--model", "{root}/uncond", "--eta", "2"], ["--eta must be between 0 and 1"]),
+        (["--model", "{root}/uncond", "--top-k", "5"], ["--top-k is for priors"]),
+        (["--model", "{root}/uncond", "--top-p", "1.5"], ["--top-p must be in (0, 1]"]),
+        (["--model", "{root}/uncond", "--freeze-unet"], ["unrecognized arguments: --freeze-unet"]),
         (["--model", "{root}/uncond", "--unet-path", "fast"], ["unknown --unet-path 'fast'", "auto, eager, frozen"]),
         (["--model", "{root}/uncond", "--out", "{root}/x.gif"], [".png, .jpg or .webp"]),
     ],
@@ -111,31 +121,34 @@ def test_errors_are_one_line_exit_2(folders, capsys, argv, needles):
     _assert_one_line_error(code, err, *needles)
 
 
-def test_unet_path_option_and_its_earlier_name(capsys):
+def test_parser_types_and_choices(capsys):
     parser = cli.build_parser()
-    assert parser.parse_args(["generate"]).unet_path == "auto"
+    args = parser.parse_args(["generate"])
+    assert (args.unet_path, args.dtype, args.scheduler, args.eta) == ("auto", "fp32", None, None)
     assert parser.parse_args(["generate", "--unet-path", "eager"]).unet_path == "eager"
-    assert parser.parse_args(["generate", "--freeze-unet"]).unet_path == "frozen"  # hidden alias
+    assert parser.parse_args(["generate", "--scheduler", "DPM"]).scheduler == "dpm"  # names are case-blind
     with pytest.raises(SystemExit):
         parser.parse_args(["generate", "--help"])
     help_text = capsys.readouterr().out
     assert "--unet-path" in help_text and "--freeze-unet" not in help_text
 
 
-def test_resume_ignores_the_unet_path_and_reads_older_manifests(folders, tmp_path, capsys):
+def test_resume_ignores_the_unet_path_and_refuses_a_foreign_manifest(folders, tmp_path, capsys):
     import json
 
     out = f"{tmp_path / 'imgs'}/"
     code, _, err = run(capsys, "--model", folders / "uncond", "--num-images", 2, "--steps", 2, "--out", out)
     assert code == 0, err
-    manifest = tmp_path / "imgs" / "generate.json"
-    data = json.loads(manifest.read_text())
-    data["settings"]["freeze_unet"] = False  # as written before --unet-path existed
-    manifest.write_text(json.dumps(data))
     code, out_text, err = run(capsys, "--model", folders / "uncond", "--num-images", 2, "--steps", 2, "--out", out,
                               "--resume", "--unet-path", "frozen")
     assert code == 0, err
     assert "nothing to do" in out_text
+    manifest = tmp_path / "imgs" / "generate.json"
+    data = json.loads(manifest.read_text())
+    del data["name_width"]  # not a manifest this generate wrote: no guessing
+    manifest.write_text(json.dumps(data))
+    code, _, err = run(capsys, "--model", folders / "uncond", "--num-images", 2, "--steps", 2, "--out", out, "--resume")
+    _assert_one_line_error(code, err, "has no name_width", "drop --resume")
 
 
 def test_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -146,11 +159,18 @@ def test_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     _assert_one_line_error(code, err, "shipped model is missing")
 
 
-def test_load_pipeline_rejects_half_precision_on_cpu(folders):
-    from vqldm.plumbing.errors import UserError
+def test_loaders_raise_in_api_terms(folders, tmp_path):
     from vqldm.pipelines.pipeline import load_pipeline
+    from vqldm.pipelines.sampler import ModelFolderError, load_sampler
 
-    with pytest.raises(UserError, match="CUDA"):
+    with pytest.raises(ValueError, match="dtype 'fp16' \\(autocast\\) is for CUDA GPUs"):
         load_pipeline(str(folders / "uncond"), device="cpu", dtype="fp16")
-    pipe = load_pipeline(str(folders / "uncond"), device="cpu", dtype="fp32")
-    assert pipe.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu7'"):
+        load_sampler(str(folders / "uncond"), device="gpu7")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "model.ckpt")
+    for path, fragment in ((folders / "empty", "no model_index.json"), (folders / "does_not_exist", "not found"),
+                           (folders / "bad_size", "sample_size"), (tmp_path / "model.ckpt", "is a pickle file")):
+        with pytest.raises(ModelFolderError, match=fragment):  # a ValueError, whatever the check that found it
+            load_sampler(str(path))
+    pipe = load_sampler(str(folders / "uncond"), device="cpu")
+    assert type(pipe).__name__ == "VQLatentDiffusionPipeline" and pipe.device == torch.device("cpu")

@@ -76,9 +76,7 @@ def test_default_scheduler_options_apply_to_the_default_scheduler(tmp_path):
     assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and pipe.scheduler.config.timestep_spacing == "trailing"
     pipe.set_scheduler("dpm")
     assert pipe.scheduler.config.timestep_spacing != "trailing"
-    from vqldm.plumbing.errors import UserError
-
-    with pytest.raises(UserError, match="no option 'nonsense'"):
+    with pytest.raises(ValueError, match="no option 'nonsense'"):
         pipe.set_scheduler("unipc", nonsense=1)
 
 
@@ -277,17 +275,70 @@ def test_slerp_keeps_the_norm():
 
 
 def test_python_api_errors(cond, uncond):
-    from vqldm.plumbing.errors import UserError
+    """Misuse of the Python API is a ValueError / TypeError naming the parameter, never a command-line flag."""
+    from vqldm.pipelines.sampler import ModelFolderError
 
-    with pytest.raises(UserError, match="out of range"):
-        cond(class_labels=3, num_inference_steps=1)
-    with pytest.raises(UserError, match="unconditional"):
-        uncond(guidance_scale=2.0, num_inference_steps=1)
-    with pytest.raises(UserError, match="unconditional"):
-        uncond(class_labels=0, num_inference_steps=1)
-    with pytest.raises(UserError, match="unknown scheduler"):
-        make_scheduler("lms", uncond.scheduler.config)
-    with pytest.raises(UserError, match="latent channels"):
-        VQLatentDiffusionPipeline(uncond.vqvae, UNet2DModel(sample_size=8, in_channels=4, out_channels=4,
-                                  block_out_channels=(8,), norm_num_groups=4, down_block_types=("DownBlock2D",),
-                                  up_block_types=("UpBlock2D",)), uncond.scheduler)
+    cases = [
+        (lambda: cond(class_labels=3, num_inference_steps=1), ValueError, "out of range"),
+        (lambda: cond(class_labels=[0, 1], batch_size=3, num_inference_steps=1), ValueError, "class_labels for batch_size 3"),
+        (lambda: cond(class_labels=0, guidance_scale=float("nan"), num_inference_steps=1), ValueError, "guidance_scale must be a finite"),
+        (lambda: cond(guidance_scale=2.0, num_inference_steps=1), ValueError, "guidance_scale=2 needs class_labels"),
+        (lambda: uncond(guidance_scale=2.0, num_inference_steps=1), ValueError, "unconditional"),
+        (lambda: uncond(class_labels=0, num_inference_steps=1), ValueError, "unconditional"),
+        (lambda: uncond(num_inference_steps=0), ValueError, "num_inference_steps must be in 1..1000"),
+        (lambda: uncond(num_inference_steps=1001), ValueError, "num_inference_steps must be in 1..1000"),
+        (lambda: uncond(num_inference_steps=2.5), TypeError, ""),
+        (lambda: uncond(num_inference_steps=1, output_type="png"), ValueError, "output_type must be one of"),
+        (lambda: uncond(num_inference_steps=1, batch_size=0), ValueError, "batch_size must be >= 1"),
+        (lambda: uncond(num_inference_steps=1, strength=0.5), ValueError, "strength needs image"),
+        (lambda: uncond(num_inference_steps=1, mask_image=torch.ones(1, 1, 16, 16)), ValueError, "mask_image needs image"),
+        (lambda: uncond(num_inference_steps=1, image=torch.zeros(1, 3, 16, 16), strength=1.5), ValueError, "strength must be in [0, 1]"),
+        (lambda: uncond(num_inference_steps=1, image=torch.zeros(1, 4, 16, 16)), ValueError, "image tensor must be B x 3"),
+        (lambda: uncond(num_inference_steps=1, steps=2), TypeError, "steps"),  # a typo is not swallowed
+        (lambda: uncond.interpolate(0, 1, frames=1, num_inference_steps=1), ValueError, "frames must be >= 2"),
+        (lambda: uncond.interpolate(0, 1, batch_size=4, num_inference_steps=1), TypeError, "batch_size"),
+        (lambda: uncond.choose_unet_path("fast", 1), ValueError, "unknown UNet path 'fast'"),
+        (lambda: uncond.use_autocast("fp16"), ValueError, "for CUDA GPUs"),
+        (lambda: uncond.class_index("shirt"), ValueError, "unconditional"),
+        (lambda: make_scheduler("lms", uncond.scheduler.config), ValueError, "unknown scheduler 'lms'"),
+        (lambda: VQLatentDiffusionPipeline(uncond.vqvae, UNet2DModel(sample_size=8, in_channels=4, out_channels=4,
+                 block_out_channels=(8,), norm_num_groups=4, down_block_types=("DownBlock2D",),
+                 up_block_types=("UpBlock2D",)), uncond.scheduler), ModelFolderError, "latent channels"),
+    ]
+    for call, kind, fragment in cases:
+        with pytest.raises(kind) as info:
+            call()
+        message = str(info.value)
+        assert fragment in message, (fragment, message)
+        assert "--" not in message and "UserError" not in type(info.value).__name__, message  # no flag words
+    assert issubclass(ModelFolderError, ValueError)
+
+
+def test_default_guidance_is_one_rule(cond, uncond):
+    """vqldm.json's default_guidance applies to calls with class labels and no guidance_scale; nothing else."""
+    cond.info = {"default_guidance": 2.5}
+    try:
+        assert cond.default_guidance == 2.5 and uncond.default_guidance == 1.0
+        kw = dict(batch_size=2, class_labels=[0, 1], num_inference_steps=2, output_type="latent")
+        default = cond(generator=gen(4), **kw).images
+        assert torch.equal(default, cond(generator=gen(4), guidance_scale=2.5, **kw).images)
+        assert not torch.equal(default, cond(generator=gen(4), guidance_scale=1.0, **kw).images)
+        unlabelled = cond(batch_size=2, num_inference_steps=2, output_type="latent", generator=gen(4)).images  # null class, unguided
+        assert torch.equal(unlabelled, cond(batch_size=2, num_inference_steps=2, output_type="latent", generator=gen(4),
+                                            guidance_scale=1.0).images)
+    finally:
+        cond.info = {}
+    uncond.info = {"default_guidance": 3.0}  # an unconditional model has nothing to guide towards
+    try:
+        assert uncond.default_guidance == 1.0
+    finally:
+        uncond.info = {}
+
+
+def test_both_pipelines_are_image_samplers(uncond, cond):
+    from vqldm.pipelines.sampler import ImageSampler
+
+    for pipe in (uncond, cond):
+        assert isinstance(pipe, ImageSampler)
+        assert pipe.image_shape == (3, 16, 16) and pipe.max_inference_steps == 1000
+        assert pipe.sampler_name == "DDIMScheduler" and pipe.resolve_steps(None) == 50 and pipe.resolve_steps(7) == 7

@@ -121,5 +121,6 @@ def test_auto_path_keeps_a_short_job_eager(tiny_folder, tmp_path, monkeypatch, c
     _, frozen_calls, err = generate(tiny_folder, tmp_path / "a", monkeypatch, capsys,
                                     "--num-images", 4, "--batch-size", 2, "--steps", steps)
     assert frozen_calls == 0 and "frozen" not in err
-    _, frozen_calls, _ = generate(tiny_folder, tmp_path / "b", monkeypatch, capsys, "--num-images", 1, "--steps", 2, "--freeze-unet")
-    assert frozen_calls == 2  # the option's earlier name still asks for the frozen UNet
+    _, frozen_calls, _ = generate(tiny_folder, tmp_path / "b", monkeypatch, capsys, "--num-images", 1, "--steps", 2,
+                                  "--unet-path", "frozen")
+    assert frozen_calls == 2  # asked for, the frozen UNet runs however short the job

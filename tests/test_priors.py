@@ -18,7 +18,6 @@ from PIL import Image
 from vqldm.cli.main import main
 from vqldm.priors.config import PriorSamplingConfig
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint, weights_sha256
-from vqldm.plumbing.errors import UserError
 from vqldm.priors.model import CodePrior
 from vqldm.priors.sampling import filter_logits, mask_ratio, masked_training_batch, sample_autoregressive, sample_masked
 
@@ -70,7 +69,8 @@ def pipes(prior_runs):
 def test_train_prior_cli_exports_a_prior_folder(kind, prior_runs, tiny_ae_run):
     from diffusers import VQModel
 
-    from vqldm.pipelines.prior_pipeline import is_prior_folder
+    from vqldm.pipelines.prior_pipeline import CodePriorPipeline
+    from vqldm.pipelines.sampler import load_sampler
 
     runs, codes = prior_runs
     assert codes[kind] == 0
@@ -78,7 +78,7 @@ def test_train_prior_cli_exports_a_prior_folder(kind, prior_runs, tiny_ae_run):
     folder = run / "prior"
     assert any((folder / "prior").glob("*.safetensors")) and (folder / "prior" / "config.json").is_file()
     assert any((folder / "vqvae").glob("*.safetensors")) and (folder / "vqvae" / "config.json").is_file()
-    assert is_prior_folder(folder) and is_prior_folder(run)
+    assert isinstance(load_sampler(folder), CodePriorPipeline) and isinstance(load_sampler(run), CodePriorPipeline)
 
     info = json.loads((folder / "vqldm.json").read_text())
     assert info["model_type"] == "code-prior"
@@ -101,7 +101,7 @@ def test_train_prior_cli_exports_a_prior_folder(kind, prior_runs, tiny_ae_run):
 
 
 # ----------------------------------------------------------------------------- 2. bit-exact resume
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [pytest.param("masked", marks=pytest.mark.slow), "autoregressive"])  # ~7 s each
 def test_resumed_prior_run_is_bit_exact(kind, prior_runs, tiny_ae_run, tmp_path):
     runs, _ = prior_runs
     resumed = tmp_path / "resumed"
@@ -251,12 +251,13 @@ def test_scheduler_on_a_prior_is_refused(prior_copy, tmp_path, capsys):
 
 def test_unknown_kind_in_vqldm_json_is_refused(prior_copy, tmp_path, capsys):
     from vqldm.pipelines.prior_pipeline import CodePriorPipeline
+    from vqldm.pipelines.sampler import ModelFolderError
 
     path = prior_copy / "vqldm.json"
     info = json.loads(path.read_text())
     info["kind"] = "foo"
     path.write_text(json.dumps(info))
-    with pytest.raises(UserError, match="'foo'"):
+    with pytest.raises(ModelFolderError, match="'foo'"):
         CodePriorPipeline.from_pretrained(prior_copy)
     capsys.readouterr()
     assert _generate(prior_copy, tmp_path) == 2
@@ -272,6 +273,53 @@ def test_kind_in_vqldm_json_must_match_the_weights(prior_copy, tmp_path, capsys)
     capsys.readouterr()
     assert _generate(prior_copy, tmp_path) == 2
     one_line_error(capsys)
+
+
+def test_prior_python_api_errors_name_parameters(pipes):
+    """No keyword sink: the diffusion pipeline's arguments that mean nothing for codes are TypeErrors, and
+    every refusal names the parameter, never a flag."""
+    from vqldm.pipelines.sampler import ImageSampler
+
+    masked, ar = pipes["masked"], pipes["autoregressive"]
+    for pipe in (masked, ar):
+        pipe.set_progress_bar_config(disable=True)
+        assert isinstance(pipe, ImageSampler)
+        assert pipe.image_shape == (1, 16, 16) and pipe.max_inference_steps == 64 and pipe.sampler_name == f"{pipe.kind} prior"
+        assert pipe.default_guidance == pipe.info["default_guidance"]
+        for name, value in (("eta", 0.0), ("quantize", True), ("strength", 0.5), ("decode_batch_size", 2), ("tempreature", 1.0)):
+            with pytest.raises(TypeError, match=name):
+                pipe(batch_size=1, output_type="codes", **{name: value})
+    assert masked.resolve_steps(None) == 4 and masked.resolve_steps(64) == 64 and ar.resolve_steps(3) == 64
+    cases = [
+        (lambda: masked(num_inference_steps=65), "num_inference_steps must be in 1..64"),
+        (lambda: masked(num_inference_steps=0), "num_inference_steps must be in 1..64"),
+        (lambda: masked(guidance_scale=2.0), "guidance_scale=2 needs class_labels"),
+        (lambda: masked(class_labels=10), "out of range"),
+        (lambda: masked(class_labels=1, temperature=0.0), "temperature must be > 0"),
+        (lambda: masked(class_labels=1, top_p=2.0), "top_p must be in (0, 1]"),
+        (lambda: masked(output_type="latent"), "output_type must be one of"),
+        (lambda: masked(image=torch.zeros(1, 1, 16, 16)), "pass image and mask_image together"),
+        (lambda: masked.set_scheduler("ddim"), "has no 'ddim' scheduler"),
+        (lambda: masked.class_index("hat"), "unknown class 'hat'"),
+    ]
+    for call, fragment in cases:
+        with pytest.raises(ValueError) as info:
+            call()
+        assert fragment in str(info.value) and "--" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("kind, argv, fragment", [
+    ("masked", ["--steps", "65"], "--steps 65 is more than the 64 codes"),
+    ("autoregressive", ["--steps", "3"], "--steps does not apply"),
+    ("masked", ["--eta", "0.5"], "--eta is for latent diffusion pipelines"),
+    ("masked", ["--decode-batch-size", "1"], "--decode-batch-size is for latent diffusion pipelines"),
+])
+def test_generate_refuses_what_a_prior_cannot_take(kind, argv, fragment, prior_runs, tmp_path, capsys):
+    runs, _ = prior_runs
+    capsys.readouterr()
+    assert _generate(runs[kind] / "prior", tmp_path, *argv) == 2
+    assert fragment in one_line_error(capsys)
+    assert not (tmp_path / "refused.png").exists()
 
 
 # ----------------------------------------------------------------------------- 5. inpainting
@@ -308,7 +356,7 @@ def test_autoregressive_prior_refuses_inpainting(pipes, prior_runs, tmp_path, ca
     x = _init_image()
     mask = torch.zeros(1, 1, 16, 16)
     mask[:, :, 8:] = 1
-    with pytest.raises(UserError) as info:
+    with pytest.raises(ValueError) as info:
         pipe(batch_size=1, image=x, mask_image=mask, output_type="codes")
     assert "\n" not in str(info.value) and "masked prior" in str(info.value)
 
@@ -479,6 +527,7 @@ def test_evaluate_generation_on_a_masked_prior(prior_runs, tmp_path, capsys):
     assert "codes emitted by the prior" in printed
 
 
+@pytest.mark.slow  # evaluates at several step counts, ~4 s; the fast lane evaluates a prior once (above)
 def test_evaluate_steps_sweep_on_a_prior(prior_runs, tmp_path):
     runs, _ = prior_runs
     out = tmp_path / "sweep"

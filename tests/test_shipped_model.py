@@ -29,7 +29,8 @@ def test_python_call_without_guidance_uses_the_measured_default():
     pipe = load_pipeline(None)
     kw = dict(batch_size=2, class_labels=[7, 7], num_inference_steps=3, output_type="pt")
     default = pipe(generator=torch.Generator().manual_seed(5), **kw).images
-    explicit = pipe(generator=torch.Generator().manual_seed(5), guidance_scale=pipe.info["default_guidance"], **kw).images
+    assert pipe.default_guidance == pipe.info["default_guidance"] > 1
+    explicit = pipe(generator=torch.Generator().manual_seed(5), guidance_scale=pipe.default_guidance, **kw).images
     plain = pipe(generator=torch.Generator().manual_seed(5), guidance_scale=1.0, **kw).images
     assert torch.equal(default, explicit) and not torch.allclose(default, plain)
 

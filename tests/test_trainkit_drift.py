@@ -23,6 +23,8 @@ from vqldm.plumbing.trainkit import TrainLoopConfig, learning_rate
 from test_diffusion_cache_model import tiny_vqvae  # the same tiny VQModel as the cache tests
 
 TRAINERS = ["autoencoder", "diffusion"]
+# the diffusion case of the longest checks (3-10 s each) is in the slow lane; the autoencoder case stays fast
+TRAINERS_SLOW_LDM = ["autoencoder", pytest.param("diffusion", marks=pytest.mark.slow)]
 
 AE_FAST = ["--set", "train.progress=false", "--set", "train.image_every=1000", "--set", "data.holdout_fraction=0.2",
            "--set", "train.eval_max_images=8"]
@@ -79,7 +81,7 @@ def read_state(ckpt) -> dict:
 
 
 # ----------------------------------------------------------------------------- 1. NaN skip + resume
-@pytest.mark.parametrize("trainer", TRAINERS)
+@pytest.mark.parametrize("trainer", TRAINERS_SLOW_LDM)
 def test_resumed_after_nan_skip_equals_uninterrupted(trainer, run, tmp_path, monkeypatch, capsys):
     nan_call, m, n = 3, 5, 8  # NaN loss on the 3rd batch (loop step 2); interrupted at 5; run to 8
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -273,7 +275,7 @@ def test_vq_folder_without_scaling_factor_trains_at_scale_one(run, tiny_ae_run, 
 
 
 # ----------------------------------------------------------------------------- 7. accumulation windows
-@pytest.mark.parametrize("trainer", TRAINERS)
+@pytest.mark.parametrize("trainer", TRAINERS_SLOW_LDM)
 def test_resume_under_gradient_accumulation_is_bit_exact(trainer, run, tmp_path, capsys):
     """Checkpoints sit on optimizer-step boundaries, so a resumed run with grad_accumulation 2 equals an
     uninterrupted one; a --max-steps that would end mid-window is refused before anything is written."""
@@ -293,7 +295,7 @@ def test_resume_under_gradient_accumulation_is_bit_exact(trainer, run, tmp_path,
 
 
 # ----------------------------------------------------------------------------- 8. time budget
-@pytest.mark.parametrize("trainer", TRAINERS)
+@pytest.mark.parametrize("trainer", TRAINERS_SLOW_LDM)
 def test_max_seconds_stops_the_run_and_still_exports(trainer, run, tmp_path):
     out = tmp_path / "timed"
     assert run(trainer, out, "--max-steps", 20, "--set", "train.max_seconds=0.001") == 0

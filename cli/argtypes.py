@@ -1,0 +1,68 @@
+"""Value types for the ``vqldm`` parser (``type=`` of ``add_argument``): each flag's value is checked once, as
+it is parsed. A bad value raises ``argparse.ArgumentTypeError("must be ..., got X")``, which the parser
+prints as one line: ``vqldm: error: --steps must be >= 1, got 0`` (``cli/main.py``, ``ArgumentParser``)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """A count: images, steps, batch sizes (>= 1)."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (nan and inf would pass every comparison check below them silently)."""
+    value = _number(text, float)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (guidance scale, temperature)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A finite number in [0, 1] (strength, eta)."""
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in (0, 1] (nucleus sampling's top-p)."""
+    value = finite_float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """auto, or a device torch can name (cpu, cuda, cuda:N, mps); whether this machine has it is checked later."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, TypeError):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}") from None
+    return text
