@@ -174,11 +174,10 @@ def main(argv=None) -> int:
     from vqldm.evaluation.generation import (
         format_kid,
         generate_images,
-        load_sampler,
         pipeline_data_fit,
-        pipeline_num_classes,
         warm_up,
     )
+    from vqldm.pipelines.sampler import load_sampler
     from vqldm.evaluation.metrics import distribution_metrics
     from vqldm.evaluation.reference import load_reference_data, real_images
     from vqldm.pipelines.fast import FrozenUNet
@@ -198,7 +197,7 @@ def main(argv=None) -> int:
         pipe = load_sampler(args.model, freeze_unet=True)
         pipe.set_scheduler("ddim")
         size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
-        num_classes = pipeline_num_classes(pipe)
+        num_classes = pipe.num_classes or None
         fit = pipeline_data_fit(pipe)
         latent_params = sum(p.numel() for p in pipe.unet.parameters())
         vq_params = sum(p.numel() for p in pipe.vqvae.parameters())

@@ -116,18 +116,19 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- evaluation
     import vqldm.evaluation.calibration as cal
     import vqldm.evaluation.generation as gen
+    from vqldm.pipelines.sampler import load_sampler
     import vqldm.evaluation.reference as ref
     from vqldm.evaluation.features import load_feature_extractor
     from vqldm.evaluation.metrics import distribution_metrics
 
     device = torch.device(args.device)
     extractor = load_feature_extractor(None, args.batch_size, device)
-    pipes = {"continuous": gen.load_sampler(args.work / "continuous" / "pipeline", device, freeze_unet=True)}
+    pipes = {"continuous": load_sampler(args.work / "continuous" / "pipeline", device, freeze_unet=True)}
     # the continuous model samples with vqldm's measured default sampler for this model family (docs/results.md)
     pipes["continuous"].set_scheduler("unipc", timestep_spacing="trailing")
     pipes["continuous"].info["default_steps"] = 10
     for name in ("masked", "autoregressive"):
-        pipes[name] = gen.load_sampler(args.work / name / "prior", device)
+        pipes[name] = load_sampler(args.work / name / "prior", device)
     any_pipe = pipes["continuous"]
     size, channels = int(any_pipe.vqvae.config.sample_size), int(any_pipe.vqvae.config.in_channels)
     ds = ref.load_reference_data(args.data, size, channels, gen.pipeline_data_fit(any_pipe), progress=False)
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     rows = []
     for name, steps_list in sweeps.items():
         pipe = pipes[name]
-        num_classes = gen.pipeline_num_classes(pipe)
+        num_classes = pipe.num_classes or None
         gen.warm_up(pipe, args.batch_size, args.guidance, num_classes)
         for steps in steps_list:
             fake, labels, spi = gen.generate_images(pipe, args.num_samples, args.batch_size, steps, args.guidance, args.seed,

@@ -50,7 +50,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from vqldm.plumbing.checkpoint import atomic_write_json
     from vqldm.cli.evaluate import parse_ints
-    from vqldm.evaluation.generation import format_sweep_table, load_sampler, pipeline_data_fit, pipeline_num_classes, sweep_steps
+    from vqldm.evaluation.generation import format_sweep_table, pipeline_data_fit, sweep_steps
+    from vqldm.pipelines.sampler import load_sampler
     from vqldm.evaluation.reference import load_reference_data, real_images
     from vqldm.evaluation.report import resolve_device
     from vqldm.evaluation.plots import plot_steps_sweep
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     extractor = load_feature_extractor(args.features, args.batch_size, device)
     pipe = load_sampler(args.model, device, freeze_unet=True)
-    num_classes = pipeline_num_classes(pipe)
+    num_classes = pipe.num_classes or None
     if args.guidance is None:
         args.guidance = pipe.default_guidance  # the model's measured scale (1 for an unconditional one)
     size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)

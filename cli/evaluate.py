@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..evaluation.feature_training import FeatureTrainConfig, train_domain_classifier
 from ..evaluation.features import DEFAULT_FEATURES, FeatureExtractor, load_feature_extractor
-from ..evaluation.generation import evaluate_generation, format_generation_report, load_sampler
+from ..evaluation.generation import evaluate_generation, format_generation_report
+from ..pipelines.sampler import load_sampler
 from ..evaluation.reconstruction import evaluate_autoencoder, format_autoencoder_report
 from ..evaluation.report import resolve_device
 from ..plumbing.errors import UserError

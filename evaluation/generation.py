@@ -9,7 +9,6 @@ schedulers; it writes ``out/report.json`` and PNG plots. Benchmarks call the pie
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..autoencoder.model import encode_indices
-from ..diffusion.model import unet_num_classes
+from ..pipelines.prior_pipeline import CodePriorPipeline
 from ..plumbing.errors import UserError
 from .calibration import calibration_rows, calibration_setup, format_calibration, format_value, place_on_scale
 from .features import DEFAULT_FEATURES, FeatureExtractor, load_feature_extractor
@@ -26,25 +25,6 @@ from .metrics import distribution_metrics
 from .plots import plot_image_rows, plot_steps_sweep
 from .reference import load_reference_data, other_real_images, real_indices
 from .report import environment, resolve_device, write_report
-
-
-def load_sampler(path: str | os.PathLike | None = None, device: torch.device | str = "cpu", *, freeze_unet: bool = False):
-    """A latent diffusion pipeline or a prior over codes (its folder's vqldm.json says which); ``None``: the
-    shipped model. ``freeze_unet``: sample through the frozen CPU UNet (pays off over many batches). Here
-    until ``pipelines/`` has the one loader for both, with this signature."""
-    from ..pipelines.prior_pipeline import is_prior_folder, load_prior_pipeline
-
-    if is_prior_folder(path):
-        return load_prior_pipeline(path, device=device)
-    from ..pipelines.pipeline import load_pipeline
-
-    return load_pipeline(path, device=device, freeze_unet=freeze_unet)
-
-
-def scheduler_label(pipe) -> str:
-    """What samples: the scheduler class of a diffusion pipeline, or the kind of a prior."""
-    kind = getattr(pipe, "kind", None)
-    return f"{kind} prior" if kind else type(pipe.scheduler).__name__
 
 
 @torch.inference_mode()
@@ -71,22 +51,13 @@ def pipeline_data_fit(pipe, default: str = "pad") -> str:
     return str((cfg.get("data") or {}).get("fit") or default)
 
 
-def pipeline_num_classes(pipe) -> int | None:
-    """Number of real classes of a class-conditional pipeline (its UNet has one extra null class), else None."""
-    n = getattr(pipe, "num_classes", None)
-    if n is None:
-        n = unet_num_classes(pipe.unet.config)
-    return int(n) or None
-
-
 def generate_images(pipe, num_images: int, batch_size: int, steps: int, guidance: float, seed: int,
                     num_classes: int | None, progress: bool = True, desc: str = "generating",
                     codes_out: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """``num_images`` images in [-1, 1] (CPU), their class labels (balanced: i mod num_classes) or None, and
     the seconds spent per image. Batch b uses ``torch.Generator().manual_seed(seed + b)``, so results do not
     depend on anything but the arguments. ``codes_out`` (a list) collects a prior's code grids per batch."""
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(num_images) % num_classes if num_classes else None
     out = []
     start_time = time.perf_counter()
@@ -187,12 +158,12 @@ def evaluate_generation(pipe, data: str, out: str | Path, *, features: FeatureEx
     device = resolve_device(device)
     out = Path(out)
     extractor = features if features is not None else load_feature_extractor(None, batch_size, device)
-    num_classes = pipeline_num_classes(pipe)
+    num_classes = pipe.num_classes or None
     if guidance is None:
-        guidance = float(pipe.info.get("default_guidance") or 1.0) if num_classes else 1.0
-    prior_kind = getattr(pipe, "kind", None)
-    if prior_kind:  # a prior samples codes: its "sweep" is over its own decoding steps
-        sweep_schedulers = [prior_kind]
+        guidance = pipe.default_guidance if num_classes else 1.0
+    is_prior = isinstance(pipe, CodePriorPipeline)
+    if is_prior:  # a prior samples codes: its "sweep" is over its own decoding steps
+        sweep_schedulers = [pipe.kind]
     size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
     fit = fit or pipeline_data_fit(pipe)
 
@@ -202,9 +173,7 @@ def evaluate_generation(pipe, data: str, out: str | Path, *, features: FeatureEx
     real_f = extractor(real, progress, "features (real)")
     warm_up(pipe, batch_size, guidance, num_classes)
     if steps is None:
-        from ..pipelines.pipeline import DEFAULT_STEPS
-
-        steps = int(pipe.info.get("default_steps") or DEFAULT_STEPS)
+        steps = pipe.resolve_steps(None)
     codes: list = []
     fake, fake_labels, spi = generate_images(pipe, num_samples, batch_size, steps, guidance, seed, num_classes, progress,
                                              codes_out=codes)
@@ -224,7 +193,7 @@ def evaluate_generation(pipe, data: str, out: str | Path, *, features: FeatureEx
     result["kid_scale"] = place_on_scale(result["kid_mean"], calibration, "kid_mean")
 
     # codebook report of a prior: which codes it emits, against the codes the autoencoder uses on real data
-    code_usage = prior_code_usage(pipe, torch.cat(codes), real, batch_size) if prior_kind else None
+    code_usage = prior_code_usage(pipe, torch.cat(codes), real, batch_size) if is_prior else None
     class_acc = class_accuracy(pipe, extractor, fake, fake_labels, real, real_labels, num_classes, ds.holdout.class_names,
                                batch_size, device) if num_classes else None
 
@@ -252,7 +221,7 @@ def evaluate_generation(pipe, data: str, out: str | Path, *, features: FeatureEx
         "features": extractor.name,
         "feature_dim": extractor.dim,
         "steps": steps,
-        "scheduler": scheduler_label(pipe),
+        "scheduler": pipe.sampler_name,
         "guidance": guidance if num_classes else None,
         "num_classes": num_classes,
         "seed": seed,

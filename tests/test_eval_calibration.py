@@ -252,10 +252,15 @@ class _StubPipeline:
         import types
 
         self.images = images
-        self.unet = types.SimpleNamespace(config=types.SimpleNamespace(num_class_embeds=None))
         self.vqvae = types.SimpleNamespace(config=types.SimpleNamespace(sample_size=16, in_channels=1))
-        self.scheduler = types.SimpleNamespace(config={})
         self.info = {}
+        self.num_classes, self.class_names, self.default_guidance, self.sampler_name = 0, [], 1.0, "StubScheduler"
+
+    def resolve_steps(self, steps=None):
+        return steps or 50
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
 
     def set_scheduler(self, name):
         pass

@@ -76,14 +76,20 @@ class _StubPipeline:
 
     def __init__(self, images):
         self.images = images
-        self.unet = types.SimpleNamespace(config=types.SimpleNamespace(num_class_embeds=11))
         self.vqvae = types.SimpleNamespace(config=types.SimpleNamespace(sample_size=16, in_channels=1))
-        self.scheduler = types.SimpleNamespace(config={"num_train_timesteps": 1000})
         self.info = {}
         self.calls = []
+        self.num_classes, self.class_names, self.default_guidance = 10, [str(i) for i in range(10)], 3.0
+        self.sampler_name = "DDIMScheduler"
+
+    def resolve_steps(self, steps=None):
+        return steps or 50
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
 
     def set_scheduler(self, name):
-        self.scheduler = types.SimpleNamespace(config=self.scheduler.config, name=name)
+        self.sampler_name = name
 
     def __call__(self, batch_size, num_inference_steps, generator, output_type, class_labels=None, guidance_scale=1.0):
         self.calls.append((batch_size, num_inference_steps, None if class_labels is None else class_labels.tolist()))
