@@ -98,6 +98,16 @@ def _say(line: str) -> None:
         print(line, flush=True)
 
 
+def _check_max_steps(args, cfg) -> None:
+    """--max-steps against the config: runs end on an optimizer step (argparse has checked it is >= 1)."""
+    from ..plumbing.errors import UserError
+
+    k = cfg.train.grad_accumulation
+    if args.max_steps is not None and args.max_steps % k:
+        raise UserError(f"--max-steps {args.max_steps} is not a multiple of train.grad_accumulation ({k}); "
+                        f"runs end on an optimizer step, pass a multiple of {k}")
+
+
 def cmd_train_autoencoder(args) -> int:
     from ..autoencoder.config import auto_autoencoder_config, load_autoencoder_config
     from ..autoencoder.train import train_autoencoder
@@ -110,6 +120,7 @@ def cmd_train_autoencoder(args) -> int:
         _say(line)
     else:
         cfg = load_autoencoder_config(args.config, _overrides(args))
+    _check_max_steps(args, cfg)
     train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume)
     return 0
 
@@ -125,6 +136,7 @@ def cmd_train_diffusion(args) -> int:
         _say(line)
     else:
         cfg = load_diffusion_config(args.config, _overrides(args))
+    _check_max_steps(args, cfg)
     train_diffusion(cfg, args.out or "runs/diffusion", autoencoder=args.autoencoder, data=args.data,
                     max_steps=args.max_steps, resume=args.resume)
     return 0
@@ -144,6 +156,7 @@ def cmd_train_prior(args) -> int:
     if cfg.model.kind not in (None, args.kind):
         raise UserError(f"--kind {args.kind} but the config says model.kind: {cfg.model.kind}; pass the kind the config was written for")
     cfg.model.kind = args.kind
+    _check_max_steps(args, cfg)
     train_prior(cfg, args.out or f"runs/prior-{args.kind}", autoencoder=args.autoencoder, data=args.data,
                 max_steps=args.max_steps, resume=args.resume)
     return 0

@@ -176,15 +176,15 @@ def run_metrics(step: int, steps_done: int, clock: TrainClock, tc: TrainLoopConf
 
 
 def check_max_steps(max_steps: int | None, grad_accumulation: int = 1) -> None:
-    """``--max-steps`` must be a positive integer, a multiple of ``train.grad_accumulation`` (checked before
-    any file or folder is created)."""
+    """A trainer's ``max_steps`` override must be a positive integer and a multiple of
+    ``train.grad_accumulation`` (runs end on an optimizer step); checked before any file is created."""
     if max_steps is None:
         return
     if max_steps < 1:
-        raise UserError(f"--max-steps must be >= 1, got {max_steps}; pass the number of training steps to run")
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if max_steps % grad_accumulation:
-        raise UserError(f"--max-steps {max_steps} is not a multiple of train.grad_accumulation ({grad_accumulation}); "
-                        f"runs end on an optimizer step, pass a multiple of {grad_accumulation}")
+        raise ValueError(f"max_steps ({max_steps}) must be a multiple of train.grad_accumulation ({grad_accumulation}): "
+                         f"runs end on an optimizer step")
 
 
 def make_accelerator(cfg: TrainLoopConfig):

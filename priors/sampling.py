@@ -19,7 +19,6 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from ..plumbing.errors import UserError
 from .config import PriorSamplingConfig
 
 
@@ -195,5 +194,5 @@ def sample_codes(prior: torch.nn.Module, kind: str, labels: torch.Tensor | None,
     if kind == "masked":
         return sample_masked(prior, batch_size, labels, settings, known=known, generator=g, progress=progress)
     if known is not None:
-        raise UserError("inpainting (--init-image with --mask) needs a masked prior; this one is autoregressive")
+        raise ValueError("inpainting (known codes) needs a masked prior; this one is autoregressive")
     return sample_autoregressive(prior, batch_size, labels, settings, generator=g, progress=progress)
