@@ -17,7 +17,6 @@ from vqldm.diffusion.model import build_unet
 from vqldm.diffusion.objective import make_sampling_scheduler
 from vqldm.cli.main import main
 from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint, weights_sha256
-from vqldm.plumbing.errors import UserError
 from vqldm.plumbing.trainkit import TrainLoopConfig, learning_rate
 
 from test_diffusion_cache_model import tiny_vqvae  # the same tiny VQModel as the cache tests
@@ -196,10 +195,11 @@ def pipeline_folder(tmp_path):
 
 
 def _refused(folder, tmp_path, capsys) -> str:
-    """The one-line UserError of from_pretrained, after checking `vqldm generate` refuses with one line too."""
+    """The one-line ModelFolderError of from_pretrained, after checking `vqldm generate` refuses with one line too."""
     from vqldm.pipelines.pipeline import VQLatentDiffusionPipeline
+    from vqldm.pipelines.sampler import ModelFolderError
 
-    with pytest.raises(UserError) as info:
+    with pytest.raises(ModelFolderError) as info:
         VQLatentDiffusionPipeline.from_pretrained(folder)
     message = str(info.value)
     assert "\n" not in message
