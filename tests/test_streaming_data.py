@@ -5,7 +5,6 @@ a stage-2 start on an existing cache that decodes no image."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
