@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.loading import BatchSampler, train_batches
 from ..data.sources import load_datasets
 from ..plumbing.checkpoint import AtomicDir, atomic_write_json, latest_checkpoint
 from ..plumbing.config import save_config, to_dict
 from ..plumbing.images import make_grid, save_png
-from ..plumbing.runs import RunLogger, console, prepare_run_dir
+from ..plumbing.runs import RunLogger, console, prepare_run_dir, progress_bar
 from ..plumbing.trainkit import (
     LossWindow,
     StepGuard,
@@ -132,7 +131,7 @@ def train_autoencoder(
     last_ckpt = latest_checkpoint(run_dir)
     batches = train_batches(datasets.train, sampler, step, cfg.data, tc.seed, pin_memory=acc.device.type == "cuda")
     clock = TrainClock(resumed.seconds)
-    bar = tqdm(total=tc.max_steps, initial=step, desc="train-autoencoder", disable=not (is_main and tc.progress), dynamic_ncols=True)
+    bar = progress_bar(tc.max_steps, step, "train-autoencoder", enabled=is_main and tc.progress)
     with StopSignals() as signals:
         guard = StepGuard(tc, signals, clock, acc, log=log)  # skip/stop decisions agreed by every process
         while keep_training(tc, step, guard):

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..pipelines.sampler import load_sampler
 from ..plumbing.errors import UserError
+from ..plumbing.runs import progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -418,7 +419,7 @@ def main(args) -> int:
             generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
         n, b = args.num_images, args.batch_size
         pipe.set_progress_bar_config(disable=True)
-        bar = tqdm(total=n, initial=first, desc="generate", unit="img", disable=args.no_progress, dynamic_ncols=True)
+        bar = progress_bar(n, first, "generate", enabled=not args.no_progress, unit="image")
         chunks = []
         for k, lo in enumerate(range(first, n, b), start=done_batches):
             hi = min(lo + b, n)

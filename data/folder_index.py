@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..plumbing.checkpoint import atomic_write_json
 from ..plumbing.errors import UserError
+from ..plumbing.runs import bar_disable
 from .decode import IMAGE_SUFFIXES, probe_image
 
 INDEX_FORMAT = "vqldm-folder-index"
@@ -167,7 +168,7 @@ def index_folder(root: str | os.PathLike, log: Callable[[str], None] = print, pr
         loader = torch.utils.data.DataLoader(_Probe([f for _, f in todo]), batch_size=32, num_workers=workers,
                                              collate_fn=list, generator=torch.Generator().manual_seed(0))
         results = []
-        with tqdm(total=len(todo), desc=f"indexing {root.name or root}", unit="file", disable=not progress, leave=False) as bar:
+        with tqdm(total=len(todo), desc=f"indexing {root.name or root}", unit="file", disable=bar_disable(progress), leave=False) as bar:
             for chunk in loader:
                 results.extend(chunk)
                 bar.update(len(chunk))

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..plumbing.errors import UserError
+from ..plumbing.runs import bar_disable
 from .config import DataConfig
 from .decode import decode_image, fit_array, load_image
 from .folder_index import SkippedFile, default_workers
@@ -82,7 +83,7 @@ class ImageSplit(torch.utils.data.Dataset):
         at a time, decoded by DataLoader workers."""
         n = len(self) if limit is None else min(len(self), limit)
         loader = make_loader(self, [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)], num_workers)
-        with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        with tqdm(total=n, desc=desc, unit="img", disable=bar_disable(progress), leave=False) as bar:
             for x, y in loader:
                 bar.update(len(y))
                 yield to_float(x), y
@@ -106,7 +107,7 @@ class ArraySplit(ImageSplit):
     def batches(self, batch_size: int, limit: int | None = None, progress: bool = False, desc: str = "images",
                 num_workers: int | None = None):
         n = len(self) if limit is None else min(len(self), limit)
-        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=bar_disable(progress), leave=False):
             yield self.batch(torch.arange(start, min(n, start + batch_size)))
 
     def subset(self, n: int) -> "ArraySplit":

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..latents.guidance import drop_labels
 from ..latents.setup import prepare_latent_stage
@@ -23,7 +22,7 @@ from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint, weights_
 from ..plumbing.config import to_dict
 from ..plumbing.ema import EMA, ema_decay_at
 from ..plumbing.images import make_grid, save_png
-from ..plumbing.runs import RunLogger
+from ..plumbing.runs import RunLogger, progress_bar
 from ..plumbing.trainkit import (
     LossWindow,
     StepGuard,
@@ -117,7 +116,7 @@ def train_diffusion(
     batches = sampler.batches(step)
     window, steps_done = LossWindow(), 0
     clock = TrainClock(resumed.seconds)
-    bar = tqdm(total=tc.max_steps, initial=step, desc="train-diffusion", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(tc.max_steps, step, "train-diffusion", enabled=progress)
     with StopSignals() as signals:
         guard = StepGuard(tc, signals, clock, acc, log=log)  # skip/stop decisions agreed by every process
         while keep_training(tc, step, guard):

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data.config import DataConfig
 from ..data.loading import BatchSampler, train_batches
 from ..data.sources import load_datasets
 from ..plumbing.errors import UserError
+from ..plumbing.runs import progress_bar
 from ..plumbing.trainkit import (
     StepGuard,
     StopSignals,
@@ -90,7 +90,7 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
     clock = TrainClock()
     step = 0
     batches = train_batches(ds.train, BatchSampler(len(ds.train), cfg.batch_size, cfg.seed), 0, data_cfg, cfg.seed)
-    bar = tqdm(total=total, desc="train-features", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total, 0, "train-features", enabled=progress)
     model.train()
     with StopSignals() as signals:
         guard = StepGuard(tc, signals, clock, log=log)  # one process: the NaN policy and the signals, no reduce

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..plumbing.checkpoint import AtomicDir, load_safetensors
 from ..plumbing.errors import UserError
+from ..plumbing.runs import bar_disable
 
 NETWORKS_DIR = Path(__file__).resolve().parent / "networks"  # the shipped feature networks, one folder per name
 DEFAULT_FEATURES = "fashion-mnist-detail"  # detail-sensitive: sees a 0.5 px blur (the default since issue 11)
@@ -149,7 +150,7 @@ class FeatureExtractor:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, progress: bool = False, desc: str = "features") -> torch.Tensor:
         out = []
-        for start in tqdm(range(0, images.shape[0], self.batch_size), desc=desc, disable=not progress, leave=False):
+        for start in tqdm(range(0, images.shape[0], self.batch_size), desc=desc, disable=bar_disable(progress), leave=False):
             out.append(self._features(images[start : start + self.batch_size].to(self.device)).double().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim, dtype=torch.float64)
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..autoencoder.model import encode_indices
 from ..pipelines.prior_pipeline import CodePriorPipeline
 from ..plumbing.errors import UserError
+from ..plumbing.runs import bar_disable
 from .calibration import calibration_rows, calibration_setup, format_calibration, format_value, place_on_scale
 from .features import DEFAULT_FEATURES, FeatureExtractor, load_feature_extractor
 from .metrics import distribution_metrics
@@ -61,7 +62,7 @@ def generate_images(pipe, num_images: int, batch_size: int, steps: int, guidance
     labels = torch.arange(num_images) % num_classes if num_classes else None
     out = []
     start_time = time.perf_counter()
-    bar = tqdm(total=num_images, desc=desc, unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=num_images, desc=desc, unit="img", disable=bar_disable(progress), leave=False)
     for b, start in enumerate(range(0, num_images, batch_size)):
         size = min(batch_size, num_images - start)
         kwargs = {"batch_size": size, "num_inference_steps": steps, "generator": torch.Generator().manual_seed(seed + b), "output_type": "pt"}

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..autoencoder.evaluate import evaluate_reconstruction
 from ..autoencoder.losses import LossConfig, load_lpips, perceptual_loss
 from ..autoencoder.model import LoadedAutoencoder, encode_indices
+from ..plumbing.runs import bar_disable
 from . import metrics
 from .calibration import calibration_rows, calibration_setup, format_calibration, place_on_scale
 from .features import FeatureExtractor, load_feature_extractor
@@ -27,7 +28,7 @@ from .report import environment, resolve_device, write_report
 def reconstruct(vqmodel, images: torch.Tensor, batch_size: int, device, progress: bool) -> torch.Tensor:
     """[-1, 1] images -> reconstructions through encode, nearest-code lookup and decode (CPU tensor)."""
     out = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc="reconstructing", disable=not progress, leave=False):
+    for start in tqdm(range(0, images.shape[0], batch_size), desc="reconstructing", disable=bar_disable(progress), leave=False):
         x = images[start : start + batch_size].to(device)
         z_q, _ = encode_indices(vqmodel, vqmodel.encode(x).latents)
         out.append(vqmodel.decode(z_q, force_not_quantize=True).sample.float().clamp(-1, 1).cpu())

@@ -31,6 +31,7 @@ from ..autoencoder.model import apply_missing_scale_rule, decode_codes, encode_i
 from ..plumbing.checkpoint import refuse_pickle
 from ..plumbing.images import size_hw
 from ..plumbing.model_folder import VQLDM_JSON, check_trained_vqvae, read_vqldm_json
+from ..plumbing.runs import bar_disable
 from ..priors.config import PriorSamplingConfig
 from ..priors.export import MODEL_TYPE
 from ..priors.model import CodePrior
@@ -239,7 +240,7 @@ class CodePriorPipeline(ClassConditioning):
         g = generator[0] if isinstance(generator, list) else generator
         # one draw from the caller's generator (or torch's global one) seeds the sampler: no global reseeding
         seed = int(torch.randint(0, 2**63 - 1, (1,), generator=g).item())
-        bar = None if self._progress.get("disable") else (lambda it: tqdm(it, desc=self._progress.get("desc", self.kind), leave=False))
+        bar = None if self._progress.get("disable") else (lambda it: tqdm(it, desc=self._progress.get("desc", self.kind), leave=False, disable=bar_disable(True)))
         codes = sample_codes(self.prior, self.kind, labels, batch_size, sampling, seed, known=known, progress=bar)
         if output_type == "codes":
             out = codes.view(batch_size, *self.grid)

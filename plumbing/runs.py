@@ -1,4 +1,4 @@
-"""Run folders: creating ``--out`` safely, one-line console messages, and the metrics log.
+"""Run folders: creating ``--out`` safely, one-line console messages, progress, and the metrics log.
 
 A run folder holds ``config.yaml``, ``metrics.jsonl`` + ``tensorboard/`` (scalars, written by
 :class:`RunLogger`), ``loss_curves.png``, ``images/``, ``checkpoints/`` and the exported model.
@@ -10,7 +10,9 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 from tqdm.auto import tqdm
 
@@ -21,6 +23,67 @@ from .errors import UserError
 def console(msg: str) -> None:
     """One line for the user, above any progress bar: warnings to stderr, everything else to stdout."""
     tqdm.write(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout)
+
+
+PLAIN_PROGRESS_SECONDS = 30.0  # a log file gets one progress line per half minute (tqdm: ~10 updates a second)
+
+
+class PlainProgress:
+    """A progress bar for a log file: one plain line (step, rate, ETA, the bar's postfix such as the loss)
+    every ``every`` seconds and at the end, instead of tqdm's carriage-return redraws. The interface of the
+    tqdm calls the loops use: ``update``, ``set_postfix``, ``close``."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "step", every: float = PLAIN_PROGRESS_SECONDS,
+                 stream: TextIO | None = None, clock=time.monotonic):
+        self.total, self.n, self.desc, self.unit, self.every = total, initial, desc, unit, every
+        self.stream, self.clock = stream, clock
+        self.start_n, self.start = initial, clock()
+        self.last_print, self.postfix, self.closed = self.start, "", False
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.clock() - self.last_print >= self.every:
+            self._print()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def close(self) -> None:
+        if not self.closed and self.n > self.start_n:
+            self._print()
+        self.closed = True
+
+    def line(self) -> str:
+        elapsed = max(self.clock() - self.start, 1e-9)
+        rate = (self.n - self.start_n) / elapsed
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        eta = f", ETA {_duration((self.total - self.n) / rate)}" if rate > 0 and self.total else ""
+        extra = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {self.unit} {self.n}/{self.total}{share}, {rate:.3g} {self.unit}s/s{eta}{extra}"
+
+    def _print(self) -> None:
+        print(self.line(), file=self.stream or sys.stderr, flush=True)
+        self.last_print = self.clock()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True, unit: str = "step"):
+    """The progress display of a long loop: tqdm's bar on a terminal; plain lines at a fixed interval
+    (:class:`PlainProgress`) when stderr is a file (a batch scheduler, ``nohup``); nothing when disabled."""
+    if enabled and not sys.stderr.isatty():
+        return PlainProgress(total, initial, desc, unit)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+
+def bar_disable(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a short inner bar (encoding, indexing, features): off when not wanted, and
+    ``None`` -- tqdm's "off unless stderr is a terminal" -- otherwise, so a log file gets no redraws."""
+    return None if progress else True
 
 
 def check_writable_target(out: Path, flag: str = "--out") -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..autoencoder.model import decode_codes
 from ..latents.guidance import drop_labels
@@ -24,7 +23,7 @@ from ..plumbing.config import to_dict
 from ..plumbing.ema import EMA
 from ..plumbing.errors import UserError
 from ..plumbing.images import make_grid, save_png
-from ..plumbing.runs import RunLogger
+from ..plumbing.runs import RunLogger, progress_bar
 from ..plumbing.trainkit import (
     LossWindow,
     StepGuard,
@@ -116,7 +115,7 @@ def train_prior(
     batches = sampler.batches(step)
     window, steps_done = LossWindow(), 0
     clock = TrainClock(resumed.seconds)
-    bar = tqdm(total=tc.max_steps, initial=step, desc=f"train-prior ({kind})", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(tc.max_steps, step, f"train-prior ({kind})", enabled=progress)
     with StopSignals() as signals:
         guard = StepGuard(tc, signals, clock, acc, log=log)  # skip/stop decisions agreed by every process
         while keep_training(tc, step, guard):
