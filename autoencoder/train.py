@@ -87,7 +87,7 @@ def train_autoencoder(
     # ---------------------------------------------------------------- model, losses, optimizers
     model = VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, tc)
+    opt = adamw(params, tc, acc.device)
     use_disc = cfg.loss.disc_weight > 0
     disc = PatchDiscriminator(cfg.data.channels, cfg.loss.disc_channels, cfg.loss.disc_layers) if use_disc else None
     dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr or tc.lr, betas=tc.adam_betas) if use_disc else None

@@ -75,7 +75,7 @@ def train_diffusion(
 
     # ---------------------------------------------------------------- EMA, optimizer, schedules
     ema = EMA(unet, tc.ema_decay, tc.ema_warmup)
-    opt = adamw(unet.parameters(), tc)
+    opt = adamw(unet.parameters(), tc, device)
     noise_scheduler = make_train_scheduler(oc)
     sample_scheduler = make_sampling_scheduler(oc)
     null = null_class(num_classes)

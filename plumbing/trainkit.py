@@ -60,7 +60,12 @@ class TrainLoopConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
     grad_accumulation: int = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast on GPU; CPU runs stay fp32
+    # autocast on GPU; CPU runs stay fp32. auto: bf16 where the GPU supports it (no loss scaling needed),
+    # else fp16, else (CPU) none
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
+    # fp32 matmuls and convolutions on Ampere and newer GPUs in TF32 (10-bit mantissa inputs, fp32 sums: what
+    # PyTorch's own default is for cuDNN convolutions); false: exact fp32 everywhere. No effect on CPU.
+    tf32: bool = True
     seed: int = 0
     log_every: int = 50
     image_every: int = 1000  # reconstruction / sample grids
@@ -187,11 +192,24 @@ def check_max_steps(max_steps: int | None, grad_accumulation: int = 1) -> None:
                          f"runs end on an optimizer step")
 
 
+def autocast_precision(setting: str, cuda: bool, bf16_supported: bool) -> str:
+    """The autocast precision a run trains in: none on CPU; ``auto`` is bf16 where the GPU has it (the same
+    exponent range as fp32: no loss scaling), else fp16 (with accelerate's gradient scaler)."""
+    if not cuda:
+        return "no"
+    if setting == "auto":
+        return "bf16" if bf16_supported else "fp16"
+    return setting
+
+
 def make_accelerator(cfg: TrainLoopConfig):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    mp = cfg.mixed_precision if torch.cuda.is_available() else "no"
+    mp = autocast_precision(cfg.mixed_precision, torch.cuda.is_available(), torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32  # this run's setting, for every matmul and convolution
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
     # Several processes started by torchrun / `accelerate launch --multi_gpu` on a machine without CUDA:
     # accelerate only forms a gloo (MULTI_CPU) group when told cpu=True; otherwise each process would
     # silently train alone. (`accelerate launch --cpu` starts several processes only through mpirun.)
@@ -339,9 +357,11 @@ def learning_rate(tc: TrainLoopConfig, step: int) -> float:
     return tc.lr * multiplier(step // tc.grad_accumulation)
 
 
-def adamw(parameters, tc: TrainLoopConfig) -> torch.optim.AdamW:
-    """The optimizer of every vqldm trainer: AdamW with the loop's lr, betas and weight decay."""
-    return torch.optim.AdamW(parameters, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+def adamw(parameters, tc: TrainLoopConfig, device: torch.device | str = "cpu") -> torch.optim.AdamW:
+    """The optimizer of every vqldm trainer: AdamW with the loop's lr, betas and weight decay; on CUDA the
+    fused kernel (one launch for all parameters instead of several per tensor; the same update)."""
+    fused = torch.device(device).type == "cuda"
+    return torch.optim.AdamW(parameters, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay, fused=fused or None)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -75,7 +75,7 @@ def train_prior(
 
     # ---------------------------------------------------------------- EMA, optimizer
     ema = EMA(prior, tc.ema_decay, tc.ema_warmup)
-    opt = adamw(prior.parameters(), tc)
+    opt = adamw(prior.parameters(), tc, device)
     null = prior.null_class
 
     # ---------------------------------------------------------------- resume
