@@ -7,12 +7,6 @@
 # needs) and vqldm itself are installed into /tmp/site first; nothing is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -c "import vqldm, diffusers" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  fi
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . >/dev/null
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+# shellcheck source=gpu_env.sh
+source benchmarks/gpu_env.sh
 exec python3 benchmarks/gpu_check.py "$@"

@@ -49,5 +49,5 @@ for kind in masked autoregressive; do
 done
 run python benchmarks/bench_priors.py --device cpu --budget 300 --num-samples 1000 --batch-size 250 --work bench_out/priors_cpu \
   | tee bench_out/bench_priors_cpu.txt
-# on a GPU machine: bash benchmarks/gpu_check.sh | tee bench_out/gpu_check.txt
+# on a GPU machine: bash benchmarks/gpu_check.sh | tee bench_out/gpu_check.txt; bash benchmarks/gpu_bench.sh | tee bench_out/gpu_bench.txt
 run python benchmarks/bad_inputs.py

@@ -10,13 +10,21 @@ from tqdm.auto import tqdm
 
 from ..data.config import DataConfig
 from ..data.sources import load_datasets
+from ..plumbing.errors import UserError
+
+MIN_REFERENCE_IMAGES = 2  # a covariance needs two samples; FD on a handful of images is noise, but defined
 
 
 def load_reference_data(source: str, image_size: int, channels: int, fit: str, progress: bool):
     """The splits of ``source`` at the model's size; its held-out split is the real side of every comparison."""
     labels = "folders" if Path(source).expanduser().is_dir() and any(p.is_dir() for p in Path(source).expanduser().iterdir()) else "none"
     cfg = DataConfig(image_size=image_size, channels=channels, fit=fit, labels=labels)
-    return load_datasets(source, cfg, log=lambda m: tqdm.write(m), progress=progress)
+    ds = load_datasets(source, cfg, log=lambda m: tqdm.write(m), progress=progress)
+    if len(ds.holdout) < MIN_REFERENCE_IMAGES:
+        raise UserError(f"the held-out split of {source!r} has {len(ds.holdout)} image{'s' if len(ds.holdout) != 1 else ''}; "
+                        f"a Fréchet distance needs at least {MIN_REFERENCE_IMAGES} (and hundreds to mean much): evaluate on "
+                        f"a larger folder or dataset")
+    return ds
 
 
 def real_indices(num_items: int, n: int, seed: int) -> torch.Tensor:

@@ -176,6 +176,8 @@ def run_metrics(step: int, steps_done: int, clock: TrainClock, tc: TrainLoopConf
         "global_batch": tc.batch_size * accelerator.num_processes,
         "parameters": parameters,
         "torch_threads": torch.get_num_threads(),
+        # this process's peak; None on CPU
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         **extra,
     }
 

@@ -3,6 +3,7 @@
 import json
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,18 @@ def test_missing_feature_folder_is_a_user_error(tmp_path, capsys):
     with pytest.raises(UserError) as raised:
         load_feature_extractor(str(tmp_path / "nope"))
     assert "--" not in str(raised.value)  # ... the library speaks of what it was given
+
+
+def test_evaluate_on_a_reference_too_small_for_a_frechet_distance_is_one_line(tiny_ae_run, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "four"
+    folder.mkdir()
+    for i in range(4):  # a 5% held-out split of 4 images is 1 image
+        Image.fromarray(np.full((28, 28), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    capsys.readouterr()
+    code = main(["evaluate", "autoencoder", "--model", str(tiny_ae_run), "--data", str(folder), "--out", str(tmp_path / "ev"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "has 1 image; a Fréchet distance needs at least 2" in err
+    assert not (tmp_path / "ev").exists()
