@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.loading import BatchSampler, train_batches
+from ..data.loading import train_batches
 from ..data.sources import load_datasets
 from ..plumbing.checkpoint import AtomicDir, atomic_write_json, latest_checkpoint
 from ..plumbing.config import save_config, to_dict
@@ -82,7 +82,7 @@ def train_autoencoder(
         save_config(cfg, run_dir / "config.yaml")
         if datasets.skipped:
             atomic_write_json(run_dir / "skipped_files.json", [s.__dict__ for s in datasets.skipped])
-    sampler = BatchSampler(len(datasets.train), tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
+    sampler = datasets.train.batch_sampler(tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
 
     # ---------------------------------------------------------------- model, losses, optimizers
     model = VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed)

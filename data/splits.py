@@ -65,6 +65,13 @@ class ImageSplit(torch.utils.data.Dataset):
     def fingerprint(self) -> str:
         raise NotImplementedError
 
+    def batch_sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        """The training batch order of this split on process ``rank`` of ``world_size`` (a
+        :class:`~vqldm.data.loading.BatchSampler` unless a split knows better, e.g. shards read per process)."""
+        from .loading import BatchSampler
+
+        return BatchSampler(len(self), batch_size, seed, rank, world_size)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return chw_tensor(self.read(int(i))), self.labels[i]
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.config import DataConfig
-from ..data.loading import BatchSampler, train_batches
+from ..data.loading import train_batches
 from ..data.sources import load_datasets
 from ..plumbing.errors import UserError
 from ..plumbing.runs import progress_bar
@@ -89,7 +89,7 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
     g = torch.Generator().manual_seed(cfg.seed)
     clock = TrainClock()
     step = 0
-    batches = train_batches(ds.train, BatchSampler(len(ds.train), cfg.batch_size, cfg.seed), 0, data_cfg, cfg.seed)
+    batches = train_batches(ds.train, ds.train.batch_sampler(cfg.batch_size, cfg.seed), 0, data_cfg, cfg.seed)
     bar = progress_bar(total, 0, "train-features", enabled=progress)
     model.train()
     with StopSignals() as signals:
