@@ -126,6 +126,18 @@ class VectorQuantizerEMA(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         # Same seed on every process: restarts choose the same rows everywhere, codebooks stay identical.
         self.generator = torch.Generator().manual_seed(seed + 7919)
+        # host copies of ``initialized`` and ``steps``, so a training step reads no buffer from the device;
+        # None: read them once (again after load_state_dict)
+        self._host_state: tuple[bool, int] | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host_state = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _host(self) -> tuple[bool, int]:
+        if self._host_state is None:
+            self._host_state = (bool(self.initialized), int(self.steps))
+        return self._host_state
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -166,8 +178,9 @@ class VectorQuantizerEMA(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> bool:
-        """One EMA step; returns False (and changes nothing) when the batch holds NaN/inf latents."""
+    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """One EMA step; returns whether it applied (a bool tensor: decided on the device, no host read).
+        A batch holding NaN/inf latents changes nothing."""
         counts = torch.bincount(indices, minlength=self.num_codes).float()
         sums = torch.zeros(self.num_codes, self.dim, device=flat.device).index_add_(0, indices, flat.detach().float())
         if _distributed():
@@ -175,17 +188,17 @@ class VectorQuantizerEMA(nn.Module):
             dist.all_reduce(sums)
         # A non-finite batch (every rank sees it through the all-reduce) must not poison the codebook: the
         # trainer's NaN guard skips such a batch, and skipping only works if nothing was updated here.
-        if not bool(torch.isfinite(sums).all()):
-            return False
+        finite = torch.isfinite(sums).all()
         g = self.cfg.ema_decay
-        self.cluster_size.mul_(g).add_(counts, alpha=1 - g)
-        self.embed_sum.mul_(g).add_(sums, alpha=1 - g)
+        self.cluster_size.copy_(torch.where(finite, self.cluster_size * g + counts * (1 - g), self.cluster_size))
+        self.embed_sum.copy_(torch.where(finite, self.embed_sum * g + sums * (1 - g), self.embed_sum))
         # Laplace smoothing keeps e_k finite for codes with N_k ~ 0 (Sonnet's VQ-VAE-EMA, eps = 1e-5)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + 1e-5) / (n + self.num_codes * 1e-5) * n
         codebook = self.embed_sum / smoothed[:, None]
-        self.codebook.data.copy_(F.normalize(codebook, dim=1) if self.cosine else codebook)
-        return True
+        codebook = F.normalize(codebook, dim=1) if self.cosine else codebook
+        self.codebook.data.copy_(torch.where(finite, codebook.to(self.codebook.dtype), self.codebook.data))
+        return finite
 
     @torch.no_grad()
     def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> int:
@@ -227,8 +240,9 @@ class VectorQuantizerEMA(nn.Module):
             if self.cosine:
                 h = F.normalize(h, dim=1)  # B x D x H x W, unit vectors
                 flat = h.permute(0, 2, 3, 1).reshape(-1, d)
-            if self.training and not bool(self.initialized):
+            if self.training and not self._host()[0]:
                 self.initialize(flat)
+                self._host_state = (True, self._host()[1])
             codebook = self.codebook.float()
             indices = nearest_code(lookup_rows, codebook.detach())  # B*H*W
             z_q = F.embedding(indices, codebook).view(b, hh, ww, d).permute(0, 3, 1, 2)  # B x D x H x W
@@ -241,15 +255,18 @@ class VectorQuantizerEMA(nn.Module):
             counts = torch.bincount(indices, minlength=self.num_codes).float()
             if self.training:
                 # ``steps``: optimizer steps begun (1-based); a batch that begins one may restart dead codes
-                n = int(self.steps) + 1 if step is None else step + 1
-                new_step = n != int(self.steps)
+                before = self._host()[1]
+                n = before + 1 if step is None else step + 1
+                new_step = n != before
                 self.steps.fill_(n)
-                finite = True
+                self._host_state = (True, n)
+                finite = None
                 if self.cfg.codebook_update == "ema":
                     finite = self._ema_update(flat, indices)
                 restarting = new_step and self.cfg.restart_dead_codes and (
                     self.cfg.restart_until <= 0 or n <= self.cfg.restart_until)
-                if finite and restarting and n % self.cfg.restart_every == 0:
+                # the one host read of a step, and only on a restart step (every restart_every optimizer steps)
+                if restarting and n % self.cfg.restart_every == 0 and (finite is None or bool(finite)):
                     if _distributed() and self.cfg.codebook_update == "gradient":
                         dist.all_reduce(counts)
                     self._restart_dead(flat, counts)

@@ -34,6 +34,7 @@ from ..plumbing.trainkit import (
     save_training_state,
     set_learning_rate,
     stop_if_signalled,
+    to_device,
 )
 from .config import AutoencoderRunConfig
 from .evaluate import evaluate_reconstruction, measure_scaling_factor
@@ -90,7 +91,9 @@ def train_autoencoder(
     opt = adamw(params, tc, acc.device)
     use_disc = cfg.loss.disc_weight > 0
     disc = PatchDiscriminator(cfg.data.channels, cfg.loss.disc_channels, cfg.loss.disc_layers) if use_disc else None
-    dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr or tc.lr, betas=tc.adam_betas) if use_disc else None
+    # AdamW's default weight decay (0.01) for the discriminator, fused where adamw() fuses (skips on the device)
+    dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr or tc.lr, betas=tc.adam_betas,
+                             fused=acc.device.type in ("cpu", "cuda") or None) if use_disc else None
     lpips_model = load_lpips(cfg.loss, log=log)
 
     # ---------------------------------------------------------------- resume
@@ -136,7 +139,7 @@ def train_autoencoder(
         guard = StepGuard(tc, signals, clock, acc, log=log)  # skip/stop decisions agreed by every process
         while keep_training(tc, step, guard):
             x, _ = next(batches)
-            x = x.to(device, non_blocking=True)
+            x = to_device(x, device)
             opt_step = step // tc.grad_accumulation  # every schedule counts optimizer steps
             model.train()
             set_learning_rate(opt, learning_rate(tc, step))  # a function of the step: resume needs no state
@@ -159,21 +162,19 @@ def train_autoencoder(
                         g_loss = decoder_adversarial_loss(raw_disc, rec, cfg.loss.disc_loss)  # unwrapped: no DDP sync
                         d_weight = adaptive_weight(nll, g_loss, raw.last_layer(), cfg.loss.adaptive_weight_max)
                         loss = loss + cfg.loss.disc_weight * ramp * d_weight * g_loss
-                if not guard.check(loss, step, last_ckpt, opt):
-                    step += 1  # the batch is consumed, so a resumed run stays in step with an uninterrupted one
-                    bar.update(1)
-                    continue
-                optimizer_step(loss, opt, model.parameters(), tc.grad_clip, acc)
+                guard.check(loss, step, last_ckpt)  # a bad step is skipped on the device (no host read)
+                optimizer_step(loss, opt, model.parameters(), tc.grad_clip, acc, guard=guard)
                 if disc_active:
                     with acc.autocast():
                         logits_real, logits_fake = disc(x), disc(rec.detach())
                         d_loss = discriminator_loss(cfg.loss.disc_loss, logits_real, logits_fake)
                         if cfg.loss.lecam_weight > 0:
                             d_loss = d_loss + cfg.loss.lecam_weight * lecam_penalty(raw_disc, logits_real, logits_fake, cfg.loss.lecam_decay)
-                    optimizer_step(d_loss, dopt, disc.parameters(), None, acc)
+                    optimizer_step(d_loss, dopt, disc.parameters(), None, acc, skip=guard.found)
             step += 1
             steps_done += 1
             bar.update(1)
+            guard.after_step(step)  # agreed stop flags; at settle points the bad-step tally
 
             # -------------------------------------------------------- metrics (on the device until logged)
             with torch.no_grad():
@@ -206,6 +207,7 @@ def train_autoencoder(
     bar.close()
     batches.close()  # stops the loader's worker processes
     clock.stop()
+    steps_done = guard.trained_steps(steps_done)
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/rec_loss", "train/psnr", "train/perplexity", "train/codebook_usage_epoch_so_far"])
 

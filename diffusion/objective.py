@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from ..plumbing.trainkit import to_device
 from .config import ObjectiveConfig
 
 
@@ -97,4 +98,4 @@ def sample_noise_and_timesteps(
     (so a run is reproducible on any device) and moved to x0's device."""
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
     timesteps = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=generator)
-    return noise.to(x0.device, x0.dtype), timesteps.to(x0.device)
+    return to_device(noise, x0.device).to(x0.dtype), to_device(timesteps, x0.device)

@@ -38,6 +38,7 @@ from ..plumbing.trainkit import (
     save_training_state,
     set_learning_rate,
     step_generator,
+    to_device,
     stop_if_signalled,
 )
 from .config import DiffusionRunConfig
@@ -121,10 +122,10 @@ def train_diffusion(
         guard = StepGuard(tc, signals, clock, acc, log=log)  # skip/stop decisions agreed by every process
         while keep_training(tc, step, guard):
             x0, labels = cache.train.batch(next(batches))  # B x C x h x w scaled latents, B labels
-            x0 = x0.to(device, non_blocking=True)
+            x0 = to_device(x0, device)
             g = step_generator(tc.seed, step, acc.process_index)
             noise, timesteps = sample_noise_and_timesteps(x0, oc.num_train_timesteps, g)
-            class_labels = drop_labels(labels, oc.label_dropout, null, g).to(device) if num_classes else None
+            class_labels = to_device(drop_labels(labels, oc.label_dropout, null, g), device) if num_classes else None
             set_learning_rate(opt, learning_rate(tc, step))  # warm-up, then constant (LDM) or cosine
             unet.train()
             with acc.accumulate(unet):
@@ -134,16 +135,14 @@ def train_diffusion(
                 target = training_target(oc.prediction_type, x0, noise, timesteps, noise_scheduler)
                 weights = min_snr_weights(noise_scheduler, timesteps, oc.prediction_type, oc.min_snr_gamma)
                 loss = diffusion_loss(prediction, target, weights)
-                if not guard.check(loss, step, last_ckpt, opt):
-                    step += 1  # the batch and its noise are consumed, so a resumed run stays in step
-                    bar.update(1)
-                    continue
-                optimizer_step(loss, opt, unet.parameters(), tc.grad_clip, acc)
+                guard.check(loss, step, last_ckpt)  # a bad step is skipped on the device (no host read)
+                optimizer_step(loss, opt, unet.parameters(), tc.grad_clip, acc, guard=guard)
             if acc.sync_gradients:
-                ema.update(raw)
+                ema.update(raw, skip=guard.found)
             step += 1
             steps_done += 1
             bar.update(1)
+            guard.after_step(step)  # agreed stop flags; at settle points the bad-step tally
 
             # -------------------------------------------------------- logging, grids, checkpoints
             window.add(loss)
@@ -159,6 +158,7 @@ def train_diffusion(
             stop_if_signalled(guard, step, save_checkpoint, bar, logger, run_dir)
     bar.close()
     clock.stop()
+    steps_done = guard.trained_steps(steps_done)
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/lr"])
 

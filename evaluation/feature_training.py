@@ -100,10 +100,11 @@ def train_domain_classifier(source: str, out: str | Path, cfg: FeatureTrainConfi
                 x = augment(x, g)
             set_learning_rate(opt, learning_rate(tc, step))
             loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-            if guard.check(loss, step, None, opt):
-                optimizer_step(loss, opt, model.parameters(), tc.grad_clip)
+            guard.check(loss, step)  # a bad step is skipped on the device
+            optimizer_step(loss, opt, model.parameters(), tc.grad_clip, guard=guard)
             step += 1
             bar.update(1)
+            guard.after_step(step)
             if due(step, tc.log_every, tc):
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             stop_if_signalled(guard, step, None, bar)

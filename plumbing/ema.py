@@ -1,6 +1,6 @@
 """Exponential moving average of the UNet weights (used for samples and the exported model).
 
-θ_ema ← d·θ_ema + (1 − d)·θ after every optimizer step. With warm-up the decay at update n (counting
+θ_ema ← d·θ_ema + (1 − d)·θ after every optimizer step (none after a skipped one). With warm-up the decay at update n (counting
 from 0) is d_n = min(d, (1 + n)/(10 + n)) (the schedule of TensorFlow's ExponentialMovingAverage with
 num_updates, also used by diffusers' EMAModel), so the average is not stuck near the initialisation in
 short runs. Buffers are copied, not averaged.
@@ -29,11 +29,20 @@ class EMA:
         self.num_updates = 0
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> float:
-        """Move the average towards ``model``'s current weights; returns the decay that was used."""
+    def update(self, model: nn.Module, skip: torch.Tensor | None = None) -> float:
+        """Move the average towards ``model``'s current weights; returns the decay that was used.
+
+        ``skip`` (a bool tensor on the device, the trainer's verdict on this optimizer step): where true the
+        average stays where it is, decided on the device. The update count advances either way, so the
+        decay schedule stays a function of the optimizer step."""
         d = ema_decay_at(self.num_updates, self.decay, self.warmup)
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - d)  # ema + (1-d)(p - ema) = d·ema + (1-d)·p
+        params = list(self.model.parameters())
+        if skip is None:
+            weight = 1.0 - d
+        else:
+            weight = torch.where(skip, 0.0, 1.0 - d).to(params[0].dtype) if params else None
+        for ema_p, p in zip(params, model.parameters()):
+            ema_p.lerp_(p.detach().to(ema_p.dtype), weight)  # ema + w(p - ema): w = 1 - d gives d·ema + (1-d)·p
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
         self.num_updates += 1

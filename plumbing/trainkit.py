@@ -9,13 +9,17 @@ export); they call these helpers for the steps they have in common:
 * ``learning_rate`` / ``set_learning_rate`` -- warm-up then constant or cosine, a pure function of the
   *optimizer* step (``step // grad_accumulation``), so every loop schedules the same and resume needs
   no scheduler state.
-* ``optimizer_step`` -- backward, gradient clipping on the accumulation boundary, step, zero_grad.
-* ``StepGuard`` -- every skip/stop decision of a loop, agreed by all processes at the same step in one
-  reduce: the NaN policy (skip one bad batch -- the batch is consumed: the loop advances its step, so a
-  resumed run draws the same batches as an uninterrupted one -- and stop on the next), a SIGINT/SIGTERM
-  (``StopSignals`` catches it; ``stop_if_signalled`` saves a checkpoint and exits 130/143) and the time
-  budget ``train.max_seconds`` (``keep_training``, the loop condition). One process deciding alone would
-  leave the others waiting in a collective: a DDP run would hang instead of skipping or stopping.
+* ``optimizer_step`` -- backward, gradient clipping on the accumulation boundary, step, zero_grad; with
+  the guard, a bad step is skipped by the fused AdamW on the device (``found_inf``).
+* ``StepGuard`` -- every skip/stop decision of a loop, agreed by all processes at the same step, with no
+  device-to-host read on the hot path: the NaN policy (skip one bad batch -- the batch is consumed: the
+  loop advances its step, so a resumed run draws the same batches as an uninterrupted one -- and stop on
+  the next; decided on the device, reported at the next settle point), a SIGINT/SIGTERM (``StopSignals``
+  catches it; ``stop_if_signalled`` saves a checkpoint and exits 130/143) and the time budget
+  ``train.max_seconds`` (``keep_training``, the loop condition), both agreed over a CPU gloo group. One
+  process deciding alone would leave the others waiting in a collective: a DDP run would hang instead of
+  skipping or stopping.
+* ``to_device`` -- CPU-drawn tensors (noise, masks, batches) to the GPU without a host wait.
 * ``TrainClock`` -- training seconds that keep counting across ``--resume``.
 * ``resume_training`` / ``save_training_state`` -- one checkpoint convention: modules and optimizers by
   name, the torch CPU RNG, ``step`` and ``train_seconds`` in ``state.json``; one wording for a checkpoint
@@ -132,15 +136,18 @@ class LossWindow:
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, torch.Tensor] = {}
         self.last: dict[str, float] = {}
         self.last_mean = float("nan")
 
     def add(self, loss: torch.Tensor, **others) -> None:
+        """Add this step's scalars; a non-finite value (a step the guard skips) is left out of its mean."""
         for key, value in {"loss": loss, **others}.items():
             value = torch.as_tensor(value).detach().float()
+            finite = torch.isfinite(value)
+            value = torch.where(finite, value, torch.zeros_like(value))
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self.counts[key] = self.counts[key] + finite if key in self.counts else finite.float()
 
     def means(self, accelerator) -> dict[str, float]:
         """Every scalar's mean, reduced over processes in one call (all processes report the same keys),
@@ -148,7 +155,7 @@ class LossWindow:
         keys = sorted(self.sums)
         if not keys:
             return {}
-        local = torch.stack([self.sums[k].to(accelerator.device) / self.counts[k] for k in keys])
+        local = torch.stack([(self.sums[k] / self.counts[k]).to(accelerator.device) for k in keys])
         values = accelerator.reduce(local, "mean").cpu().tolist()
         self.last = dict(zip(keys, values))
         self.last_mean = self.last.get("loss", float("nan"))
@@ -250,59 +257,146 @@ class StopSignals:
 
 
 class StepGuard:
-    """The skip and stop decisions of a training loop, taken by every process at the same step.
+    """The skip and stop decisions of a training loop, taken by every process at the same step, with no
+    host synchronisation on the hot path.
 
-    :meth:`check` runs once per step, after the loss and before backward. It reduces (max over processes,
-    one ``all_reduce`` of three numbers) what each process saw: a non-finite loss, a SIGINT/SIGTERM
-    (:class:`StopSignals`), the time budget ``train.max_seconds`` spent (:class:`TrainClock`). So if one
-    process alone sees a NaN, every process skips that batch; if one alone is signalled, every process
-    saves and stops after the same step; the slowest clock decides the budget. A single process needs no
-    reduce. The budget is also agreed once at the start, so a resumed run that is already out of time
-    runs no step.
+    * **Non-finite steps** are found and skipped on the device. :meth:`check` (after the loss) notes whether
+      the loss is finite; :func:`optimizer_step` adds the total gradient norm at the accumulation boundary
+      (after DDP's all-reduce, so a NaN on one process is seen by all) and hands the verdict to the fused
+      AdamW as ``found_inf``: a bad step leaves weights, moments and step count untouched, and the EMA
+      (:meth:`EMA.update`'s ``skip``) stands still. The host reads the tally only at a settle point
+      (:meth:`after_step`: every ``min(log_every, 50)`` steps, at checkpoints and at the end) -- so the
+      warning for the first skipped step, and the error for the second (``train.skip_nonfinite_once``),
+      arrive there, naming the exact step; no checkpoint is ever written past the error.
+    * **SIGINT/SIGTERM** (:class:`StopSignals`) and the time budget ``train.max_seconds`` (:class:`TrainClock`)
+      are host facts. One process reads them every step; several processes post them in :meth:`check`
+      (an asynchronous all-reduce, max, over a CPU gloo group: it never touches the GPU queue) and read the
+      agreed result in :meth:`after_step` of the same step. So if one process alone is signalled, every
+      process saves and stops after the same step; the slowest clock decides the budget. The budget is
+      also agreed once at the start, so a resumed run that is already out of time runs no step.
+    * Under fp16 autocast the gradient scaler skips overflowing steps itself (as it must, many times early
+      on); then only non-finite *losses* count as bad steps.
     """
 
     def __init__(self, tc: TrainLoopConfig, signals: "StopSignals", clock: "TrainClock", accelerator=None, log=print):
         self.allow_skip, self.max_seconds, self.grad_accumulation = tc.skip_nonfinite_once, tc.max_seconds, tc.grad_accumulation
+        self.settle_every = min(tc.log_every, 50)
+        self.checkpoint_every, self.max_steps = tc.checkpoint_every, tc.max_steps
         self.signals, self.clock, self.accelerator, self.log = signals, clock, accelerator, log
-        self.skipped = 0
+        self.skipped = 0  # optimizer steps skipped (known on the host as of the last settle point)
         self.stop_signal: str | None = None  # agreed: the signal every process stops for
         self.out_of_time = False  # agreed: the time budget is spent
-        if self.max_seconds is not None:
-            self._agree(0.0)
+        self.last_checkpoint: Path | None = None
+        device = accelerator.device if accelerator is not None else torch.device("cpu")
+        self.multi = accelerator is not None and accelerator.num_processes > 1
+        self.fp16 = accelerator is not None and getattr(accelerator, "scaler", None) is not None
+        # on the device: bad steps so far; (step, loss was non-finite here, its value) of the first and last
+        self._count = torch.zeros((), dtype=torch.float64, device=device)
+        self._first = torch.full((3,), -1.0, dtype=torch.float64, device=device)
+        self._last = self._first.clone()
+        self._window_bad = torch.zeros((), dtype=torch.bool, device=device)  # this accumulation window's losses
+        self._window_value = torch.zeros((), dtype=torch.float64, device=device)
+        self.found: torch.Tensor | None = None  # the last optimizer step's verdict (bool, on the device)
+        self._step = 0
+        self._group, self._flags, self._pending = None, None, None
+        if self.multi:
+            import torch.distributed as dist
 
+            # host flags travel over gloo on CPU tensors; a GPU run gets its own gloo group for them
+            self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+            self._flags = torch.zeros(2, dtype=torch.float64)
+        if self.max_seconds is not None:
+            self._post()
+            self._receive()
+
+    # ------------------------------------------------------------------ host flags (signal, budget)
     def _over_budget(self) -> bool:
         return self.max_seconds is not None and self.clock.total() >= self.max_seconds
 
-    def _agree(self, nonfinite: float) -> bool:
+    def _local_flags(self) -> list[float]:
         signum = float(signal.Signals[self.signals.requested]) if self.signals.requested else 0.0
-        local = [nonfinite, signum, float(self._over_budget())]
-        acc = self.accelerator
-        if acc is not None and acc.num_processes > 1:
-            agreed = acc.reduce(torch.tensor(local, dtype=torch.float64, device=acc.device), "max").tolist()
-        else:
-            agreed = local
-        if agreed[1] and self.stop_signal is None:
-            self.stop_signal = signal.Signals(int(agreed[1])).name
-        self.out_of_time = self.out_of_time or bool(agreed[2])
-        return bool(agreed[0])
+        return [signum, float(self._over_budget())]
 
-    def check(self, loss: torch.Tensor, step: int, last_checkpoint: Path | None, optimizer=None) -> bool:
-        """True if the step may proceed; False if every process skips this batch (``optimizer``'s gradients
-        are cleared then). On a second non-finite loss every process raises the same UserError."""
-        value = float(loss.detach())
-        if not self._agree(float(not math.isfinite(value))):
-            return True
-        here = not math.isfinite(value)
-        if self.allow_skip and self.skipped == 0:
-            self.skipped += 1
-            seen = f"loss is {value}" if here else "the loss of another process is not finite"
-            self.log(f"warning: {seen} at step {step}; skipping this batch once (on every process)")
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-            return False
-        seen = f"loss became {value}" if here else "the loss of another process became non-finite"
-        where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-        raise UserError(f"{seen} at step {step} ({where}); lower train.lr, enable train.grad_clip, or check the data, then --resume")
+    def _post(self) -> None:
+        if not self.multi:
+            return
+        import torch.distributed as dist
+
+        self._flags = torch.tensor(self._local_flags(), dtype=torch.float64)
+        self._pending = dist.all_reduce(self._flags, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+
+    def _receive(self) -> None:
+        if self.multi:
+            if self._pending is None:
+                return
+            self._pending.wait()
+            self._pending = None
+            agreed = self._flags.tolist()  # a CPU tensor: no device synchronisation
+        else:
+            agreed = self._local_flags()
+        if agreed[0] and self.stop_signal is None:
+            self.stop_signal = signal.Signals(int(agreed[0])).name
+        self.out_of_time = self.out_of_time or bool(agreed[1])
+
+    # ------------------------------------------------------------------ the step
+    def check(self, loss: torch.Tensor, step: int, last_checkpoint: Path | None = None, optimizer=None) -> bool:
+        """Once per loop step, after the loss and before backward: note (on the device) whether the loss is
+        finite and post this process's signal/budget flags. Returns True: the loop always runs the step;
+        a bad one is skipped inside :func:`optimizer_step`. (``optimizer`` is accepted for old callers.)"""
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss)
+        self._window_bad = self._window_bad | bad
+        self._window_value = torch.where(bad, loss.double(), self._window_value)
+        self._step, self.last_checkpoint = step, last_checkpoint if last_checkpoint is not None else self.last_checkpoint
+        self._post()
+        return True
+
+    def verdict(self, grad_norm: torch.Tensor | None) -> torch.Tensor:
+        """At an accumulation boundary: whether this optimizer step is bad (a non-finite loss in its window,
+        or non-finite gradients), recorded on the device for the next settle point. Under fp16 the gradient
+        scaler judges the gradients; only the losses count here."""
+        bad = self._window_bad
+        if grad_norm is not None and not self.fp16:
+            bad = bad | ~torch.isfinite(grad_norm.detach())
+        here = torch.stack([torch.full_like(self._count, self._step), self._window_bad.double(), self._window_value])  # no host copy
+        self._count += bad
+        self._first = torch.where(bad & (self._count == 1), here, self._first)
+        self._last = torch.where(bad, here, self._last)
+        self._window_bad = torch.zeros_like(self._window_bad)
+        self.found = bad
+        return bad
+
+    def after_step(self, step: int) -> None:
+        """After every loop step (``step`` already advanced): take the agreed signal/budget flags, and at a
+        settle point read the bad-step tally (one host read), warning for a first skipped step and raising
+        the UserError for one more than ``train.skip_nonfinite_once`` allows."""
+        self._receive()
+        if step % self.settle_every == 0 or step % self.checkpoint_every == 0 or step >= self.max_steps or self.stop_signal:
+            self.settle()
+
+    def settle(self) -> int:
+        """Read the tally now (one device-to-host read; agreed over processes); returns the steps skipped."""
+        tally = torch.cat([self._count.view(1), self._first, self._last])
+        if self.multi:  # the count and steps by max; the 'here' flags and values stay this process's own
+            agreed = self.accelerator.reduce(tally.clone(), "max")
+            tally = torch.where(torch.tensor([True, True, False, False, True, False, False], device=tally.device), agreed, tally)
+        count, first_step, first_here, first_value, last_step, last_here, last_value = tally.tolist()
+        count = int(count)
+        allowed = 1 if self.allow_skip else 0
+        if count > self.skipped and self.skipped < allowed:
+            seen = f"loss is {first_value}" if first_here else "the loss of another process is not finite"
+            self.log(f"warning: {seen} at step {int(first_step)}; skipping this batch once (on every process)")
+        self.skipped = count
+        if count > allowed:
+            seen = f"loss became {last_value}" if last_here else "the loss of another process became non-finite"
+            where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            raise UserError(f"{seen} at step {int(last_step)} ({where}); lower train.lr, enable train.grad_clip, or check "
+                            "the data, then --resume")
+        return count
+
+    def trained_steps(self, loop_steps: int) -> int:
+        """Of ``loop_steps`` run in this session, how many trained (not skipped); settles first."""
+        return loop_steps - self.settle() * self.grad_accumulation
 
 
 def stop_if_signalled(guard: StepGuard, step: int, save_checkpoint, bar, logger=None, run_dir: Path | None = None) -> None:
@@ -339,6 +433,15 @@ def lr_lambda(warmup_steps: int, schedule: str = "constant", max_steps: int = 0,
     return f
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` (drawn or gathered on the CPU) on ``device`` without making the host wait: on CUDA through
+    pinned memory, asynchronously (a copy from pageable memory waits for every kernel queued before it)."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """The CPU generator for the random draws of one (step, process): noise, timesteps, masks, label
     dropout. A function of (seed, step, rank) alone, so a resumed run draws exactly what an uninterrupted
@@ -359,11 +462,15 @@ def learning_rate(tc: TrainLoopConfig, step: int) -> float:
     return tc.lr * multiplier(step // tc.grad_accumulation)
 
 
-def adamw(parameters, tc: TrainLoopConfig, device: torch.device | str = "cpu") -> torch.optim.AdamW:
-    """The optimizer of every vqldm trainer: AdamW with the loop's lr, betas and weight decay; on CUDA the
-    fused kernel (one launch for all parameters instead of several per tensor; the same update)."""
-    fused = torch.device(device).type == "cuda"
-    return torch.optim.AdamW(parameters, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay, fused=fused or None)
+def adamw(parameters, tc: TrainLoopConfig, device: torch.device | str = "cpu", lr: float | None = None) -> torch.optim.AdamW:
+    """The optimizer of every vqldm trainer: AdamW with the loop's lr, betas and weight decay, as the fused
+    kernel on CPU and CUDA (one pass for all parameters instead of several per tensor: 3.7x faster than
+    foreach for a 16M-parameter UNet on one CPU core, ``benchmarks/bench_train_step.py``; its step count
+    stays on the device) -- and the one that skips a bad step on the device (``found_inf``, see
+    :class:`StepGuard`). Other devices get the default implementation."""
+    fused = torch.device(device).type in ("cuda", "cpu")
+    return torch.optim.AdamW(parameters, lr=tc.lr if lr is None else lr, betas=tc.adam_betas,
+                             weight_decay=tc.weight_decay, fused=fused or None)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -371,18 +478,46 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def optimizer_step(loss: torch.Tensor, optimizer, parameters, grad_clip: float | None, accelerator=None) -> None:
+def _inner_optimizer(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, parameters, grad_clip: float | None, accelerator=None,
+                   guard: StepGuard | None = None, skip: torch.Tensor | None = None) -> None:
     """Backward, clip the gradient norm where gradients are synchronised (the accumulation boundary),
     step and clear. Under accumulation accelerate's prepared optimizer skips the step between boundaries.
-    Without an accelerator (a plain single-process loop) every call is a boundary."""
+    Without an accelerator (a plain single-process loop) every call is a boundary.
+
+    With ``guard`` the boundary's verdict (:meth:`StepGuard.verdict`: the window's losses and the gradient
+    norm) decides on the device whether the fused AdamW applies the step; ``skip`` (a second optimizer in
+    the same step, e.g. the discriminator's) skips it where the first step was skipped or its own gradients
+    are not finite, without counting it again. No host read either way, except for a non-fused optimizer,
+    which cannot skip on the device."""
+    params = [p for p in parameters]
+    boundary = accelerator is None or accelerator.sync_gradients
     if accelerator is None:
         loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
     else:
         accelerator.backward(loss)
-        if grad_clip and accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(parameters, grad_clip)
+    if boundary and (guard is not None or skip is not None or grad_clip):
+        if grad_clip:
+            clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+            norm = clip(params, grad_clip)
+        if not grad_clip or norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if guard is not None:
+            bad = guard.verdict(norm)
+        elif skip is not None:
+            bad = skip | ~torch.isfinite(norm)
+        else:
+            bad = None
+        inner = _inner_optimizer(optimizer)
+        if bad is not None and not (guard is not None and guard.fp16):  # fp16: the gradient scaler sets found_inf
+            if inner.defaults.get("fused"):
+                inner.found_inf = bad.float()
+            elif bool(bad):  # a non-fused optimizer: skip on the host (one read)
+                optimizer.zero_grad(set_to_none=True)
+                return
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

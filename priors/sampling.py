@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from ..plumbing.trainkit import to_device
 from .config import PriorSamplingConfig
 
 
@@ -168,7 +169,7 @@ def masked_training_batch(codes: torch.Tensor, mask_id: int, generator: torch.Ge
     n = torch.ceil(mask_ratio(u, schedule) * t).clamp(min=1).long()
     scores = torch.rand((b, t), generator=generator)
     rank = scores.argsort(dim=1).argsort(dim=1)
-    mask = (rank < n[:, None]).to(codes.device)
+    mask = to_device(rank < n[:, None], codes.device)
     return codes.masked_fill(mask, mask_id), mask
 
 
@@ -181,7 +182,10 @@ def prior_loss(model, codes: torch.Tensor, labels: torch.Tensor | None, generato
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
     inputs, mask = masked_training_batch(codes, mask_id, generator, schedule)
     logits = model(inputs, labels)
-    return F.cross_entropy(logits[mask].float(), codes[mask])
+    # the mean over the masked positions; ignore_index instead of logits[mask] (a boolean index would make
+    # the host wait for the device to learn how many positions there are)
+    targets = codes.masked_fill(~mask, -100)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
 
 
 def sample_codes(prior: torch.nn.Module, kind: str, labels: torch.Tensor | None, batch_size: int, sampling, seed: int,

@@ -39,6 +39,7 @@ from ..plumbing.trainkit import (
     save_training_state,
     set_learning_rate,
     step_generator,
+    to_device,
     stop_if_signalled,
 )
 from .config import KINDS, PriorRunConfig
@@ -120,24 +121,22 @@ def train_prior(
         guard = StepGuard(tc, signals, clock, acc, log=log)  # skip/stop decisions agreed by every process
         while keep_training(tc, step, guard):
             codes, labels = cache.train.batch(next(batches))  # B x T code ids, B labels
-            codes = codes.to(device, non_blocking=True)
+            codes = to_device(codes, device)
             g = step_generator(tc.seed, step, acc.process_index)
-            class_labels = drop_labels(labels, cfg.objective.label_dropout, null, g).to(device) if num_classes else None
+            class_labels = to_device(drop_labels(labels, cfg.objective.label_dropout, null, g), device) if num_classes else None
             set_learning_rate(opt, learning_rate(tc, step))
             prior.train()
             with acc.accumulate(prior):
                 with acc.autocast():
                     loss = prior_loss(prior, codes, class_labels, g, raw.config.causal, raw.mask_id, cfg.objective.mask_schedule)
-                if not guard.check(loss, step, last_ckpt, opt):
-                    step += 1  # the batch and its draws are consumed, so a resumed run stays in step
-                    bar.update(1)
-                    continue
-                optimizer_step(loss, opt, prior.parameters(), tc.grad_clip, acc)
+                guard.check(loss, step, last_ckpt)  # a bad step is skipped on the device (no host read)
+                optimizer_step(loss, opt, prior.parameters(), tc.grad_clip, acc, guard=guard)
             if acc.sync_gradients:
-                ema.update(raw)
+                ema.update(raw, skip=guard.found)
             step += 1
             steps_done += 1
             bar.update(1)
+            guard.after_step(step)  # agreed stop flags; at settle points the bad-step tally
 
             # -------------------------------------------------------- logging, grids, checkpoints
             window.add(loss)
@@ -152,6 +151,7 @@ def train_prior(
             stop_if_signalled(guard, step, save_checkpoint, bar, logger, run_dir)
     bar.close()
     clock.stop()
+    steps_done = guard.trained_steps(steps_done)
     save_checkpoint(step)
     logger.loss_curves(["train/loss", "train/lr"])
 
