@@ -76,7 +76,7 @@ def choose_autoencoder(summary: DataSummary, device: str) -> AutoChoice:
     check_fits(summary)
     n = summary.count
     data = {"source": summary.source, "channels": summary.channels}
-    if summary.kind in ("folder", "hf"):
+    if summary.kind in ("folder", "hf", "shards"):
         data["fit"] = "resize"  # shorter side to size, then a center crop: any aspect ratio, no borders
     if summary.kind == "named" and summary.channels == 1:
         # the preset measured on these very images (docs/results.md); minutes on a GPU

@@ -303,7 +303,17 @@ def _prior_with_other_vqvae(scratch: Path, shared: dict) -> Path:
     return folder
 
 
-AE, LDM, PRIOR, GEN, CONVERT = "train-autoencoder", "train-diffusion", "train-prior", "generate", "convert"
+def _truncated_shard(scratch: Path) -> str:
+    """Shards written by `vqldm shard`, the first cut inside its second image (its size no longer matches
+    shards.json, so it is scanned; cutting in half could leave only the tar's zero padding out)."""
+    write_good_images(scratch / "images", 12)
+    run_cli(["shard", str(scratch / "images"), str(scratch / "shards"), "--shard-size", "4", "--no-progress"])
+    first = scratch / "shards" / "shard-000000.tar"
+    first.write_bytes(first.read_bytes()[:1500])
+    return f"shards:{scratch / 'shards'}"
+
+
+AE, LDM, PRIOR, GEN, CONVERT, SHARD = "train-autoencoder", "train-diffusion", "train-prior", "generate", "convert", "shard"
 CASES: list[Case] = [
     # ------------------------------------------------------------------ train-autoencoder: data
     Case(AE, "data path does not exist", lambda s, _: _ae(s, data=s / "missing")),
@@ -320,6 +330,10 @@ CASES: list[Case] = [
     Case(AE, "--labels folders without class subfolders", lambda s, _: _ae(s, "--labels", "folders")),
     Case(AE, "Hugging Face dataset that does not exist (hf:PATH, offline)", lambda s, _: _ae(s, data=f"hf:{s / 'no-such-dataset'}")),
     Case(AE, "hf: with no name", lambda s, _: _ae(s, data="hf:")),
+    Case(AE, "shards: a folder without .tar files", lambda s, _: _ae(s, data=f"shards:{write_good_images(s / 'images', 4)[0].parent}")),
+    Case(AE, "shards: a brace pattern that matches no shard", lambda s, _: _ae(s, data=f"shards:{s}/train-{{000000..000009}}.tar")),
+    Case(AE, "shards: a truncated tar shard", lambda s, _: _ae(s, data=_truncated_shard(s))),
+    Case(AE, "shards: with nothing after it", lambda s, _: _ae(s, data="shards:")),
     Case(AE, "negative worker count (--set data.num_workers=-1)", lambda s, _: _ae(s, "--set", "data.num_workers=-1")),
     Case(AE, "--config auto on a folder of 3 images",
          lambda s, _: ["train-autoencoder", "--config", "auto", "--data", str(_folder_with(s, lambda f: write_good_images(f, 3))),
@@ -356,6 +370,14 @@ CASES: list[Case] = [
     Case(CONVERT, "plain state dict with --trust-pickle (converts)",
          lambda s, _: ["convert", str(write_pickle(s / "model.pt")), str(s / "out" / "model.safetensors"), "--trust-pickle"],
          expect_exit=0),
+    # ------------------------------------------------------------------ shard
+    Case(SHARD, "OUT is not empty", lambda s, _: ["shard", str(write_good_images(s / "images", 4)[0].parent), str(_a_file(s).parent),
+                                                  "--no-progress"]),
+    Case(SHARD, "--shard-size lots", lambda s, _: ["shard", str(write_good_images(s / "images", 4)[0].parent), str(s / "out"),
+                                                   "--shard-size", "lots"], flags=("--shard-size",)),
+    Case(SHARD, "--labels folders on a folder without subfolders",
+         lambda s, _: ["shard", str(write_good_images(s / "images", 4)[0].parent), str(s / "out"), "--labels", "folders",
+                       "--no-progress"]),
     # ------------------------------------------------------------------ train-diffusion
     Case(LDM, "--autoencoder path does not exist", lambda s, sh: _ldm(s, sh, autoencoder=s / "missing"), needs=("ae_run",)),
     Case(LDM, "--autoencoder is a pickle checkpoint (.ckpt)", lambda s, sh: _ldm(s, sh, autoencoder=write_pickle(s / "ae.ckpt")),

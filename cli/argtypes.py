@@ -66,3 +66,29 @@ def device_name(text: str) -> str:
     except (RuntimeError, TypeError):
         raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}") from None
     return text
+
+
+_SIZE_UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def shard_size(text: str) -> tuple[str, int]:
+    """Images per shard (``5000``: ("images", 5000)) or a target size a shard (``256MB``, ``1GiB``:
+    ("bytes", n))."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b)?\s*", text.lower())
+    if not m or (m.group(2) is None and "." in m.group(1)):
+        raise argparse.ArgumentTypeError(f"must be an image count (5000) or a size (256MB, 1GB), got {text!r}")
+    value = float(m.group(1)) * (_SIZE_UNITS[m.group(2)] if m.group(2) else 1)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return ("bytes" if m.group(2) else "images"), int(value)
+
+
+def file_stem(text: str) -> str:
+    """A plain file-name prefix: letters, digits, '-' and '_' (no folders, dots or braces)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        raise argparse.ArgumentTypeError(f"must be letters, digits, '-' or '_' only, got {text!r}")
+    return text

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-from .argtypes import positive_int
+from .argtypes import file_stem, positive_int, shard_size
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -42,7 +42,8 @@ def flag_words(message: str) -> str:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True,
                    help="YAML config path, a preset name (e.g. fashion-mnist), or auto: sized for the data and device")
-    p.add_argument("--data", help="image folder or named dataset (fashion-mnist, mnist, cifar10)")
+    p.add_argument("--data", help="image folder, hf:NAME, shards:DIR or shards:PATTERN (tar shards), or a named dataset "
+                   "(fashion-mnist, mnist, cifar10)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<command>)")
     p.add_argument("--max-steps", type=positive_int, default=None, help="override train.max_steps")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
@@ -75,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--autoencoder", required=True, help="autoencoder run folder (holding vqvae/) or a VQModel folder")
 
+    p = sub.add_parser("shard", help="write an image folder as webdataset tar shards (train on them with --data shards:OUT)")
+    p.add_argument("folder", help="image folder (indexed as for --data FOLDER: broken files are skipped and reported)")
+    p.add_argument("out", help="new or empty folder for the shards and their index, shards.json")
+    p.add_argument("--labels", choices=["none", "folders"], default="none",
+                   help="write each image's first-level subfolder as its class (a .cls member; names in shards.json)")
+    p.add_argument("--shard-size", type=shard_size, default="256MB", metavar="N|SIZE",
+                   help="images per shard, or a target size such as 256MB or 1GB (default 256MB): shards that large are "
+                        "read at disk/network speed and are few enough files, yet a dataset still gives enough of them to deal "
+                        "to every process (each reads whole shards: you need at least one per process)")
+    p.add_argument("--prefix", type=file_stem, default="shard", help="shard file names: PREFIX-000000.tar, ... (default shard)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     # generate / evaluate own their arguments (cli/generate.py, cli/evaluate.py)
     from . import evaluate, generate
 
@@ -90,6 +103,14 @@ def _overrides(args) -> list[str]:
     if args.labels:
         extra.append(f"data.labels={args.labels}")
     return extra
+
+
+def _streaming(args) -> bool:
+    """Whether the overrides ask for ``data.streaming`` (so ``--config auto`` describes the stream, not a download)."""
+    import yaml
+
+    values = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0].strip() == "data.streaming" and "=" in o]
+    return bool(values) and yaml.safe_load(values[-1]) is True
 
 
 def _say(line: str) -> None:
@@ -115,7 +136,7 @@ def cmd_train_autoencoder(args) -> int:
     from ..data.summary import describe_data
 
     if args.config == AUTO:
-        summary = describe_data(args.data, args.labels)
+        summary = describe_data(args.data, args.labels, streaming=_streaming(args))
         cfg, line = auto_autoencoder_config(summary, detect_device(), _overrides(args), args.max_steps)
         _say(line)
     else:
@@ -162,6 +183,15 @@ def cmd_train_prior(args) -> int:
     return 0
 
 
+def cmd_shard(args) -> int:
+    from ..data.shards import write_shards
+
+    unit, value = args.shard_size
+    print(write_shards(args.folder, args.out, labels=args.labels, prefix=args.prefix, progress=not args.no_progress,
+                       **({"images_per_shard": value} if unit == "images" else {"shard_bytes": value})))
+    return 0
+
+
 def cmd_generate(args) -> int:
     from .generate import main as generate_main
 
@@ -198,6 +228,7 @@ HANDLERS = {
     "generate": cmd_generate,
     "evaluate": cmd_evaluate,
     "convert": cmd_convert,
+    "shard": cmd_shard,
 }
 
 

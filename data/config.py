@@ -21,6 +21,8 @@ class DataConfig:
     random_crop: bool = False  # training: crop at a random place instead of the centre (fit resize/crop, non-square images)
     random_flip: bool = False  # training: mirror each image left-right with probability 1/2
     hf_config: str | None = None  # --data hf:NAME: the dataset's configuration (subset) name, where it has several
+    streaming: bool = False  # --data hf:NAME: read the dataset as a stream instead of downloading it first (data/streaming.py)
+    stream_holdout_images: int = 2000  # streaming: held-out images read into memory (the test split's first N, else N train rows)
 
     def __post_init__(self):
         # None (image_size, channels) is allowed only by LatentDataConfig: "take it from the autoencoder"
@@ -30,5 +32,7 @@ class DataConfig:
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.stream_holdout_images < 1:
+            raise ValueError(f"data.stream_holdout_images must be >= 1, got {self.stream_holdout_images}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0 (or null for automatic), got {self.num_workers}")

@@ -132,9 +132,10 @@ def decode_image(source: str | os.PathLike | bytes, channels: int) -> np.ndarray
     return _open_loaded(source, lambda img: pil_to_array(_upright(img), channels))
 
 
-def probe_image(path: str | os.PathLike) -> tuple[int, int, int]:
-    """(height, width, colour bands) of an image file, after decoding it fully (the folder index's
-    check that a file is usable); ValueError as :func:`decode_image`."""
+def probe_image(path: str | os.PathLike | bytes) -> tuple[int, int, int]:
+    """(height, width, colour bands) of an image file (a path, or its bytes: a tar shard's member), after
+    decoding it fully (the folder and shard indexes' check that an image is usable); ValueError as
+    :func:`decode_image`."""
     def shape(img: Image.Image) -> tuple[int, int, int]:
         img = _upright(img)
         colour = img.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")

@@ -28,13 +28,18 @@ class AugmentedViews(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, epoch = item
-        rng = np.random.default_rng([self.seed, epoch, i])
-        u = rng.integers(0, 1001, size=3) / 1000.0
-        offset = (float(u[0]), float(u[1])) if self.crop else (0.5, 0.5)
+        offset, mirror = view_draw(self.seed, epoch, i, self.crop, self.flip)
         arr = self.split.read(i, offset)
-        if self.flip and u[2] >= 0.5:
+        if mirror:
             arr = arr[:, ::-1]
         return chw_tensor(arr), self.split.labels[i]
+
+
+def view_draw(seed: int, epoch: int, key: int, crop: bool, flip: bool) -> tuple[tuple[float, float], bool]:
+    """The crop offset (top, left) and mirroring of image ``key`` (an index, or a streamed image's content
+    key) in ``epoch``: drawn from (seed, epoch, key) alone."""
+    u = np.random.default_rng([seed, epoch, key]).integers(0, 1001, size=3) / 1000.0
+    return ((float(u[0]), float(u[1])) if crop else (0.5, 0.5)), bool(flip and u[2] >= 0.5)
 
 
 class _StepBatches:
@@ -54,6 +59,9 @@ def train_batches(split: ImageSplit, sampler: "BatchSampler", start_step: int, c
                   pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless training batches (images in [-1, 1], labels) from global step ``start_step`` on: the same
     images, in the same order, with the same crops and flips, as an uninterrupted run would see."""
+    if getattr(split, "streaming", False):  # a streamed dataset has its own order (:mod:`.streaming`)
+        yield from split.train_batches(sampler, start_step, cfg, seed, pin_memory)
+        return
     augment = cfg.random_crop or cfg.random_flip
     dataset = AugmentedViews(split, seed, cfg.random_crop, cfg.random_flip) if augment else split
     if split.in_memory and not augment:  # no decoding: gather in this process

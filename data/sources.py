@@ -10,7 +10,10 @@ Sources (``--data``)
   folder written by ``save_to_disk``, or a local folder of data files (parquet, arrow, or an image
   folder). Arrow files are memory-mapped, so every process shares them. The first Image column holds
   the images, a ClassLabel column (``label``, else the first) the classes; the ``test`` (or
-  ``validation``) split is the held-out one, else a stable fraction of the rows.
+  ``validation``) split is the held-out one, else a stable fraction of the rows. With ``data.streaming``
+  it is read as a stream instead, nothing downloaded up front (:mod:`.streaming`).
+* ``shards:DIR`` or ``shards:PATTERN``: webdataset-layout tar shards (``train-{000000..000127}.tar``), local
+  or at URLs, read map-style with a shard-aware batch order (:mod:`.shards`; ``vqldm shard`` writes them).
 * a named dataset: ``fashion-mnist``, ``mnist``, ``cifar10`` (torchvision downloads them for online
   users; Fashion-MNIST is also read from Debian's ``/usr/share/datasets/fashion-mnist``). These are
   small and kept in memory as uint8.
@@ -40,6 +43,7 @@ from .splits import ArraySplit, Datasets, FileSplit, Geometry, HFSplit
 
 NAMED_DATASETS = ("fashion-mnist", "mnist", "cifar10")
 HF_PREFIX = "hf:"
+SHARDS_PREFIX = "shards:"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -182,15 +186,16 @@ def load_folder(root: Path, cfg: DataConfig, log: Callable[[str], None] = print,
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets
-def hf_load(name: str, config: str | None = None):
-    """``datasets.load_from_disk`` for a ``save_to_disk`` folder, else ``datasets.load_dataset`` (Hub name or data folder)."""
+def hf_load(name: str, config: str | None = None, streaming: bool = False):
+    """``datasets.load_from_disk`` for a ``save_to_disk`` folder, else ``datasets.load_dataset`` (Hub name or
+    data folder; ``streaming``: as ``IterableDataset``s, nothing downloaded up front)."""
     import datasets as hf
 
     path = Path(name).expanduser()
     try:
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-            return hf.load_from_disk(str(path))  # written by save_to_disk
-        return hf.load_dataset(str(path) if path.is_dir() else name, config)
+            return hf.load_from_disk(str(path))  # written by save_to_disk (memory-mapped: streamed from it by the caller)
+        return hf.load_dataset(str(path) if path.is_dir() else name, config, streaming=streaming)
     except Exception as err:  # datasets raises many types (hub, file, builder errors)
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise UserError(f"could not load the Hugging Face dataset {name!r} ({type(err).__name__}: {first}); check the name "
@@ -211,22 +216,32 @@ class HFLayout:
 
 def hf_layout(name: str, loaded) -> HFLayout:
     """The training and held-out splits, the first Image column and the ClassLabel column (``label``,
-    ``labels``, else the first) of a loaded dataset; a UserError when it has no split or no images."""
+    ``labels``, else the first) of a loaded dataset (``Dataset``s or streamed ``IterableDataset``s); a
+    UserError when it has no split or no images."""
     import datasets as hf
 
-    splits = {"train": loaded} if isinstance(loaded, hf.Dataset) else dict(loaded)
+    splits = {"train": loaded} if isinstance(loaded, (hf.Dataset, hf.IterableDataset)) else dict(loaded)
     if not splits:
         raise UserError(f"the Hugging Face dataset {name!r} has no splits; pass another dataset")
     train_name = "train" if "train" in splits else sorted(splits)[0]
     holdout_name = next((s for s in ("test", "validation", "valid", "val") if s in splits and s != train_name), None)
     features = splits[train_name].features
+    if features is None:  # some streams (json, generators) only know their columns' types from the rows
+        try:
+            splits[train_name] = splits[train_name]._resolve_features()
+            features = splits[train_name].features
+        except Exception:
+            features = None
+        if features is None:
+            raise UserError(f"the stream of the Hugging Face dataset {name!r} does not say its columns' types; "
+                            "drop data.streaming (download it) or pass a dataset with an Image column")
     image_column = next((k for k, f in features.items() if isinstance(f, hf.Image)), None)
     if image_column is None:
         raise UserError(f"the Hugging Face dataset {name!r} has no Image column (columns: {', '.join(features)}); pass a dataset of images")
     label_columns = [k for k, f in features.items() if isinstance(f, hf.ClassLabel)]
     label_column = next((k for k in ("label", "labels") if k in label_columns), label_columns[0] if label_columns else None)
     class_names = list(features[label_column].names) if label_column else []
-    if len(splits[train_name]) == 0:
+    if isinstance(splits[train_name], hf.Dataset) and len(splits[train_name]) == 0:  # a stream is checked as it is read
         raise UserError(f"the {train_name!r} split of the Hugging Face dataset {name!r} is empty; pass another dataset")
     return HFLayout(splits, train_name, holdout_name, image_column, label_column, class_names)
 
@@ -235,6 +250,10 @@ def load_hf(name: str, cfg: DataConfig) -> Datasets:
     """``hf:NAME``: train and held-out splits of a ``datasets`` dataset (see the module docstring)."""
     import datasets as hf
 
+    if cfg.streaming:
+        from .streaming import load_hf_stream
+
+        return load_hf_stream(name, cfg)
     layout = hf_layout(name, hf_load(name, cfg.hf_config))
     splits, image_column, label_column, class_names = layout.splits, layout.image_column, layout.label_column, layout.class_names
     train_name, holdout_name = layout.train, layout.holdout
@@ -267,12 +286,19 @@ def load_hf(name: str, cfg: DataConfig) -> Datasets:
 # ----------------------------------------------------------------------------- any source
 def load_datasets(source: str | None, cfg: DataConfig, log: Callable[[str], None] = print, progress: bool = True,
                   accelerator=None) -> Datasets:
-    """Train and held-out splits of ``source``: a folder path, ``hf:NAME``, or a named dataset. With an
+    """Train and held-out splits of ``source``: a folder path, ``hf:NAME``, ``shards:SPEC``, or a named dataset. With an
     ``accelerate.Accelerator``, the main process indexes a folder first and the others then reuse its index."""
     if not source:
-        raise UserError("no data given; pass --data with an image folder, hf:NAME (a Hugging Face dataset) or one of: "
-                        + ", ".join(NAMED_DATASETS))
-    if source.startswith(HF_PREFIX):
+        raise UserError("no data given; pass --data with an image folder, hf:NAME (a Hugging Face dataset), shards:DIR "
+                        "(tar shards) or one of: " + ", ".join(NAMED_DATASETS))
+    if cfg.streaming and not source.startswith(HF_PREFIX):  # shards are read on demand already
+        raise UserError(f"data.streaming reads Hugging Face datasets (--data hf:NAME), not {source!r}; "
+                        "drop data.streaming (--set data.streaming=false) or pass hf:NAME")
+    if source.startswith(SHARDS_PREFIX):
+        from .shards import load_shards  # imported here: shards imports this module
+
+        ds = load_shards(source[len(SHARDS_PREFIX):], cfg, log=log, progress=progress, accelerator=accelerator)
+    elif source.startswith(HF_PREFIX):
         if not source[len(HF_PREFIX):]:
             raise UserError("--data hf: needs a dataset name or folder after 'hf:', e.g. hf:user/dataset")
         ds = load_hf(source[len(HF_PREFIX):], cfg)

@@ -170,6 +170,16 @@ class FileSplit(ImageSplit):
         return h.hexdigest()[:16]
 
 
+def read_hf_image(value, geometry: Geometry, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+    """An undecoded ``datasets`` Image value (``{"bytes", "path"}``) -> uint8 H x W x C at ``geometry``,
+    cropped at ``offset`` where larger; ValueError (as :func:`decode_image`) when it is not a usable image."""
+    data = value.get("bytes") if isinstance(value, dict) else None
+    source = data if data else (value or {}).get("path")
+    if not source:
+        raise ValueError("empty")
+    return fit_array(decode_image(source, geometry.channels), geometry.size, geometry.fit, offset=offset)
+
+
 class HFSplit(ImageSplit):
     """Rows of a Hugging Face ``datasets.Dataset`` (memory-mapped Arrow); the image column is read
     undecoded and decoded here, so every image goes through the same checks as a file."""
@@ -180,15 +190,9 @@ class HFSplit(ImageSplit):
         self.labels, self.class_names, self.geometry, self.name = labels, list(class_names), geometry, name
 
     def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
-        g = self.geometry
         row = int(self.rows[i])
-        value = self.dataset[row][self.image_column]
         try:
-            data = value.get("bytes") if isinstance(value, dict) else None
-            source = data if data else (value or {}).get("path")
-            if not source:
-                raise ValueError("empty")
-            return fit_array(decode_image(source, g.channels), g.size, g.fit, offset=offset)
+            return read_hf_image(self.dataset[row][self.image_column], self.geometry, offset)
         except ValueError as err:
             raise UserError(f"row {row} of {self.name!r} is not a usable image ({err}); remove it from the dataset") from None
 

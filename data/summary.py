@@ -2,7 +2,8 @@
 
 :func:`describe_data` reads image count, channels, size distribution and class subfolders from file
 names and image *headers* of a bounded sample (PIL opens a file without decoding its pixels): at most
-500 headers, however large the folder. Named datasets are known constants. Class subfolders (every
+500 headers, however large the folder. Tar shards (``shards:``) are described from their index, which
+holds every image's size (:mod:`.shards`). Named datasets are known constants. Class subfolders (every
 image in one, at least two, not numbered shards like FFHQ's 00000/) make stage 2 class-conditional.
 :func:`check_fits` refuses data no config fits (fewer than :data:`MIN_IMAGES` images, images under 8 px)
 with a one-line UserError. The stages turn a :class:`DataSummary` into a sized config (their
@@ -21,7 +22,7 @@ from PIL import Image
 from ..plumbing.errors import UserError
 from .decode import IMAGE_SUFFIXES
 from .folder_index import scan_folder
-from .sources import HF_PREFIX, hf_layout, hf_load
+from .sources import HF_PREFIX, SHARDS_PREFIX, hf_layout, hf_load
 
 # Named datasets: (train images, channels, height, width, classes); never downloaded just to be described.
 NAMED = {
@@ -41,7 +42,7 @@ class DataSummary:
     """What ``--config auto`` knows about the data: counts from file names, modes and sizes from headers."""
 
     source: str
-    kind: str  # "folder", "hf" or "named"
+    kind: str  # "folder", "hf", "shards" or "named"
     count: int  # image files (by extension) or the named dataset's training images
     channels: int  # 1 or 3
     median_hw: tuple[int, int]
@@ -79,16 +80,19 @@ def _looks_like_classes(names: list[str]) -> bool:
     return not shards
 
 
-def describe_data(source: str | os.PathLike | None, labels: str | None = None) -> DataSummary:
-    """Summarise ``source`` (an image folder, ``hf:NAME`` or a named dataset) for sizing a run.
+def describe_data(source: str | os.PathLike | None, labels: str | None = None, streaming: bool = False) -> DataSummary:
+    """Summarise ``source`` (an image folder, ``hf:NAME``, ``shards:SPEC`` or a named dataset) for sizing a run.
 
     ``labels``: "folders" or "none" as the user asked, or None to decide: first-level subfolders are
     classes when every image is in one, there are at least two, and they are not numbered shards.
+    ``streaming`` (``data.streaming``): an ``hf:`` dataset is described from its stream, not downloaded.
     """
     if not source:
         raise UserError("--config auto needs --data: an image folder, or one of " + ", ".join(NAMED))
     if str(source).startswith(HF_PREFIX):
-        return _describe_hf(str(source)[len(HF_PREFIX):], labels)
+        return _describe_hf(str(source)[len(HF_PREFIX):], labels, streaming)
+    if str(source).startswith(SHARDS_PREFIX):
+        return _describe_shards(str(source)[len(SHARDS_PREFIX):], labels)
     path = Path(source).expanduser()
     if not path.exists():
         name = str(source).lower()
@@ -140,20 +144,28 @@ def describe_data(source: str | os.PathLike | None, labels: str | None = None) -
     )
 
 
-def _describe_hf(name: str, labels: str | None) -> DataSummary:
+def _describe_hf(name: str, labels: str | None, streaming: bool = False) -> DataSummary:
     """A Hugging Face dataset: rows of the training split, image headers of a sample (the bytes are read,
-    not decoded), its ClassLabel column as classes unless ``--labels none``."""
+    not decoded; a stream: its first rows), its ClassLabel column as classes unless ``--labels none``."""
     import io
+    from itertools import islice
 
     import datasets as hf
 
-    layout = hf_layout(name, hf_load(name))
-    train = layout.splits[layout.train].cast_column(layout.image_column, hf.Image(decode=False))
-    n = len(train)
-    k = min(SAMPLE_HEADERS, n)
+    layout = hf_layout(name, hf_load(name, streaming=streaming))
+    if streaming:
+        from .streaming import train_stream
+
+        train, n = train_stream(name, layout)
+        values = [row[layout.image_column] for row in islice(train, SAMPLE_HEADERS)]
+    else:
+        train = layout.splits[layout.train].cast_column(layout.image_column, hf.Image(decode=False))
+        n = len(train)
+        k = min(SAMPLE_HEADERS, n)
+        values = [train[i][layout.image_column] for i in sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})]
     sizes, colour = [], 0
-    for i in sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)}):
-        value = train[i][layout.image_column] or {}
+    for value in values:
+        value = value or {}
         try:
             with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")) as img:
                 w, h = img.size
@@ -170,6 +182,34 @@ def _describe_hf(name: str, labels: str | None) -> DataSummary:
         median_hw=(int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes))),
         min_side=min(sides), max_side=max(sides), median_side=int(statistics.median_low(sides)),
         labels=use, class_names=layout.class_names if use == "folders" else [], sampled=len(sizes),
+    )
+
+
+def _describe_shards(spec: str, labels: str | None) -> DataSummary:
+    """Tar shards: their index (shards.json, or the cached scan, which decode-checks every image once and
+    records its size): sample count, sizes and colour of every image, classes from the cls members
+    (used unless ``--labels none``; names from shards.json, else the numbers)."""
+    from .shards import index_shards
+
+    index = index_shards(spec, log=lambda msg: None)
+    rows = [row for record in index.records for row in record.rows]
+    if not rows:
+        raise UserError(f"no usable image in the shards of {spec!r}; --config auto sizes a run from them")
+    sizes = [(row[6], row[7]) for row in rows]
+    colour = sum(1 for row in rows if row[8] == 3)
+    found = sorted({row[4] for row in rows if row[4] is not None})
+    if labels == "folders" and not found:
+        raise UserError(f"--labels folders needs a .cls member (the class number) per sample in the shards of {spec!r}, found none; "
+                        "write them with `vqldm shard FOLDER OUT --labels folders`")
+    every = all(row[4] is not None for row in rows)
+    use = "folders" if labels == "folders" or (labels is None and every and len(found) > 1) else "none"
+    names = (index.class_names or [str(i) for i in range(found[-1] + 1)]) if use == "folders" else []
+    sides = [min(h, w) for h, w in sizes]
+    return DataSummary(
+        source=SHARDS_PREFIX + spec, kind="shards", count=len(rows), channels=3 if colour >= COLOUR_SHARE * len(rows) else 1,
+        median_hw=(int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes))),
+        min_side=min(sides), max_side=max(sides), median_side=int(statistics.median_low(sides)),
+        labels=use, class_names=names, sampled=len(rows),
     )
 
 

@@ -144,7 +144,7 @@ def choose_diffusion(summary: DataSummary, latent: tuple[int, int, int], device:
     n = summary.count
     preset = _latent_family(latent[1:], device)
     data = {"source": summary.source}
-    if summary.kind == "folder":
+    if summary.kind in ("folder", "shards"):
         data["labels"] = summary.labels
     model = {"class_conditional": summary.num_classes > 0}
     if preset == "small":

@@ -52,6 +52,9 @@ def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_confi
     Source of truth: the autoencoder run's ``config.yaml`` data section (``ae_data``), else the vqvae
     config (``sample_size``, ``in_channels``). A value set in ``cfg`` that disagrees is a UserError.
     """
+    if cfg.streaming:  # the cache is laid out by row count and keyed by content, which a stream does not know up front
+        raise UserError("stage 2 encodes its images once into a latent cache, which needs the dataset downloaded; "
+                        "drop data.streaming (--set data.streaming=false) or save a subset with save_to_disk and pass hf:FOLDER")
     if ae_data:
         theirs = {k: ae_data.get(k) for k in ("image_size", "channels", "fit")}
     else:

@@ -119,7 +119,7 @@ def choose_prior(summary: DataSummary, latent: tuple[int, int, int], device: str
     check_fits(summary)
     n = summary.count
     data = {"source": summary.source}
-    if summary.kind == "folder":
+    if summary.kind in ("folder", "shards"):
         data["labels"] = summary.labels
     batch = batch_for(n, 64)
     # 150 passes; on CPU at most the Fashion-MNIST preset's 3000 steps (~15 minutes on 2 cores)
