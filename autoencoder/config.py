@@ -14,9 +14,11 @@ from ..data.config import DataConfig
 from ..data.summary import DataSummary, check_fits
 from ..plumbing.autosize import AutoChoice, batch_for, is_gpu, nearest_size, passes_to_steps, schedule_for
 from ..plumbing.config import load_config, read_yaml, resolve_config_path
+from ..plumbing.errors import UserError
 from ..plumbing.trainkit import TrainLoopConfig
 from .losses import LossConfig
 from .model import AutoencoderModelConfig
+from .fsq import fsq_levels
 from .quantizer import QuantizerConfig
 
 
@@ -34,6 +36,16 @@ class AutoencoderRunConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+
+    def __post_init__(self):
+        # fsq: its levels fit the codebook vectors and their product is the codebook (validated, never
+        # changed); without levels they are derived from both, and written here so config.yaml records them
+        if self.quantizer.kind == "fsq":
+            m = self.model
+            try:
+                self.quantizer.levels = fsq_levels(self.quantizer.levels, m.vq_embed_dim or m.latent_channels, m.codebook_size)
+            except ValueError as err:
+                raise UserError(str(err)) from None
 
 
 def load_autoencoder_config(path, overrides=()) -> AutoencoderRunConfig:

@@ -24,7 +24,9 @@ from ..plumbing.checkpoint import refuse_pickle
 from ..plumbing.config import config_value, read_yaml
 from ..plumbing.errors import UserError
 from ..plumbing.images import size_hw
+from .fsq import FSQ
 from .quantizer import QuantizerConfig, QuantizerOutput, VectorQuantizerEMA
+from .simvq import SimVQ
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +88,13 @@ def vq_decode(vqmodel: VQModel, z_q: torch.Tensor) -> torch.Tensor:
     return vqmodel.decoder(quant2, z_q if vqmodel.config.norm_type == "spatial" else None)
 
 
+QUANTIZERS = {"vq": VectorQuantizerEMA, "simvq": SimVQ, "fsq": FSQ}  # quantizer.kind -> its module
+
+
 class VQAutoencoder(nn.Module):
-    """Training wrapper: VQModel encoder/decoder + the EMA quantizer sharing its codebook.
+    """Training wrapper: VQModel encoder/decoder + the quantizer of ``quantizer.kind`` sharing its codebook
+    (every kind writes the codes it decodes into ``vqmodel.quantize.embedding``; call
+    ``quantizer.sync_codebook()`` after the last optimizer step before using ``vqmodel`` alone).
 
     ``forward(x)`` returns (reconstruction, QuantizerOutput, pre-quantization latents h); one module, so
     DDP sees one forward per step.
@@ -96,7 +103,7 @@ class VQAutoencoder(nn.Module):
     def __init__(self, vqmodel: VQModel, qcfg: QuantizerConfig, seed: int = 0):
         super().__init__()
         self.vqmodel = vqmodel
-        self.quantizer = VectorQuantizerEMA(vqmodel.quantize.embedding, qcfg, seed=seed)
+        self.quantizer = QUANTIZERS[qcfg.kind](vqmodel.quantize.embedding, qcfg, seed=seed)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vqmodel.quant_conv(self.vqmodel.encoder(x))  # B x D x h x w
@@ -112,11 +119,31 @@ class VQAutoencoder(nn.Module):
         return self.vqmodel.decoder.conv_out.weight
 
 
+NEAREST_CODE_BLOCK = 1 << 24  # distances held at once by nearest_codes (64 MB of float32)
+
+
+@torch.inference_mode()
+def nearest_codes(vqmodel: VQModel, h: torch.Tensor) -> torch.Tensor:
+    """Pre-quantization latents B x D x h x w -> the VQModel's nearest-code indices B x h x w: diffusers'
+    ``argmin(cdist(z, E))``, searched in blocks of rows so that K x rows distances stay under
+    ``NEAREST_CODE_BLOCK`` (an FSQ grid of 2^16 codes would need 16 GB for 64k latent vectors at once). Each
+    block has at least 256 rows, so cdist takes the same matrix-product path as on the whole input."""
+    codebook = vqmodel.quantize.embedding.weight
+    flat = h.permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])
+    rows = max(256, NEAREST_CODE_BLOCK // codebook.shape[0])
+    blocks = flat.tensor_split(max(1, flat.shape[0] // rows))  # each block: rows to 2 x rows vectors
+    idx = torch.cat([torch.argmin(torch.cdist(block, codebook), dim=1) for block in blocks])
+    return idx.view(h.shape[0], h.shape[2], h.shape[3])
+
+
 @torch.inference_mode()
 def encode_indices(vqmodel: VQModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-quantization latents -> (quantized latents, code indices B x h x w), by the VQModel's own lookup."""
-    z_q, _, (_, _, indices) = vqmodel.quantize(h)
-    return z_q, indices.view(h.shape[0], h.shape[2], h.shape[3])
+    """Pre-quantization latents -> (quantized latents, code indices B x h x w), by the VQModel's own lookup
+    (:func:`nearest_codes`), the quantized latents in the straight-through form ``h + (e - h)`` that
+    ``VQModel.quantize`` returns."""
+    indices = nearest_codes(vqmodel, h)
+    e = vqmodel.quantize.embedding(indices).permute(0, 3, 1, 2)  # B x D x h x w
+    return h + (e - h), indices
 
 
 @torch.inference_mode()

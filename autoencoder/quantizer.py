@@ -37,10 +37,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .rotation import rotation_trick
+
 
 @dataclass
 class QuantizerConfig:
-    beta: float = 0.25  # commitment weight on the encoder side (VQ-VAE paper)
+    # vq: this module; simvq: autoencoder/simvq.py; fsq: autoencoder/fsq.py (all export as a plain VQModel)
+    kind: Literal["vq", "simvq", "fsq"] = "vq"
+    beta: float = 0.25  # commitment weight on the encoder side (VQ-VAE paper); fsq: weight of its box penalty
+    gradient: Literal["ste", "rotation"] = "ste"  # into the encoder: straight-through, or the rotation trick (vq, simvq)
+    levels: list[int] | None = None  # fsq: levels per channel, e.g. [8, 5, 5, 5]; None = derived from the codebook
     codebook_update: Literal["ema", "gradient"] = "ema"
     ema_decay: float = 0.99  # VQ-VAE paper, appendix A.1
     init: Literal["kmeans", "samples", "uniform"] = "kmeans"  # uniform = diffusers' tiny ball (for comparison)
@@ -60,6 +66,12 @@ class QuantizerConfig:
             # a gradient step moves codes off the unit sphere, and then diffusers' Euclidean lookup no longer
             # picks the cosine-nearest code: the exported model would decode something else
             raise ValueError("quantizer.lookup=cosine needs quantizer.codebook_update=ema (it keeps the codes at unit norm)")
+        if self.gradient == "rotation" and self.kind == "fsq":
+            raise ValueError("quantizer.gradient=rotation applies to kind vq or simvq; use gradient=ste with kind=fsq")
+        if self.lookup == "cosine" and self.kind != "vq":
+            raise ValueError(f"quantizer.lookup=cosine applies to kind vq only; remove it for kind={self.kind}")
+        if self.levels is not None and self.kind != "fsq":
+            raise ValueError(f"quantizer.levels applies to kind fsq only; remove it for kind={self.kind}")
 
 
 @dataclass
@@ -77,9 +89,21 @@ def straight_through(h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return h + (q - h).detach()
 
 
+def encoder_gradient(kind: str, h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The decoder's input: value h + sg[q - h]; gradient into h of the identity (``ste``) or through the
+    rotation trick's sg[lambda R] (``rotation``, autoencoder/rotation.py). No gradient reaches q."""
+    return rotation_trick(h, q) if kind == "rotation" else straight_through(h, q)
+
+
 def nearest_code(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """argmin_j ||flat_i - e_j||, computed as diffusers' VectorQuantizer does (cdist), so ties break alike."""
     return torch.argmin(torch.cdist(flat, codebook), dim=1)
+
+
+def perplexity_of(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of the code distribution given by ``counts`` (K,): K when uniform, 1 when one code."""
+    probs = counts / counts.sum().clamp(min=1)
+    return torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
 
 
 def _distributed() -> bool:
@@ -142,6 +166,9 @@ class VectorQuantizerEMA(nn.Module):
     @property
     def codebook(self) -> torch.Tensor:
         return self._embedding[0].weight
+
+    def sync_codebook(self) -> None:
+        """Nothing to do: the VQModel's codebook *is* the trained codebook (SimVQ and FSQ materialise theirs)."""
 
     # ------------------------------------------------------------------ helpers
     def _gather_rows(self, flat: torch.Tensor, max_rows: int) -> torch.Tensor:
@@ -270,7 +297,6 @@ class VectorQuantizerEMA(nn.Module):
                     if _distributed() and self.cfg.codebook_update == "gradient":
                         dist.all_reduce(counts)
                     self._restart_dead(flat, counts)
-            probs = counts / counts.sum().clamp(min=1)
-            perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
-            z_q = straight_through(h, z_q.detach() if self.cfg.codebook_update == "ema" else z_q)
+            perplexity = perplexity_of(counts)
+            z_q = encoder_gradient(self.cfg.gradient, h, z_q.detach())
         return QuantizerOutput(z_q, indices.view(b, hh, ww), loss, commitment, codebook_loss, perplexity)

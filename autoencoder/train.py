@@ -118,6 +118,7 @@ def train_autoencoder(
         acc.wait_for_everyone()
         if not is_main:
             return None
+        raw.quantizer.sync_codebook()  # simvq: E = C W of the latest optimizer step, in the saved VQModel
         return save_training_state(
             run_dir, at_step, clock, tc.keep_checkpoints,
             modules={"model": raw, **({"disc": raw_disc} if use_disc else {})},
@@ -214,6 +215,7 @@ def train_autoencoder(
     # ---------------------------------------------------------------- export + final metrics
     metrics: dict = {}
     if is_main:
+        raw.quantizer.sync_codebook()  # the codes of the last optimizer step (simvq's E = C W) in the VQModel
         vq = raw.vqmodel.float().eval()
         scaling = measure_scaling_factor(vq, datasets.train, tc.eval_batch_size, device, tc.scaling_max_images, progress=tc.progress)
         vq.register_to_config(scaling_factor=scaling)

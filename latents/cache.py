@@ -38,7 +38,7 @@ from typing import Callable, Literal
 import torch
 from diffusers import VQModel
 
-from ..autoencoder.model import scale_latents, unscale_latents
+from ..autoencoder.model import nearest_codes, scale_latents, unscale_latents
 from ..data.splits import Datasets, ImageSplit
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
 from ..plumbing.errors import UserError
@@ -352,8 +352,7 @@ def latents_to_codes(vqvae: VQModel, latents: torch.Tensor, batch_size: int = 10
 
 def _codes(vqvae: VQModel, part: torch.Tensor, device) -> torch.Tensor:
     h = unscale_latents(part.float().to(device), vqvae)  # the cache holds h * scaling_factor
-    _, _, (_, _, indices) = vqvae.quantize(h)
-    return indices.view(part.shape[0], -1).cpu().long()
+    return nearest_codes(vqvae, h).view(part.shape[0], -1).cpu().long()  # blocked: K up to 2^16 fits
 
 
 @torch.inference_mode()
