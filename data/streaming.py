@@ -47,7 +47,7 @@ from ..plumbing.errors import UserError
 from ..plumbing.runs import bar_disable
 from .config import DataConfig
 from .folder_index import default_workers
-from .loading import view_draw
+from .loading import BatchSampler, view_draw
 from .sources import HF_PREFIX, hf_layout, hf_load
 from .splits import ArraySplit, Datasets, Geometry, ImageSplit, chw_tensor, read_hf_image, to_float
 
@@ -66,17 +66,13 @@ def content_key(value) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-class StreamSampler:
+class StreamSampler(BatchSampler):
     """The batch order's shape for a streamed split: ``batch_size`` per process, ``steps_per_epoch`` the
-    same on every process (the stream itself is read by :meth:`StreamedSplit.train_batches`)."""
+    same on every process, as :class:`~vqldm.data.loading.BatchSampler` counts them; it draws no indices
+    (the stream itself is read by :meth:`StreamedSplit.train_batches`)."""
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        if num_items < 1:
-            raise UserError("the training split is empty; add images")
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.global_batch = batch_size * world_size
-        self.steps_per_epoch = max(1, num_items // self.global_batch)
+    def batches(self, start_step: int = 0):
+        raise TypeError("a streamed split has no index order; read it with train_batches")
 
 
 class _Chunks(torch.utils.data.IterableDataset):

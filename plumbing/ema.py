@@ -36,12 +36,8 @@ class EMA:
         average stays where it is, decided on the device. The update count advances either way, so the
         decay schedule stays a function of the optimizer step."""
         d = ema_decay_at(self.num_updates, self.decay, self.warmup)
-        params = list(self.model.parameters())
-        if skip is None:
-            weight = 1.0 - d
-        else:
-            weight = torch.where(skip, 0.0, 1.0 - d).to(params[0].dtype) if params else None
-        for ema_p, p in zip(params, model.parameters()):
+        weight = 1.0 - d if skip is None else torch.where(skip, 0.0, 1.0 - d)
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
             ema_p.lerp_(p.detach().to(ema_p.dtype), weight)  # ema + w(p - ema): w = 1 - d gives d·ema + (1-d)·p
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)

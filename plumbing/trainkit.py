@@ -493,7 +493,7 @@ def optimizer_step(loss: torch.Tensor, optimizer, parameters, grad_clip: float |
     the same step, e.g. the discriminator's) skips it where the first step was skipped or its own gradients
     are not finite, without counting it again. No host read either way, except for a non-fused optimizer,
     which cannot skip on the device."""
-    params = [p for p in parameters]
+    params = list(parameters)
     boundary = accelerator is None or accelerator.sync_gradients
     if accelerator is None:
         loss.backward()
