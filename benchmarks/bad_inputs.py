@@ -278,6 +278,30 @@ def _ldm(scratch: Path, shared: dict, *extra: str, autoencoder: Path | str | Non
     return ["train-diffusion", "--autoencoder", str(ae), "--data", str(data), "--out", str(scratch / "out"), *TINY_LDM, *extra]
 
 
+def _text(scratch: Path, shared: dict, data: str | Path) -> list[str]:
+    """A tiny text-to-image run (``--config tiny-text``: it reads captions) on ``data``."""
+    return ["train-diffusion", "--config", "tiny-text", "--autoencoder", str(shared["ae_run"]), "--data", str(data),
+            "--out", str(scratch / "out"), "--max-steps", "2", "--set", "train.progress=false"]
+
+
+def _captioned(scratch: Path, lines: list[str]) -> Path:
+    """4 good images and a metadata.jsonl of ``lines``."""
+    folder = scratch / "images"
+    write_good_images(folder, 4)
+    (folder / "metadata.jsonl").write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    return folder
+
+
+def _hf_without_captions(scratch: Path) -> str:
+    """A save_to_disk dataset of images and a label column, no text column."""
+    import datasets as hf
+
+    images = [Image.open(p) for p in write_good_images(scratch / "png", 4)]
+    features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=["a", "b"])})
+    hf.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=features).save_to_disk(str(scratch / "ds"))
+    return f"hf:{scratch / 'ds'}"
+
+
 def _gen(scratch: Path, shared: dict, *extra: str, model: Path | str | None = None, out: str | None = None) -> list[str]:
     model = shared["pipeline"] if model is None else model
     out = str(scratch / "out" / "grid.png") if out is None else out
@@ -393,6 +417,16 @@ CASES: list[Case] = [
     Case(LDM, "mismatched models: data.image_size 32 for a 16-pixel autoencoder",
          lambda s, sh: _ldm(s, sh, "--set", "data.image_size=32"), needs=("ae_run",)),
     Case(LDM, "--out inside a file (not writable)", lambda s, sh: _ldm(s, sh, "--out", str(_a_file(s) / "run")), needs=("ae_run",)),
+    Case(LDM, "text model: an image without a caption (metadata.jsonl names 3 of 4)",
+         lambda s, sh: _text(s, sh, _captioned(s, [f'{{"file_name": "good_{i:03d}.png", "text": "a square"}}' for i in (0, 1, 3)])),
+         needs=("ae_run",)),
+    Case(LDM, "text model: a metadata.jsonl line that is not JSON",
+         lambda s, sh: _text(s, sh, _captioned(s, ['{"file_name": "good_000.png", "text": "a square"}', "good_001.png,a square"])),
+         needs=("ae_run",)),
+    Case(LDM, "text model: a metadata.jsonl line whose text is not a string",
+         lambda s, sh: _text(s, sh, _captioned(s, ['{"file_name": "good_000.png", "text": ["a", "square"]}'])), needs=("ae_run",)),
+    Case(LDM, "text model: hf: dataset without a caption column", lambda s, sh: _text(s, sh, _hf_without_captions(s)), needs=("ae_run",)),
+    Case(LDM, "text model: a named dataset (no captions)", lambda s, sh: _text(s, sh, "fashion-mnist"), needs=("ae_run",)),
     # ------------------------------------------------------------------ generate
     Case(GEN, "--model path does not exist", lambda s, sh: _gen(s, sh, model=s / "missing"), flags=("--model",)),
     Case(GEN, "--model is a pickle checkpoint (.ckpt)", lambda s, sh: _gen(s, sh, model=write_pickle(s / "pipe.ckpt")), flags=("--model",)),

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="MODEL_DIR",
                    help="pipeline folder (model_index.json, vqvae/, unet/, scheduler/) or prior folder (prior/, vqvae/, "
                         "vqldm.json), or their run folder; default: the shipped model")
-    p.add_argument("--num-images", type=positive_int, default=16, metavar="N", help="how many images (default 16)")
+    p.add_argument("--num-images", type=positive_int, default=None, metavar="N",
+                   help="how many images (default 16; with --prompt-file, one per prompt)")
     p.add_argument("--out", default="samples.png", metavar="PATH",
                    help="x.png / x.jpg / x.webp writes one grid; a folder path ending in / writes one file per image, "
                         "each batch as soon as it is decoded (default samples.png)")
@@ -62,8 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ddim | ddpm | dpm (DPM-Solver++) | euler | unipc (default: the model's default_scheduler, else its own)")
     p.add_argument("--class", dest="class_", default=None, metavar="C",
                    help="class index or name (class-conditional models; default: cycle through all classes)")
+    p.add_argument("--prompt", default=None, metavar="TEXT", help="text-to-image models: the prompt of every image")
+    p.add_argument("--prompt-file", default=None, metavar="FILE",
+                   help="text-to-image models: one prompt per line (UTF-8); image i gets prompt i mod the number of prompts")
     p.add_argument("--guidance", type=positive_float, default=None, metavar="G",
-                   help="classifier-free guidance scale (1 = none; class-conditional models only; default: the model's "
+                   help="classifier-free guidance scale (1 = none; class-conditional and text models; default: the model's "
                         "default_guidance in vqldm.json, else 1)")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="images per UNet batch (default 16)")
     p.add_argument("--eta", type=unit_float, default=None, help="DDIM eta, 0..1 (latent diffusion; default 0: deterministic DDIM)")
@@ -102,11 +106,43 @@ def _check_args(args) -> None:
         raise UserError("--mask needs --init-image (the image whose white-masked part is regenerated)")
     if args.interpolate is not None and args.init_image is not None:
         raise UserError("--interpolate cannot be combined with --init-image; use one or the other")
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UserError("--prompt and --prompt-file both give the prompts; use one of them")
+    if (args.prompt is not None or args.prompt_file is not None) and args.class_ is not None:
+        raise UserError("--class and --prompt are for different models (class-conditional, text-to-image); use one of them")
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty; give a prompt, or drop --prompt to sample unconditionally")
+    args.prompts = _read_prompts(args.prompt_file) if args.prompt_file is not None else ([args.prompt] if args.prompt else None)
+    args.num_images_given = args.num_images is not None
+    if args.num_images is None:
+        args.num_images = len(args.prompts) if args.prompt_file is not None else 16
     device = torch.device(_resolve_device(args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
     if args.dtype != "fp32" and device.type != "cuda":
         raise UserError(f"--dtype {args.dtype} is for CUDA GPUs; use --dtype fp32 on {device.type}")
+
+
+def _read_prompts(path: str) -> list[str]:
+    """The prompts of a --prompt-file: one per line, none empty (a blank last line is allowed)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"--prompt-file {path!r} not found; check the path") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--prompt-file {path!r} is not UTF-8 text; save it as UTF-8, one prompt per line") from None
+    except OSError as err:
+        raise UserError(f"--prompt-file {path!r} cannot be read ({err.strerror}); check the path") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise UserError(f"--prompt-file {path!r} holds no prompts; write one prompt per line")
+    empty = [n for n, line in enumerate(lines, 1) if not line.strip()]
+    if empty:
+        raise UserError(f"--prompt-file {path!r}: line {empty[0]} is empty ({len(empty)} empty line{'s' if len(empty) > 1 else ''}); "
+                        f"write one prompt per line, with no blank lines between them")
+    return [line.strip() for line in lines]
 
 
 def _open_image(path: str, what: str):
@@ -231,7 +267,7 @@ def _fingerprint(model: str | None) -> str:
 def _settings(args) -> dict:
     """What decides the images (their count excepted): --resume continues only a run with these settings.
     --unet-path is not one of them: the eager and frozen UNets give the same images to ~1e-6."""
-    keys = ("seed", "steps", "scheduler", "class_", "guidance", "batch_size", "eta", "init_image", "strength", "mask",
+    keys = ("seed", "steps", "scheduler", "class_", "prompts", "guidance", "batch_size", "eta", "init_image", "strength", "mask",
             "no_quantize", "device", "dtype", "temperature", "top_k", "top_p", "format")
     return {"model": str(Path(args.model).resolve()) if args.model else "shipped", "model_fingerprint": _fingerprint(args.model),
             **{k: getattr(args, k) for k in keys}}
@@ -328,6 +364,26 @@ def _check_against_model(pipe, args) -> int | None:
         limit = f"the {pipe.max_inference_steps} timesteps {what} was trained with"
     if args.steps is not None and args.steps > pipe.max_inference_steps:
         raise UserError(f"--steps {args.steps} is more than {limit}; pass --steps 1..{pipe.max_inference_steps}")
+    flag = "--prompt-file" if args.prompt_file is not None else "--prompt"
+    if getattr(pipe, "is_superres", False):
+        if args.init_image is None:
+            raise UserError(f"{what} is a super-resolution model: pass --init-image LOW_RES.png, the image to upscale "
+                            f"{pipe.upscale_factor}x")
+        for option, given in (("--mask", args.mask is not None), ("--strength", args.strength is not None),
+                              ("--class", args.class_ is not None), (flag, args.prompts is not None),
+                              ("--guidance", args.guidance not in (None, 1.0)), ("--interpolate", args.interpolate is not None)):
+            if given:
+                raise UserError(f"{option} does not apply to {what}, a super-resolution model (it upscales --init-image); drop {option}")
+        return None
+    if getattr(pipe, "is_text_model", False):
+        if args.class_ is not None:
+            raise UserError(f"{what} is text-to-image (it has no classes); pass --prompt TEXT instead of --class")
+        if args.guidance is not None and args.guidance != 1.0 and args.prompts is None:
+            raise UserError("--guidance pulls samples towards a prompt; pass --prompt TEXT (or --prompt-file) with it")
+        return None
+    if args.prompts is not None:
+        kind = "class-conditional (use --class)" if pipe.num_classes else "unconditional"
+        raise UserError(f"{flag} needs a text-to-image model; {what} is {kind}: drop {flag}")
     if not pipe.num_classes:
         if args.class_ is not None:
             raise UserError(f"{what} is unconditional (it has no classes); drop --class")
@@ -383,6 +439,8 @@ def main(args) -> int:
     start = time.perf_counter()
     pipe = load_sampler(args.model, device=_resolve_device(args.device))  # ModelFolderError: one line (cli/main.py)
     label = _check_against_model(pipe, args)
+    if getattr(pipe, "is_superres", False) and not args.num_images_given:
+        args.num_images = plan["count"] = 1  # upscale the image once unless asked for several samples
     if folder is not None:
         _check_free_space(folder, pipe.image_shape, plan["count"] - first)
     _make_output(plan)
@@ -390,6 +448,11 @@ def main(args) -> int:
         tqdm.write(f"nothing to resume in {folder} (no {MANIFEST}); starting from the first image", file=sys.stderr)
     specific = _configure(pipe, args)
 
+    prompts = args.prompts
+    if prompts is not None:
+        prompts_for = lambda lo, hi: [prompts[i % len(prompts)] for i in range(lo, hi)]  # noqa: E731
+    else:
+        prompts_for = lambda lo, hi: None  # noqa: E731
     if label is not None:
         labels_for = lambda lo, hi: [label] * (hi - lo)  # noqa: E731
     elif pipe.num_classes:
@@ -401,8 +464,9 @@ def main(args) -> int:
     if args.interpolate is not None:
         pipe.set_progress_bar_config(disable=args.no_progress, desc="interpolating")
         labels = labels_for(0, 1)
+        text = {"prompt": prompts[0]} if prompts else {}
         images = pipe.interpolate(args.seed, args.interpolate, frames=args.frames,
-                                  class_labels=labels[0] if labels else None, **common).images.cpu()
+                                  class_labels=labels[0] if labels else None, **text, **common).images.cpu()
         if folder is not None:
             _write_batch(images, folder, 0, suffix, width)
             where = f"{images.shape[0]} images in {folder}/"
@@ -424,6 +488,8 @@ def main(args) -> int:
         for k, lo in enumerate(range(first, n, b), start=done_batches):
             hi = min(lo + b, n)
             extra = {"strength": args.strength} if args.strength is not None else {}
+            if prompts is not None:
+                extra["prompt"] = prompts_for(lo, hi)
             out = pipe(batch_size=hi - lo, class_labels=labels_for(lo, hi), generator=generator,
                        image=init_image, mask_image=mask, **extra, **common)
             images = out.images.cpu()
@@ -445,7 +511,9 @@ def main(args) -> int:
         print(f"nothing to do: all {args.num_images} images are already in {folder}/")
     else:
         note = ""
-        if pipe.num_classes and args.guidance is None:
+        if (pipe.num_classes or prompts is not None) and args.guidance is None:
             note = f"; guidance {pipe.default_guidance:g}, the model's default; --guidance G to change"
+        elif getattr(pipe, "is_text_model", False) and prompts is None:
+            note = "; no --prompt: unconditional samples (the empty prompt)"
         print(f"wrote {where} ({n_made} images, {seconds:.1f} s, {seconds / n_made:.2f} s/image{note})")
     return 0

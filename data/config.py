@@ -23,6 +23,8 @@ class DataConfig:
     hf_config: str | None = None  # --data hf:NAME: the dataset's configuration (subset) name, where it has several
     streaming: bool = False  # --data hf:NAME: read the dataset as a stream instead of downloading it first (data/streaming.py)
     stream_holdout_images: int = 2000  # streaming: held-out images read into memory (the test split's first N, else N train rows)
+    captions: bool = False  # read a caption per image (text-to-image; data/captions.py): every image must have one
+    caption_column: str | None = None  # --data hf:NAME: the captions' column (None: the first of text, caption, captions, prompt)
 
     def __post_init__(self):
         # None (image_size, channels) is allowed only by LatentDataConfig: "take it from the autoencoder"

@@ -36,7 +36,7 @@ be dealt, so an epoch may leave out the surplus of the larger shares (a differen
 Held-out split: a stable hash of ``key.ext`` (for shards written from a folder: the image's path
 in that folder, so the same images are held out as when training on the folder itself). Labels: the
 ``cls`` members when ``data.labels`` is not ``none``; class names from ``shards.json``, else the
-label numbers as text.
+label numbers as text. Captions (``data.captions``): the ``txt`` members, read into the index.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 from ..plumbing.checkpoint import AtomicDir, atomic_write_json
 from ..plumbing.errors import UserError
 from ..plumbing.runs import bar_disable, progress_bar
+from .captions import PackedStrings, folder_captions
 from .config import DataConfig
 from .decode import IMAGE_SUFFIXES, decode_image, fit_array, probe_image
 from .folder_index import SkippedFile, cache_dir, default_workers, index_folder, skipped_summary
@@ -489,46 +490,19 @@ def index_shards(spec: str, log: Callable[[str], None] = print, progress: bool =
 
 
 # ----------------------------------------------------------------------------- splits
-class PackedStrings:
-    """Many strings as two numpy arrays (UTF-8 bytes and end offsets): forked DataLoader workers do not
-    copy them (a list of str objects is copied page by page as its reference counts are touched)."""
-
-    def __init__(self, blob: np.ndarray, ends: np.ndarray):
-        self.blob, self.ends = blob, ends
-
-    @classmethod
-    def of(cls, strings: list[str]) -> "PackedStrings":
-        encoded = [s.encode("utf-8") for s in strings]
-        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
-        return cls(blob, np.cumsum([len(e) for e in encoded], dtype=np.int64))
-
-    def __len__(self) -> int:
-        return len(self.ends)
-
-    def __getitem__(self, i: int) -> str:
-        i = range(len(self))[i]
-        start = int(self.ends[i - 1]) if i else 0
-        return self.blob[start : int(self.ends[i])].tobytes().decode("utf-8")
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def prefix(self, n: int) -> "PackedStrings":
-        n = min(n, len(self))
-        return PackedStrings(self.blob[: int(self.ends[n - 1]) if n else 0], self.ends[:n])
-
-
 class ShardSplit(ImageSplit):
     """Samples of tar shards: sample ``i`` is the image member at ``offsets[i]`` (``sizes[i]`` bytes) of
     shard ``locations[sample_shard[i]]``, read by one ranged read, decoded and fitted when read."""
 
+    caption_fix = "give each sample a .txt member (`vqldm shard` writes them from metadata.jsonl or a .txt beside each image)"
+
     def __init__(self, locations: list[str], shard_stamps: list[str], sample_shard, offsets, sizes, keys: PackedStrings,
-                 captions: PackedStrings, labels: torch.Tensor, class_names: list[str], geometry: Geometry):
+                 captions: PackedStrings | None, labels: torch.Tensor, class_names: list[str], geometry: Geometry):
         self.locations = np.asarray(locations, dtype=str)
         self.shard_stamps = list(shard_stamps)  # "name size mtime" of each shard: part of the fingerprint
         self.sample_shard = np.asarray(sample_shard, dtype=np.int32)
         self.offsets, self.sizes = np.asarray(offsets, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
-        self.keys, self.captions = keys, captions  # captions[i]: sample i's txt member ("" : none)
+        self.keys, self.captions = keys, captions  # captions[i]: sample i's txt member ("" : none); None: not read
         self.labels, self.class_names, self.geometry = labels, list(class_names), geometry
         self._reader: _RangeReader | None = None
 
@@ -560,16 +534,21 @@ class ShardSplit(ImageSplit):
 
     def subset(self, n: int) -> "ShardSplit":
         return ShardSplit(list(self.locations), self.shard_stamps, self.sample_shard[:n], self.offsets[:n], self.sizes[:n],
-                          self.keys.prefix(n), self.captions.prefix(n), self.labels[:n], self.class_names, self.geometry)
+                          self.keys.prefix(n), self.captions.prefix(n) if self.captions is not None else None, self.labels[:n],
+                          self.class_names, self.geometry)
 
     def fingerprint(self) -> str:
-        """From the index (each shard's name, size and stamp; each sample's shard, place, key and label),
-        not from the pixels."""
+        """From the index (each shard's name, size and stamp; each sample's shard, place, key and label)
+        and the captions, not from the pixels."""
         h = hashlib.sha256()
         h.update("\n".join(self.shard_stamps).encode())
         for arr in (self.sample_shard, self.offsets, self.sizes, self.keys.blob, self.keys.ends, self.labels.numpy()):
             h.update(np.ascontiguousarray(arr).tobytes())
+        self._mix_captions(h)
         return h.hexdigest()[:16]
+
+    def item_name(self, i: int) -> str:
+        return f"sample {self.keys[i]!r} of {posixpath.basename(str(self.locations[self.sample_shard[i]]))}"
 
     def batch_sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> "ShardBatchSampler":
         return ShardBatchSampler(self.sample_shard, batch_size, seed, rank, world_size)
@@ -625,7 +604,8 @@ def load_shards(spec: str, cfg: DataConfig, log: Callable[[str], None] = print, 
 
     def split(p) -> ShardSplit:
         return ShardSplit(locations, stamps, p["shard"], p["offset"], p["size"], PackedStrings.of(p["key"]),
-                          PackedStrings.of(p["caption"]), torch.as_tensor(p["label"], dtype=torch.long), class_names, geometry)
+                          PackedStrings.of(p["caption"]) if cfg.captions else None, torch.as_tensor(p["label"], dtype=torch.long),
+                          class_names, geometry)
 
     return Datasets(train=split(train), holdout=split(holdout), skipped=skipped, source=SHARDS_PREFIX + spec)
 
@@ -715,34 +695,6 @@ def _tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> int:
     return tf.offset - math.ceil(len(data) / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
-def _folder_captions(root: Path, rels: set[str]) -> tuple[dict[str, str], set[str]]:
-    """Captions of images by relative path: the ``text`` of ``metadata.jsonl`` lines (``file_name``
-    relative to that file's folder, the imagefolder convention), then a ``.txt`` beside the image (which
-    wins); and the files used for them (not reported as skipped)."""
-    captions: dict[str, str] = {}
-    used: set[str] = set()
-    for meta in sorted(r for r in rels if posixpath.basename(r) == "metadata.jsonl"):
-        used.add(meta)
-        folder = posixpath.dirname(meta)
-        for n, line in enumerate((root / meta).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                name, text = item["file_name"], item.get("text")
-            except (ValueError, KeyError, TypeError) as err:
-                raise UserError(f"line {n} of {str(root / meta)!r} is not a JSON object with a file_name ({type(err).__name__}); "
-                                "fix or remove that line") from None
-            if isinstance(text, str):
-                captions[posixpath.normpath(posixpath.join(folder, str(name)))] = text.strip()
-    for rel in rels:
-        stem, ext = posixpath.splitext(rel)
-        if ext.lower() in IMAGE_SUFFIXES and stem + ".txt" in rels:
-            captions[rel] = (root / (stem + ".txt")).read_text(encoding="utf-8", errors="replace").strip()
-            used.add(stem + ".txt")
-    return captions, used
-
-
 def _sample_keys(rels: list[str]) -> dict[str, str]:
     """A webdataset key per image: its relative path without the extension, dots in the file name made
     underscores (a key ends at the first dot), made unique with a counter; given in sorted path order."""
@@ -775,7 +727,7 @@ def write_shards(folder: str | os.PathLike, out: str | os.PathLike, labels: str 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{str(out)!r} is {'a file' if not out.is_dir() else 'not empty'}; pass a new or empty folder for the shards")
     index = index_folder(root, log=log, progress=progress)
-    captions, caption_files = _folder_captions(root, set(index.entries))
+    captions, caption_files = folder_captions(root, index.entries)
     usable = index.usable
     skipped = [s for s in index.skipped if s.path not in caption_files]
     class_names: list[str] = []

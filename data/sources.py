@@ -19,7 +19,9 @@ Sources (``--data``)
   small and kept in memory as uint8.
 
 Every image is brought to ``channels`` x ``image_size`` x ``image_size`` (``fit``: pad, resize or crop);
-training batches and their augmentation are drawn in :mod:`.loading`.
+training batches and their augmentation are drawn in :mod:`.loading`. With ``data.captions`` each split
+also carries a caption per image (:mod:`.captions`: where each source keeps them), and an image without
+one is an error here.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from ..plumbing.errors import UserError
+from .captions import PackedStrings, caption_column, caption_files, caption_text, check_captions, folder_captions, no_captions
 from .config import DataConfig
 from .decode import fit_array
 from .folder_index import SkippedFile, index_folder, skipped_summary
@@ -125,6 +128,8 @@ def _prepare_arrays(images: np.ndarray, cfg: DataConfig) -> torch.Tensor:
 
 
 def load_named(name: str, cfg: DataConfig) -> Datasets:
+    if cfg.captions:
+        raise no_captions(name)
     classes = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}[name]
     splits = {}
     for split in ("train", "test"):
@@ -144,7 +149,8 @@ def load_folder(root: Path, cfg: DataConfig, log: Callable[[str], None] = print,
     """The folder's index (built or refreshed: :func:`index_folder`), split into train and held-out
     files; no image is decoded here unless the index needs it."""
     index = index_folder(root, log=log, progress=progress, num_workers=cfg.num_workers)
-    skipped = index.skipped
+    captions, text_files = folder_captions(root, index.entries) if cfg.captions else ({}, caption_files(index.entries))
+    skipped = [s for s in index.skipped if s.path not in text_files]  # caption files (.txt, metadata.jsonl) are not skipped images
     usable = index.usable
     class_names: list[str] = []
     if cfg.labels == "folders":
@@ -180,7 +186,8 @@ def load_folder(root: Path, cfg: DataConfig, log: Callable[[str], None] = print,
 
     def split(parts) -> FileSplit:
         files, stats, labels = parts
-        return FileSplit(root, files, stats, torch.as_tensor(labels, dtype=torch.long), class_names, geometry)
+        texts = PackedStrings.of([captions.get(rel, "") for rel in files]) if cfg.captions else None
+        return FileSplit(root, files, stats, torch.as_tensor(labels, dtype=torch.long), class_names, geometry, texts)
 
     return Datasets(train=split(train), holdout=split(holdout), skipped=skipped, source=str(root))
 
@@ -259,19 +266,29 @@ def load_hf(name: str, cfg: DataConfig) -> Datasets:
     train_name, holdout_name = layout.train, layout.holdout
     train_ds = splits[train_name]
     geometry = Geometry.of(cfg)
+    text_column = caption_column(name, train_ds.column_names, cfg.caption_column) if cfg.captions else None
+    fix = f"fill in the {text_column!r} column of every row, or name another with --set data.caption_column=NAME"
 
-    def make(ds, rows: np.ndarray) -> HFSplit:
+    def make(ds, rows: np.ndarray, split_name: str) -> HFSplit:
         ds = ds.cast_column(image_column, hf.Image(decode=False))  # bytes in, decoded by decode_image
         if label_column:
             labels = torch.as_tensor(np.asarray(ds[label_column])[rows] if len(rows) else np.zeros(0), dtype=torch.long)
         else:
             labels = torch.full((len(rows),), -1, dtype=torch.long)
-        return HFSplit(ds, image_column, rows, labels, class_names, geometry, f"hf:{name}")
+        texts = None
+        if text_column is not None:
+            if text_column not in ds.column_names:  # a held-out split without the column: every caption missing
+                values = [None] * len(ds)
+            else:
+                values = ds[text_column]
+            where = f"the {text_column!r} column of hf:{name} ({split_name} split)"
+            texts = PackedStrings.of([caption_text(values[int(r)], where) for r in rows])
+        return HFSplit(ds, image_column, rows, labels, class_names, geometry, f"hf:{name}", texts, fix)
 
     n = len(train_ds)
     if holdout_name is not None:
-        train = make(train_ds, np.arange(n, dtype=np.int64))
-        holdout = make(splits[holdout_name], np.arange(len(splits[holdout_name]), dtype=np.int64))
+        train = make(train_ds, np.arange(n, dtype=np.int64), train_name)
+        holdout = make(splits[holdout_name], np.arange(len(splits[holdout_name]), dtype=np.int64), holdout_name)
     else:
         held = np.array([_in_holdout(str(i), cfg.holdout_fraction) for i in range(n)], dtype=bool)
         if held.all():
@@ -279,7 +296,7 @@ def load_hf(name: str, cfg: DataConfig) -> Datasets:
         rows_train, rows_held = np.flatnonzero(~held), np.flatnonzero(held)
         if len(rows_held) == 0:
             rows_held = rows_train[-1:]
-        train, holdout = make(train_ds, rows_train), make(train_ds, rows_held)
+        train, holdout = make(train_ds, rows_train, train_name), make(train_ds, rows_held, train_name)
     return Datasets(train=train, holdout=holdout, source=HF_PREFIX + name)
 
 
@@ -294,6 +311,9 @@ def load_datasets(source: str | None, cfg: DataConfig, log: Callable[[str], None
     if cfg.streaming and not source.startswith(HF_PREFIX):  # shards are read on demand already
         raise UserError(f"data.streaming reads Hugging Face datasets (--data hf:NAME), not {source!r}; "
                         "drop data.streaming (--set data.streaming=false) or pass hf:NAME")
+    if cfg.captions and cfg.streaming:
+        raise UserError("captions are read from a downloaded dataset, not a stream; drop data.streaming "
+                        "(--set data.streaming=false) or save a subset with save_to_disk and pass hf:FOLDER")
     if source.startswith(SHARDS_PREFIX):
         from .shards import load_shards  # imported here: shards imports this module
 
@@ -319,6 +339,9 @@ def load_datasets(source: str | None, cfg: DataConfig, log: Callable[[str], None
             raise UserError(f"data path {source!r} not found; pass an existing image folder, hf:NAME, or one of: {', '.join(NAMED_DATASETS)}")
     if cfg.max_images is not None and len(ds.train) > cfg.max_images:
         ds.train = ds.train.subset(cfg.max_images)
+    if cfg.captions:
+        check_captions(ds.train, repr(ds.source))
+        check_captions(ds.holdout, repr(ds.source), part="held-out")
     return ds
 
 

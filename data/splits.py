@@ -3,7 +3,8 @@
 :class:`ImageSplit` is the interface (``read(i)`` -> H x W x C uint8, ``batch(indices)`` -> images in
 [-1, 1] and labels, ``fingerprint()`` for cache keys); :class:`ArraySplit` holds a small dataset in
 memory, :class:`FileSplit` decodes files of an indexed folder, :class:`HFSplit` rows of a memory-mapped
-Hugging Face dataset. :class:`Datasets` is the pair a source gives (train, holdout) with what was
+Hugging Face dataset. A split read with ``data.captions`` also carries one caption per image (``captions``,
+:mod:`.captions`), mixed into its fingerprint. :class:`Datasets` is the pair a source gives (train, holdout) with what was
 skipped. Decoding happens in DataLoader workers (:func:`make_loader`), never in the training process.
 """
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..plumbing.errors import UserError
 from ..plumbing.runs import bar_disable
+from .captions import PackedStrings
 from .config import DataConfig
 from .decode import decode_image, fit_array, load_image
 from .folder_index import SkippedFile, default_workers
@@ -39,12 +41,15 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 class ImageSplit(torch.utils.data.Dataset):
     """One split of a dataset, read on demand: item ``i`` is (uint8 C x H x W image, int64 label, -1 = none).
 
-    Subclasses say how image ``i`` is read (:meth:`read`); the split knows its labels, class names and
-    a fingerprint that identifies its content for caches without reading any image.
+    Subclasses say how image ``i`` is read (:meth:`read`); the split knows its labels, class names,
+    captions (None: not read; else one per image, "" = none) and a fingerprint that identifies its
+    content for caches without reading any image.
     """
 
     labels: torch.Tensor
     class_names: list[str]
+    captions: PackedStrings | None = None
+    caption_fix: str | None = None  # how to give an image of this split its caption (check_captions' hint)
     in_memory = False  # True: items are cheap (no decoding), read them in the main process
 
     def __len__(self) -> int:
@@ -64,6 +69,15 @@ class ImageSplit(torch.utils.data.Dataset):
 
     def fingerprint(self) -> str:
         raise NotImplementedError
+
+    def item_name(self, i: int) -> str:
+        """Image ``i`` as an error message names it."""
+        return f"image {i}"
+
+    def _mix_captions(self, h) -> None:
+        """Fingerprints: the captions, where read (without, the key is what it was before captions existed)."""
+        if self.captions is not None:
+            h.update(b"captions\0" + self.captions.digest())
 
     def batch_sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         """The training batch order of this split on process ``rank`` of ``world_size`` (a
@@ -101,8 +115,9 @@ class ArraySplit(ImageSplit):
 
     in_memory = True
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None = None):
-        self.images, self.labels, self.class_names = images, labels, list(class_names or [])
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None = None,
+                 captions: PackedStrings | None = None):
+        self.images, self.labels, self.class_names, self.captions = images, labels, list(class_names or []), captions
 
     def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
         return self.images[i].permute(1, 2, 0).numpy()  # already at the model's geometry: nothing to crop
@@ -118,13 +133,15 @@ class ArraySplit(ImageSplit):
             yield self.batch(torch.arange(start, min(n, start + batch_size)))
 
     def subset(self, n: int) -> "ArraySplit":
-        return ArraySplit(self.images[:n], self.labels[:n], self.class_names)
+        return ArraySplit(self.images[:n], self.labels[:n], self.class_names,
+                          self.captions.prefix(n) if self.captions is not None else None)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(str(tuple(self.images.shape)).encode())
         h.update(self.images.numpy().tobytes())
         h.update(self.labels.numpy().tobytes())
+        self._mix_captions(h)
         return h.hexdigest()[:16]
 
 
@@ -144,12 +161,13 @@ class Geometry:
 class FileSplit(ImageSplit):
     """Image files of an indexed folder (paths relative to ``root``), decoded and fitted when read."""
 
-    def __init__(self, root: Path, files, stats, labels: torch.Tensor, class_names: list[str], geometry: Geometry):
+    def __init__(self, root: Path, files, stats, labels: torch.Tensor, class_names: list[str], geometry: Geometry,
+                 captions: PackedStrings | None = None):
         # numpy arrays, not lists of Python objects: forked DataLoader workers would touch every object's
         # reference count and so copy the pages of a large list into each worker
         self.root, self.files = root, np.asarray(files, dtype=str)
         self.stats = np.asarray(stats, dtype=np.int64).reshape(-1, 2)  # size, mtime_ns
-        self.labels, self.class_names, self.geometry = labels, list(class_names), geometry
+        self.labels, self.class_names, self.geometry, self.captions = labels, list(class_names), geometry, captions
 
     def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
         g = self.geometry
@@ -160,14 +178,19 @@ class FileSplit(ImageSplit):
                             "after the folder was indexed: run again to re-index") from None
 
     def subset(self, n: int) -> "FileSplit":
-        return FileSplit(self.root, self.files[:n], self.stats[:n], self.labels[:n], self.class_names, self.geometry)
+        return FileSplit(self.root, self.files[:n], self.stats[:n], self.labels[:n], self.class_names, self.geometry,
+                         self.captions.prefix(n) if self.captions is not None else None)
 
     def fingerprint(self) -> str:
-        """From the index (path, size, mtime, label of each file), not from the pixels."""
+        """From the index (path, size, mtime, label of each file) and the captions, not from the pixels."""
         h = hashlib.sha256()
         for rel, (size, mtime), label in zip(self.files.tolist(), self.stats.tolist(), self.labels.tolist()):
             h.update(f"{rel}\0{size}\0{mtime}\0{label}\n".encode())
+        self._mix_captions(h)
         return h.hexdigest()[:16]
+
+    def item_name(self, i: int) -> str:
+        return str(self.files[i])
 
 
 def read_hf_image(value, geometry: Geometry, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
@@ -185,9 +208,10 @@ class HFSplit(ImageSplit):
     undecoded and decoded here, so every image goes through the same checks as a file."""
 
     def __init__(self, dataset, image_column: str, rows: np.ndarray, labels: torch.Tensor, class_names: list[str],
-                 geometry: Geometry, name: str):
+                 geometry: Geometry, name: str, captions: PackedStrings | None = None, caption_fix: str | None = None):
         self.dataset, self.image_column, self.rows = dataset, image_column, rows
         self.labels, self.class_names, self.geometry, self.name = labels, list(class_names), geometry, name
+        self.captions, self.caption_fix = captions, caption_fix
 
     def read(self, i: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
         row = int(self.rows[i])
@@ -197,14 +221,19 @@ class HFSplit(ImageSplit):
             raise UserError(f"row {row} of {self.name!r} is not a usable image ({err}); remove it from the dataset") from None
 
     def subset(self, n: int) -> "HFSplit":
-        return HFSplit(self.dataset, self.image_column, self.rows[:n], self.labels[:n], self.class_names, self.geometry, self.name)
+        return HFSplit(self.dataset, self.image_column, self.rows[:n], self.labels[:n], self.class_names, self.geometry, self.name,
+                       self.captions.prefix(n) if self.captions is not None else None, self.caption_fix)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(str(getattr(self.dataset, "_fingerprint", self.name)).encode())
         h.update(self.rows.tobytes())
         h.update(self.labels.numpy().tobytes())
+        self._mix_captions(h)
         return h.hexdigest()[:16]
+
+    def item_name(self, i: int) -> str:
+        return f"row {int(self.rows[i])}"
 
 
 @dataclass

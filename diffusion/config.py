@@ -17,6 +17,7 @@ from ..latents.setup import LatentDataConfig
 from ..plumbing.autosize import AutoChoice, batch_for, is_gpu, passes_to_steps, schedule_for
 from ..plumbing.config import load_config
 from ..plumbing.trainkit import EMATrainLoopConfig
+from ..text.config import TextConfig
 
 
 @dataclass
@@ -36,6 +37,9 @@ class UNetConfig:
     norm_num_groups: int = 32
     dropout: float = 0.0
     class_conditional: bool = False  # needs labels; adds a null class for classifier-free guidance
+    # super-resolution (LDM): the UNet also sees the image downsampled to the latent grid (antialiased bicubic)
+    # and learns the latents of the full image: an upscaler by the autoencoder's factor f
+    superresolution: bool = False
 
     def __post_init__(self):
         if not self.block_out_channels:
@@ -78,7 +82,7 @@ class ObjectiveConfig:
     min_snr_gamma: float | None = None
     # Classifier-free guidance (Ho & Salimans 2022): drop the label to the null class with probability p;
     # p = 0.1 as in the paper and in DiT.
-    label_dropout: float = 0.1
+    label_dropout: float = 0.1  # text models: the probability a caption is replaced by the empty prompt
 
     def __post_init__(self):
         if self.num_train_timesteps < 2:
@@ -114,6 +118,15 @@ class DiffusionRunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    text: TextConfig = field(default_factory=TextConfig)  # text.encoder set: a text-to-image model (captions)
+
+    def __post_init__(self):
+        if self.model.superresolution and (self.text.enabled or self.model.class_conditional):
+            raise ValueError("model.superresolution is conditioned on the low-resolution image only; drop text.encoder and "
+                             "model.class_conditional (--set model.class_conditional=false)")
+        if self.text.enabled and self.model.class_conditional:
+            raise ValueError("model.class_conditional and text.encoder are both set; a model is conditioned on classes or on "
+                             "text: --set model.class_conditional=false for a text model")
 
 
 def auto_diffusion_config(autoencoder, data: str | None, labels: str | None, device: str, overrides=(),

@@ -27,12 +27,39 @@ import diffusers
 from ..autoencoder.model import downsampling_factor
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
 from ..plumbing.model_folder import VQLDM_JSON
-from .model import check_latent_shape, null_class, unet_latent_shape, unet_num_classes
+from .model import check_latent_shape, condition_channels, null_class, unet_latent_shape, unet_num_classes
 
 PIPELINE_CLASS_NAME = "LDMPipeline"
+TEXT_PIPELINE_CLASS_NAME = "LDMTextToImagePipeline"  # text models: diffusers' LDM text-to-image layout
+SUPERRES_PIPELINE_CLASS_NAME = "LDMSuperResolutionPipeline"  # UNets that also take the low-resolution image
+TEXT_ENCODER = "bert"  # that pipeline's name for its text encoder component (any transformers encoder)
 
 
-def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
+def fold_latent_scale(vqvae):
+    """A copy of ``vqvae`` whose own latents are its scaled ones (s·h, s = ``scaling_factor``) and whose
+    ``scaling_factor`` is 1: ``quant_conv`` and the codebook are multiplied by s, ``post_quant_conv``'s weight
+    divided by s. The nearest code of s·h among s·e is the nearest code of h among e, and the decoder sees the
+    same input, so images are unchanged (to float rounding). For super-resolution folders, whose pipeline in
+    diffusers decodes the UNet's latents with no scaling factor."""
+    import copy
+
+    import torch
+
+    s = float(vqvae.config.scaling_factor)
+    folded = copy.deepcopy(vqvae)
+    if getattr(folded.config, "norm_type", "group") == "spatial":
+        raise ValueError("cannot fold the latent scale of a VQModel with spatial norm (its decoder reads the codes)")
+    with torch.no_grad():
+        folded.quant_conv.weight.mul_(s)
+        folded.quant_conv.bias.mul_(s)
+        folded.quantize.embedding.weight.mul_(s)
+        folded.post_quant_conv.weight.div_(s)
+    folded.register_to_config(scaling_factor=1.0)
+    return folded
+
+
+def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, extra: dict | None = None,
+                           text_encoder=None, tokenizer=None) -> Path:
     """Save ``vqvae`` (VQModel), ``unet`` (UNet2DModel) and ``scheduler`` as a pipeline folder at ``out_dir``.
 
     ``vqldm.json`` gets, derived from the models unless ``extra`` gives them: ``num_classes`` (from the
@@ -42,6 +69,11 @@ def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, e
     ``vqvae_weights_sha256`` (computed from ``vqvae`` unless given); every other
     key of ``extra`` (JSON-serialisable: training step, config, metrics, ...) is stored as given.
     Raises UserError if the UNet does not take the vqvae's latents. Returns ``Path(out_dir)``.
+
+    A text-to-image model (``text_encoder`` and ``tokenizer``, transformers objects; ``unet`` a
+    UNet2DConditionModel) is written with the components of diffusers' ``LDMTextToImagePipeline``: the
+    encoder as ``bert/`` (its component name there, whatever the encoder), the tokenizer as ``tokenizer/``;
+    ``vqldm.json`` says ``"conditioning": "text"``.
     """
     extra = dict(extra or {})
     _, h, _ = unet_latent_shape(unet.config)
@@ -59,16 +91,32 @@ def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, e
         "vqvae_weights_sha256": extra.pop("vqvae_weights_sha256", None) or weights_sha256(vqvae),
         **extra,
     }
+    text = text_encoder is not None
+    if text != (tokenizer is not None):
+        raise ValueError("a text model's pipeline needs both its text_encoder and its tokenizer")
+    superres = condition_channels(unet.config) > 0
+    if text:
+        info["conditioning"] = "text"
+    elif superres:
+        info["conditioning"] = "image"
     model_index = {
-        "_class_name": PIPELINE_CLASS_NAME,
+        "_class_name": TEXT_PIPELINE_CLASS_NAME if text else SUPERRES_PIPELINE_CLASS_NAME if superres else PIPELINE_CLASS_NAME,
         "_diffusers_version": diffusers.__version__,
         "vqvae": ["diffusers", type(vqvae).__name__],
+        **({TEXT_ENCODER: ["transformers", type(text_encoder).__name__],
+            "tokenizer": ["transformers", type(tokenizer).__name__]} if text else {}),
         "unet": ["diffusers", type(unet).__name__],
         "scheduler": ["diffusers", type(scheduler).__name__],
     }
     out_dir = Path(out_dir)
     with AtomicDir(out_dir) as tmp:
         vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
+        if text:
+            from ..text.encoders import quiet_transformers
+
+            with quiet_transformers():
+                text_encoder.save_pretrained(tmp / TEXT_ENCODER, safe_serialization=True)
+                tokenizer.save_pretrained(tmp / "tokenizer")
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n", encoding="utf-8")

@@ -3,13 +3,16 @@
 What is stored is what the UNet trains on: the *pre-quantization* latents h = ``vqvae.encode(x).latents``
 times ``scaling_factor`` (LDM convention, DESIGN.md), as N x C x h x w tensors, plus the labels (int64,
 -1 = none). With ``hflip`` a second tensor holds the latents of the horizontally flipped images (the
-encoder is not flip-equivariant, so the flip is applied to the image, not to the latent).
+encoder is not flip-equivariant, so the flip is applied to the image, not to the latent). Data read with
+captions (``data.captions``) keeps them beside the latents, one per image (a mirrored view has its
+image's caption), as :class:`~vqldm.data.captions.PackedStrings` tensors.
 
 Layout (one folder per key, so runs with different autoencoders or data never overwrite each other)::
 
     <root>/<key[:16]>/index.json             format, key, shapes, class names
-    <root>/<key[:16]>/train.safetensors      "latents" [, "latents_hflip"], "labels"
-    <root>/<key[:16]>/holdout.safetensors    "latents", "labels"   (for evaluation / FID)
+    <root>/<key[:16]>/train.safetensors      "latents" [, "latents_hflip"], "labels" [, "caption_bytes", "caption_ends"]
+                                             [, "low_res" [, "low_res_hflip"]]  (super-resolution inputs)
+    <root>/<key[:16]>/holdout.safetensors    "latents", "labels" [, captions]   (for evaluation / FID)
     <root>/<key[:16]>/codes.safetensors      the nearest-code indices of the same latents (priors)
 
 Building streams: images are decoded by DataLoader workers a batch at a time, encoded, and written
@@ -18,8 +21,8 @@ dataset. Reading maps the files into memory: a batch reads only its own rows, an
 distributed run share the pages.
 
 The key is a hash of the vqvae (config + every weight), the splits' fingerprints (for a folder: its
-index of paths, sizes and mtimes, never the pixels), the image geometry, ``hflip`` and the stored
-dtype: anything that changes the latents changes the key, and a cache is reused only when the key in
+index of paths, sizes and mtimes, never the pixels; and the captions, where read), the image geometry,
+``hflip`` and the stored dtype: anything that changes the latents changes the key, and a cache is reused only when the key in
 its ``index.json`` matches. Folders are built under a temporary name and renamed into place, so a
 half-written cache is never read. In a distributed run the main process builds it while the others
 wait at a barrier, then every process maps it.
@@ -35,10 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from diffusers import VQModel
 
 from ..autoencoder.model import nearest_codes, scale_latents, unscale_latents
+from ..data.captions import PackedStrings
 from ..data.splits import Datasets, ImageSplit
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
 from ..plumbing.errors import UserError
@@ -51,6 +56,9 @@ class CacheConfig:
 
     folder: str | None = None  # default: <autoencoder run>/latent_cache if writable, else <out>/latent_cache
     hflip: bool = False  # also store the latents of horizontally flipped images (a second view)
+    # also store each image downsampled to the latent grid (antialiased bicubic, float16): the input of a
+    # super-resolution model (set by train-diffusion with model.superresolution)
+    low_res: bool = False
     encode_batch_size: int = 256
     holdout_max_images: int | None = None  # encode at most this many held-out images (None = all)
     dtype: Literal["float32", "float16"] = "float32"  # float16 halves disk and memory for large latents
@@ -81,12 +89,15 @@ def gather_views(items: torch.Tensor, flipped: torch.Tensor | None, indices) -> 
 @dataclass
 class CachedSplit:
     """One split of a cache: ``items`` N x ... (scaled latents, or code ids), ``labels`` N int64 (-1 = none),
-    ``flipped`` the items of the mirrored images or None. Item ``i`` is image ``i`` for ``i < N`` and the
-    mirrored image ``i - N`` for ``N <= i < 2N``."""
+    ``flipped`` the items of the mirrored images or None, ``captions`` one per image (N) or None. Item
+    ``i`` is image ``i`` for ``i < N`` and the mirrored image ``i - N`` for ``N <= i < 2N``."""
 
     items: torch.Tensor
     labels: torch.Tensor
     flipped: torch.Tensor | None = None
+    captions: PackedStrings | None = None
+    low_res: torch.Tensor | None = None  # N x c x h x w images at the latent grid's size, in [-1, 1]
+    low_res_flipped: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.items.shape[0] * (2 if self.flipped is not None else 1)
@@ -95,6 +106,22 @@ class CachedSplit:
         """Items ``indices`` (views included; float32 for latents, int64 for codes) and their labels."""
         out, src = gather_views(self.items, self.flipped, indices)
         return (out.float() if out.is_floating_point() else out.long()), self.labels[src]
+
+    def rows(self, indices) -> torch.Tensor:
+        """The image (row 0 .. N-1) each item of ``indices`` shows: a mirrored view is its image's row."""
+        return torch.as_tensor(indices, dtype=torch.long) % self.items.shape[0]
+
+    def low_res_batch(self, indices) -> torch.Tensor:
+        """The low-resolution images of items ``indices`` (views included), float32 in [-1, 1]."""
+        if self.low_res is None:
+            raise ValueError("this cache holds no low-resolution images (built without cache.low_res)")
+        return gather_views(self.low_res, self.low_res_flipped if self.flipped is not None else None, indices)[0].float()
+
+    def batch_captions(self, indices) -> list[str]:
+        """The captions of items ``indices`` (views included); a ValueError when the cache holds none."""
+        if self.captions is None:
+            raise ValueError("this cache holds no captions (its data was read without data.captions)")
+        return [self.captions[int(r)] for r in self.rows(indices).flatten()]
 
 
 class LatentSplit(CachedSplit):
@@ -145,6 +172,10 @@ def cache_key(vqvae: VQModel, datasets: Datasets, cfg: CacheConfig, image_size: 
         "hflip": cfg.hflip,
         "dtype": cfg.dtype,
     }
+    if datasets.train.captions is not None:  # only then: caches of data without captions keep their keys
+        parts["captions"] = True
+    if cfg.low_res:
+        parts["low_res"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -165,6 +196,12 @@ def encode_latents(vqvae: VQModel, data: ImageSplit, batch_size: int = 256, devi
                       for x, _ in data.batches(batch_size, progress=progress, desc=desc)])
 
 
+def downsample(x: torch.Tensor, size) -> torch.Tensor:
+    """Images in [-1, 1] -> the same images at ``size`` (h, w): antialiased bicubic, clamped to [-1, 1]."""
+    return torch.nn.functional.interpolate(x.float(), size=tuple(size), mode="bicubic", antialias=True,
+                                           align_corners=False).clamp(-1, 1)
+
+
 @torch.inference_mode()
 def _encode_split(path: Path, vqvae: VQModel, data: ImageSplit, cfg: CacheConfig, device, progress: bool, desc: str,
                   hflip: bool, num_workers: int | None) -> tuple[int, ...]:
@@ -172,6 +209,9 @@ def _encode_split(path: Path, vqvae: VQModel, data: ImageSplit, cfg: CacheConfig
     its rows. Returns the latent shape."""
     dtype = getattr(torch, cfg.dtype)
     n = len(data)
+    captions = data.captions
+    if captions is not None and len(captions) != n:
+        raise ValueError(f"{len(captions)} captions for {n} images")
     writer = None
     start = 0
     try:
@@ -181,11 +221,26 @@ def _encode_split(path: Path, vqvae: VQModel, data: ImageSplit, cfg: CacheConfig
                 specs = {"latents": (dtype, (n, *h.shape[1:])), "labels": (torch.int64, (n,))}
                 if hflip:
                     specs["latents_hflip"] = (dtype, (n, *h.shape[1:]))
+                if cfg.low_res:
+                    low_shape = (n, x.shape[1], *h.shape[2:])
+                    specs["low_res"] = (torch.float16, low_shape)
+                    if hflip:
+                        specs["low_res_hflip"] = (torch.float16, low_shape)
+                if captions is not None:
+                    specs["caption_bytes"] = (torch.uint8, (len(captions.blob),))
+                    specs["caption_ends"] = (torch.int64, (n,))
                 writer = TensorFileWriter(path, specs)
+                if captions is not None:
+                    writer.write("caption_bytes", 0, torch.from_numpy(np.ascontiguousarray(captions.blob)))
+                    writer.write("caption_ends", 0, torch.from_numpy(np.ascontiguousarray(captions.ends)))
             writer.write("latents", start, h.to(dtype))
             writer.write("labels", start, y)
             if hflip:
                 writer.write("latents_hflip", start, encode_batch(vqvae, x.flip(-1), device).to(dtype))
+            if cfg.low_res:
+                writer.write("low_res", start, downsample(x, h.shape[2:]).half())
+                if hflip:
+                    writer.write("low_res_hflip", start, downsample(x.flip(-1), h.shape[2:]).half())
             start += len(y)
         writer.close()
     except BaseException:
@@ -222,6 +277,7 @@ def build_latent_cache(
             "latent_shape": list(shape),
             "dtype": cfg.dtype,
             "hflip": cfg.hflip,
+            "captions": datasets.train.captions is not None,
             "scaling_factor": float(vqvae.config.scaling_factor),
             "class_names": list(datasets.train.class_names),
             "source": datasets.source,
@@ -253,7 +309,11 @@ def load_latent_cache(folder: str | os.PathLike, key: str | None = None) -> Late
 
     def split(name: str) -> LatentSplit:
         tensors = mmap_tensors(folder / f"{name}.safetensors")
-        return LatentSplit(tensors["latents"], tensors["labels"], tensors.get("latents_hflip"))
+        captions = None
+        if "caption_ends" in tensors:  # numpy views of the mapped pages: nothing is copied
+            captions = PackedStrings(tensors["caption_bytes"].numpy(), tensors["caption_ends"].numpy())
+        return LatentSplit(tensors["latents"], tensors["labels"], tensors.get("latents_hflip"), captions,
+                           tensors.get("low_res"), tensors.get("low_res_hflip"))
 
     return LatentCache(
         folder=folder,
@@ -392,7 +452,7 @@ def prepare_code_cache(root: str | os.PathLike, vqvae: VQModel, datasets: Datase
     _, h, w = latents.latent_shape
     return CodeCache(
         folder=latents.folder, key=latents.key, grid=(h, w),
-        train=CodeSplit(codes["train"], latents.train.labels, codes.get("train_hflip")),
-        holdout=CodeSplit(codes["holdout"], latents.holdout.labels),
+        train=CodeSplit(codes["train"], latents.train.labels, codes.get("train_hflip"), latents.train.captions),
+        holdout=CodeSplit(codes["holdout"], latents.holdout.labels, captions=latents.holdout.captions),
         class_names=latents.class_names, built=built or latents.built,
     )

@@ -18,3 +18,14 @@ def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torc
     device = generator.device if generator is not None else labels.device
     drop = torch.rand(labels.shape, generator=generator, device=device) < p
     return torch.where(drop.to(labels.device), torch.full_like(labels, null_class), labels)
+
+
+def drop_prompts(input_ids: torch.Tensor, p: float, null_ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each row of token ids (B x L) by the empty prompt's ``null_ids`` (L) with probability ``p``: the
+    text models' classifier-free guidance training (the null condition is the empty prompt). Draws the same
+    coins as :func:`drop_labels`."""
+    if p <= 0:
+        return input_ids
+    device = generator.device if generator is not None else input_ids.device
+    drop = torch.rand(input_ids.shape[:1], generator=generator, device=device) < p
+    return torch.where(drop.to(input_ids.device)[:, None], null_ids.to(input_ids).expand_as(input_ids), input_ids)

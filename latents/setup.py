@@ -82,6 +82,8 @@ def resolve_latent_data(cfg: LatentDataConfig, ae_data: dict | None, vqvae_confi
         random_crop=cfg.random_crop,
         random_flip=cfg.random_flip,
         hf_config=cfg.hf_config,
+        captions=cfg.captions,
+        caption_column=cfg.caption_column,
     )
 
 

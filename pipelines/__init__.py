@@ -6,7 +6,8 @@ does not pay for importing diffusers).
 """
 
 _WHERE = {
-    "VQLatentDiffusionPipeline": "pipeline", "load_pipeline": "pipeline", "make_scheduler": "schedulers",
+    "VQLatentDiffusionPipeline": "pipeline", "load_pipeline": "pipeline", "VQTextToImagePipeline": "text_pipeline",
+    "VQSuperResolutionPipeline": "superres_pipeline", "make_scheduler": "schedulers",
     "CodePriorPipeline": "prior_pipeline", "load_prior_pipeline": "prior_pipeline",
     "ImageSampler": "sampler", "load_sampler": "sampler", "ModelFolderError": "sampler",
 }

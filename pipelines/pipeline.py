@@ -34,7 +34,7 @@ from ..plumbing.model_folder import check_trained_vqvae, read_vqldm_json
 from ..diffusion.sampling import denoise
 from ..plumbing.checkpoint import refuse_pickle
 from ..autoencoder.model import latent_shape, scale_latents, unscale_latents
-from ..diffusion.model import unet_num_classes, unet_latent_shape
+from ..diffusion.model import condition_channels, unet_num_classes, unet_latent_shape
 from ..plumbing.images import size_hw
 from .classes import ClassConditioning
 from .default_model import DEFAULT_MODEL_DIR
@@ -52,10 +52,12 @@ def check_components(vqvae, unet) -> None:
     """Raise a one-line ModelFolderError when the UNet cannot denoise this vqvae's latents."""
     vc, vh, vw = latent_shape(vqvae.config)
     uc, uh, uw = unet_latent_shape(unet.config)
-    if uc != vc or unet.config.out_channels != vc:
+    extra = condition_channels(unet.config)
+    if uc != vc or extra not in (0, vqvae.config.in_channels):
         raise ModelFolderError(
-            f"the UNet works on {uc} latent channels but the vqvae produces {vc}; "
-            f"use a UNet trained on this autoencoder's latents (unet in_channels/out_channels = {vc})"
+            f"the UNet works on {uc} latent channels (+ {extra} input channels) but the vqvae produces {vc}; "
+            f"use a UNet trained on this autoencoder's latents (unet out_channels = {vc}, in_channels = {vc} "
+            f"or {vc + vqvae.config.in_channels} for super-resolution)"
         )
     if (uh, uw) != (vh, vw):
         raise ModelFolderError(
@@ -78,10 +80,14 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
 
     def __init__(self, vqvae, unet, scheduler):
         super().__init__()
+        self._setup(vqvae, unet, scheduler)
+
+    def _setup(self, vqvae, unet, scheduler, **more) -> None:
+        """Register the components (``more``: a text model's ``bert`` and ``tokenizer``) and the sampling state."""
         if vqvae is not None and unet is not None:
             apply_missing_scale_rule(vqvae)
             check_components(vqvae, unet)
-        self.register_modules(vqvae=vqvae, unet=unet, scheduler=scheduler)
+        self.register_modules(vqvae=vqvae, **more, unet=unet, scheduler=scheduler)
         self._schedule_config = dict(scheduler.config) if scheduler is not None else None  # the training schedule
         self.info: dict = {}  # vqldm.json: class_names, num_classes, null_class, default_scheduler, default_steps
         self.autocast_dtype: torch.dtype | None = None  # fp16/bf16 autocast, applied on CUDA only
@@ -105,7 +111,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
                 f"{str(path)!r} is not a pipeline folder (no model_index.json); pass the pipeline/ folder "
                 f"written by `vqldm train-diffusion`"
             )
-        for part in ("vqvae", "unet", "scheduler"):
+        for part in cls.FOLDER_PARTS:
             if not (path / part).is_dir():
                 raise ModelFolderError(f"pipeline folder {str(path)!r} has no {part}/ subfolder; re-export the pipeline")
         for part in ("vqvae", "unet"):
@@ -139,7 +145,27 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
         if target.is_dir() and any(target.iterdir()) and not (target / "model_index.json").is_file():
             raise FileExistsError(f"{str(target)!r} exists and is not a pipeline folder; choose an empty or new folder")
         extra = {k: v for k, v in self.info.items() if k not in ("autoencoder_scaling_factor", "latent_shape", "vqvae_weights_sha256")}
-        export_pipeline_folder(self.vqvae, self.unet, self.scheduler, target, extra)
+        export_pipeline_folder(self.vqvae, self.unet, self.scheduler, target, extra, **self._text_parts())
+
+    FOLDER_PARTS = ("vqvae", "unet", "scheduler")  # subfolders a saved folder must hold
+
+    def _text_parts(self) -> dict:
+        return {}
+
+    @property
+    def is_text_model(self) -> bool:
+        return False
+
+    @property
+    def is_superres(self) -> bool:
+        return False
+
+    def _prompt_context(self, prompt, batch_size: int):
+        """(context B x L x D, null context 1 x L x D) of a text model's prompts; None for other models."""
+        if prompt is not None:
+            what = "class-conditional (pass class_labels)" if self.num_classes else "unconditional"
+            raise ValueError(f"prompt needs a text-to-image model; this one is {what}")
+        return None
 
     def use_channels_last(self, enabled: bool = True) -> "VQLatentDiffusionPipeline":
         """Store conv weights NHWC (oneDNN / cuDNN pick faster kernels; results agree to ~1e-6, not bitwise)."""
@@ -161,8 +187,8 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
         return self
 
     def frozen_unet_applies(self) -> bool:
-        """Whether the frozen UNet can run here: on the CPU, in fp32."""
-        return self.device.type == "cpu" and self.autocast_dtype in (None, torch.float32)
+        """Whether the frozen UNet can run here: on the CPU, in fp32, for a class or unconditional model."""
+        return self.device.type == "cpu" and self.autocast_dtype in (None, torch.float32) and not self.is_text_model
 
     def choose_unet_path(self, option: str, unet_calls: int) -> str:
         """Set and return the UNet path ("eager" or "frozen") for a job of ``unet_calls`` UNet calls.
@@ -262,6 +288,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
         self,
         batch_size: int = 1,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        prompt: str | Sequence[str] | None = None,
         guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -280,6 +307,8 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
         - ``class_labels``: one label or one per image (class-conditional models; None = unconditional via the
           null class). ``guidance_scale`` s: eps = eps_null + s (eps_class - eps_null); s = 1 is plain conditional.
           None: the model's measured ``default_guidance`` (vqldm.json) with class labels, else 1.
+        - ``prompt``: text-to-image models: one prompt for every image or one per image (a list sets the batch
+          size); guidance mixes in the empty prompt's prediction. No prompt samples unconditionally (the empty prompt).
         - ``latents``: initial noise ``B x C x h x w`` (else drawn from ``generator`` on the CPU, as LDMPipeline).
         - ``image`` (+ ``strength`` in [0, 1], default 0.6): SDEdit image-to-image — encode, noise to the step
           that ``strength`` selects, denoise from there (strength 0 = the reconstruction, 1 = a fresh sample).
@@ -297,7 +326,9 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
             raise ValueError("mask_image needs image (the image whose masked part is regenerated)")
         if strength is not None and image is None:
             raise ValueError("strength needs image (it says how much of that image to re-noise)")
-        guidance_scale = self._guidance_scale(guidance_scale, class_labels)
+        if isinstance(prompt, (list, tuple)) and batch_size == 1 and latents is None:
+            batch_size = len(prompt)  # a list of prompts sets the batch size
+        guidance_scale = self._guidance_scale(guidance_scale, prompt if self.is_text_model else class_labels)
         steps = self.resolve_steps(num_inference_steps)
         known = None
         if image is not None:
@@ -315,6 +346,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
                 known = known.expand(batch_size, -1, -1, -1)
             if known.shape[0] != batch_size:
                 raise ValueError(f"got {known.shape[0]} images for batch_size {batch_size}; pass one image or one per output")
+        context = self._prompt_context(prompt, batch_size)
         labels = self._class_tensor(class_labels, batch_size)
 
         self.scheduler.set_timesteps(steps)
@@ -335,6 +367,7 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
                 self._sampling_unet(), self.scheduler, x, timesteps, class_labels=labels, guidance_scale=guidance_scale,
                 null_class=null, generator=generator[0] if isinstance(generator, list) else generator, eta=eta,
                 after_step=after_step, progress=self.progress_bar,
+                **({"context": context[0], "null_context": context[1]} if context is not None else {}),
             )
             if output_type == "latent":
                 images = x
@@ -429,7 +462,14 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
     was_enabled = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar on the user's terminal
     try:
-        pipe = VQLatentDiffusionPipeline.from_pretrained(folder)
+        cls = pipeline_class(folder)
+        if cls is VQLatentDiffusionPipeline:
+            pipe = cls.from_pretrained(folder)
+        else:  # a text model: transformers loads its encoder (quietly too)
+            from ..text.encoders import quiet_transformers
+
+            with quiet_transformers():
+                pipe = cls.from_pretrained(folder)
     finally:
         if was_enabled:
             diffusers_logging.enable_progress_bar()
@@ -439,6 +479,30 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
     pipe.use_frozen_unet(freeze_unet)
     pipe.autocast_dtype = dtype
     return pipe
+
+
+def pipeline_class(folder: str | os.PathLike):
+    """The vqldm pipeline class for a pipeline folder: text-to-image when its model_index.json names diffusers'
+    LDMTextToImagePipeline, else VQLatentDiffusionPipeline (a run folder's pipeline/ is looked into)."""
+    import json
+
+    from ..diffusion.export import SUPERRES_PIPELINE_CLASS_NAME, TEXT_PIPELINE_CLASS_NAME
+
+    path = Path(folder)
+    index = path / "model_index.json" if (path / "model_index.json").is_file() else path / "pipeline" / "model_index.json"
+    try:
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        name = None  # from_pretrained says what is wrong with the folder
+    if name == TEXT_PIPELINE_CLASS_NAME:
+        from .text_pipeline import VQTextToImagePipeline
+
+        return VQTextToImagePipeline
+    if name == SUPERRES_PIPELINE_CLASS_NAME:
+        from .superres_pipeline import VQSuperResolutionPipeline
+
+        return VQSuperResolutionPipeline
+    return VQLatentDiffusionPipeline
 
 
 def _autocast_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

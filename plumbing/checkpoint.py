@@ -180,12 +180,25 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
         raise UserError(f"weights file {str(path)!r} is corrupt or not safetensors ({err}); re-export it") from None
 
 
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors that share no memory, as safetensors requires: a tied weight (a T5's
+    ``shared`` and ``encoder.embed_tokens``) is written once per name, and loads back into the tied module."""
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        t = v.detach().contiguous().cpu()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        out[k] = t.clone() if key in seen else t
+        if key is not None:
+            seen.add(key)
+    return out
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
     ensure_writable_dir(path.parent)
     tmp = tmp_sibling(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file(unshared(tensors), str(tmp), metadata=metadata)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -318,7 +331,7 @@ def save_training_checkpoint(
     target = root / checkpoint_dir_name(step)
     with AtomicDir(target) as tmp:
         for name, tensors in tensor_files.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
+            save_file(unshared(tensors), str(tmp / f"{name}.safetensors"))
         with open(tmp / "state.json", "w", encoding="utf-8") as fh:
             json.dump(state, fh, indent=2)
             fh.flush()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # lower rooms never import higher ones; rooms of one rank never import each other (diffusion <-> priors)
-RANK = {"plumbing": 0, "configs": 0, "data": 1, "autoencoder": 2, "latents": 3, "diffusion": 4, "priors": 4,
+RANK = {"plumbing": 0, "configs": 0, "data": 1, "autoencoder": 2, "latents": 3, "text": 3, "diffusion": 4, "priors": 4,
         "pipelines": 5, "evaluation": 6, "cli": 7}
 AUTOENCODER_FACE = {"model", "quantizer", "losses"}  # what stage 2 and 3 may import from stage 1
 
