@@ -5,17 +5,17 @@ The installed package is ``vqldm``; its sub-packages are the repository's top-le
 Dependencies point one way: cli -> evaluation -> pipelines -> (diffusion | priors) -> latents ->
 autoencoder -> data -> plumbing.
 
-``from vqldm import VQLatentDiffusionPipeline, load_pipeline`` (imported lazily, so ``import vqldm``
+``from vqldm import VQLatentDiffusionPipeline, VQTextToImagePipeline, load_pipeline`` (imported lazily, so ``import vqldm``
 stays cheap).
 """
 
 __version__ = "0.1.0"
-__all__ = ["VQLatentDiffusionPipeline", "load_pipeline", "__version__"]
+__all__ = ["VQLatentDiffusionPipeline", "VQTextToImagePipeline", "VQSuperResolutionPipeline", "load_pipeline", "__version__"]
 
 
 def __getattr__(name):
-    if name in ("VQLatentDiffusionPipeline", "load_pipeline"):
-        from .pipelines import pipeline
+    if name in ("VQLatentDiffusionPipeline", "VQTextToImagePipeline", "VQSuperResolutionPipeline", "load_pipeline"):
+        from . import pipelines
 
-        return getattr(pipeline, name)
+        return getattr(pipelines, name)
     raise AttributeError(f"module 'vqldm' has no attribute {name!r}")

@@ -77,8 +77,10 @@ def fsq_grid(levels: list[int]) -> torch.Tensor:
 class FSQ(nn.Module):
     """Per-channel rounding onto the grid; materialises the grid into ``embedding`` (owned by a VQModel)."""
 
-    def __init__(self, embedding: nn.Embedding, cfg: QuantizerConfig, seed: int = 0):
+    def __init__(self, embedding: nn.Embedding, cfg: QuantizerConfig, seed: int = 0, keep_codebook: bool = False):
         super().__init__()
+        if keep_codebook:
+            raise ValueError("an FSQ codebook is its fixed grid; it cannot keep a learned codebook")
         self.cfg = cfg
         self._embedding = (embedding,)
         k, d = embedding.weight.shape

@@ -23,6 +23,7 @@ from torch import nn
 from ..plumbing.checkpoint import refuse_pickle
 from ..plumbing.config import config_value, read_yaml
 from ..plumbing.errors import UserError
+from ..plumbing.init_weights import init_folder, load_init_model, read_model_config
 from ..plumbing.images import size_hw
 from .fsq import FSQ
 from .quantizer import QuantizerConfig, QuantizerOutput, VectorQuantizerEMA
@@ -82,6 +83,40 @@ def build_vqmodel(cfg: AutoencoderModelConfig, image_size: int, channels: int) -
     )
 
 
+def init_vqmodel(init: str, cfg, what: str = "--init") -> tuple[VQModel, str]:
+    """The published VQModel named by ``init`` (a VQModel, pipeline or run folder, or a Hub repo id; see
+    ``plumbing.init_weights``) with its weights, to fine-tune on ``cfg``'s data, and the line that says so.
+
+    The architecture is the init's: ``cfg.model`` is rewritten from its config (so config.yaml tells what
+    was trained). Its channels must be the data's; its ``sample_size`` may differ (encoder and decoder are
+    convolutional) and becomes ``data.image_size``. An FSQ quantizer cannot keep a learned codebook."""
+    if cfg.quantizer.kind == "fsq":
+        raise UserError(f"{what} starts from a learned codebook, which quantizer.kind=fsq (a fixed grid) cannot keep; "
+                        f"use quantizer.kind=vq or simvq")
+    folder = init_folder(init, "vqvae", what)
+    config = read_model_config(folder, ("VQModel",), what)
+    channels, image_size = cfg.data.channels, cfg.data.image_size
+    if (config.get("in_channels"), config.get("out_channels")) != (channels, channels):
+        raise UserError(f"{what} {str(folder)!r} is an autoencoder of {config.get('in_channels')}-channel images but the "
+                        f"data has {channels} channel{'s' if channels != 1 else ''} (data.channels); pass an autoencoder of {channels}-channel images")
+    f = downsampling_factor(config)
+    if image_size % f:
+        raise UserError(f"data.image_size {image_size} is not divisible by {what}'s downsampling factor {f}; use a multiple of {f}")
+    vqmodel = load_init_model(VQModel, folder, what)
+    published = size_hw(vqmodel.config.sample_size)[0]
+    vqmodel.register_to_config(sample_size=image_size)
+    c = vqmodel.config
+    cfg.model = AutoencoderModelConfig(
+        block_out_channels=list(c.block_out_channels), layers_per_block=c.layers_per_block, latent_channels=c.latent_channels,
+        vq_embed_dim=c.vq_embed_dim, codebook_size=c.num_vq_embeddings, norm_num_groups=c.norm_num_groups,
+        mid_block_add_attention=c.mid_block_add_attention)
+    d = c.vq_embed_dim or c.latent_channels
+    line = (f"init: VQModel {str(folder)!r} (f{f}, {d}x{image_size // f}x{image_size // f} latents, {c.num_vq_embeddings} codes; "
+            f"published at {published} px, trained at {image_size} px): the model is the init's, the preset's model.* "
+            f"keys and quantizer.init are ignored; the scaling factor is measured again on these images")
+    return vqmodel, line
+
+
 def vq_decode(vqmodel: VQModel, z_q: torch.Tensor) -> torch.Tensor:
     """Decode already-quantized latents exactly as ``VQModel.decode(..., force_not_quantize=True)``."""
     quant2 = vqmodel.post_quant_conv(z_q)
@@ -100,10 +135,11 @@ class VQAutoencoder(nn.Module):
     DDP sees one forward per step.
     """
 
-    def __init__(self, vqmodel: VQModel, qcfg: QuantizerConfig, seed: int = 0):
+    def __init__(self, vqmodel: VQModel, qcfg: QuantizerConfig, seed: int = 0, keep_codebook: bool = False):
+        """``keep_codebook``: the quantizer starts from the codebook ``vqmodel`` holds (published weights)."""
         super().__init__()
         self.vqmodel = vqmodel
-        self.quantizer = QUANTIZERS[qcfg.kind](vqmodel.quantize.embedding, qcfg, seed=seed)
+        self.quantizer = QUANTIZERS[qcfg.kind](vqmodel.quantize.embedding, qcfg, seed=seed, keep_codebook=keep_codebook)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vqmodel.quant_conv(self.vqmodel.encoder(x))  # B x D x h x w

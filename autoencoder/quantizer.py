@@ -130,9 +130,12 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
 class VectorQuantizerEMA(nn.Module):
     """Trains the codebook ``embedding`` (an ``nn.Embedding`` owned by a diffusers VQModel)."""
 
-    def __init__(self, embedding: nn.Embedding, cfg: QuantizerConfig, seed: int = 0):
+    def __init__(self, embedding: nn.Embedding, cfg: QuantizerConfig, seed: int = 0, keep_codebook: bool = False):
+        """``keep_codebook``: start from the codebook ``embedding`` holds (published weights) instead of
+        ``cfg.init``; the EMA statistics still start at the first batch, at the average rate."""
         super().__init__()
         self.cfg = cfg
+        self.keep_codebook = keep_codebook
         # Held by reference, not registered: the VQModel owns (saves, moves) the codebook.
         self._embedding = (embedding,)
         k, d = embedding.weight.shape
@@ -145,7 +148,7 @@ class VectorQuantizerEMA(nn.Module):
                 embedding.weight.copy_(F.normalize(embedding.weight, dim=1))
         self.register_buffer("cluster_size", torch.zeros(k))
         self.register_buffer("embed_sum", embedding.weight.detach().clone())
-        self.register_buffer("initialized", torch.tensor(cfg.init == "uniform"))
+        self.register_buffer("initialized", torch.tensor(cfg.init == "uniform" and not keep_codebook))
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         # Same seed on every process: restarts choose the same rows everywhere, codebooks stay identical.
@@ -189,12 +192,15 @@ class VectorQuantizerEMA(nn.Module):
 
     @torch.no_grad()
     def initialize(self, flat: torch.Tensor) -> None:
-        rows = self._gather_rows(flat, max_rows=max(20 * self.num_codes, 4096))
-        if self.cfg.init == "kmeans":
-            codes = kmeans(rows, self.num_codes, self.cfg.kmeans_iters, self.generator)
+        if self.keep_codebook:  # published codes: only the EMA statistics start here
+            codes = self.codebook.detach().float().clone()
         else:
-            pick = torch.randint(0, rows.shape[0], (self.num_codes,), generator=self.generator).to(rows.device)
-            codes = rows[pick]
+            rows = self._gather_rows(flat, max_rows=max(20 * self.num_codes, 4096))
+            if self.cfg.init == "kmeans":
+                codes = kmeans(rows, self.num_codes, self.cfg.kmeans_iters, self.generator)
+            else:
+                pick = torch.randint(0, rows.shape[0], (self.num_codes,), generator=self.generator).to(rows.device)
+                codes = rows[pick]
         if self.cosine:  # rows are unit vectors already; the k-means means are not
             codes = F.normalize(codes, dim=1)
         self.codebook.data.copy_(codes)

@@ -11,7 +11,7 @@ encoder output z (here h, one d-vector per position): k = argmin_j ||z - e_j||, 
 moves *every* code at once (the whole span of C rotates and stretches), so unused codes follow the used
 ones: the paper's fix for codebook collapse, which needs neither EMA nor dead-code restarts. The decoder
 sees h + sg[e_k - h] (straight-through, or the rotation trick with ``quantizer.gradient: rotation``).
-W starts at the identity, so E starts as C.
+W starts at the identity, so E starts as C (a published codebook, when a run starts from one: C is it).
 
 The VQModel's ``quantize.embedding.weight`` holds E materialised (no gradient): every forward recomputes
 E = C W, looks codes up in it and writes it there, and :meth:`SimVQ.sync_codebook` writes it after the
@@ -31,7 +31,9 @@ from .quantizer import QuantizerConfig, QuantizerOutput, encoder_gradient, neare
 class SimVQ(nn.Module):
     """Writes E = C W into ``embedding`` (an ``nn.Embedding`` owned by a diffusers VQModel)."""
 
-    def __init__(self, embedding: nn.Embedding, cfg: QuantizerConfig, seed: int = 0):
+    def __init__(self, embedding: nn.Embedding, cfg: QuantizerConfig, seed: int = 0, keep_codebook: bool = False):
+        """``keep_codebook``: start from the codebook ``embedding`` holds (published weights): C is that
+        codebook, so E = C W = C at W = I."""
         super().__init__()
         self.cfg = cfg
         self._embedding = (embedding,)  # held by reference: the VQModel owns (saves, moves) it
@@ -40,6 +42,8 @@ class SimVQ(nn.Module):
         embedding.weight.requires_grad_(False)  # a materialised copy of C W; W is the parameter
         self.generator = torch.Generator().manual_seed(seed + 7919)
         basis = torch.randn(k, d, generator=self.generator) / d**0.5  # C, frozen
+        if keep_codebook:
+            basis = embedding.weight.detach().float().clone()
         self.register_buffer("basis", basis)
         self.weight = nn.Parameter(torch.eye(d))  # W
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long))  # none, ever: reported as 0

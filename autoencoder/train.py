@@ -2,7 +2,8 @@
 
 build (data, model, quantizer, discriminator, optimizers) -> resume -> loop (forward, losses, NaN guard,
 backward, step, log, grids, checkpoints) -> export ``OUT/vqvae`` with the measured scaling factor ->
-``OUT/metrics.json`` with held-out PSNR, SSIM and codebook statistics.
+``OUT/metrics.json`` with held-out PSNR, SSIM and codebook statistics. With ``init`` the model (and its
+codebook) is a published VQModel's, and the scaling factor is measured on the new images all the same.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from .losses import (
     reconstruction_loss,
 )
 from .metrics import codebook_stats, psnr
-from .model import VQAutoencoder, build_vqmodel
+from .model import VQAutoencoder, build_vqmodel, init_vqmodel
 
 
 def train_autoencoder(
@@ -60,8 +61,10 @@ def train_autoencoder(
     data: str | None = None,
     max_steps: int | None = None,
     resume: bool = False,
+    init: str | None = None,
 ) -> dict:
-    """Train, export ``out/vqvae`` and return the final metrics (also written to ``out/metrics.json``)."""
+    """Train, export ``out/vqvae`` and return the final metrics (also written to ``out/metrics.json``).
+    ``init``: start from a published VQModel (a folder or a Hub repo id; :func:`init_vqmodel`)."""
     check_max_steps(max_steps, cfg.train.grad_accumulation)
     if max_steps is not None:
         cfg.train.max_steps = max_steps
@@ -73,7 +76,11 @@ def train_autoencoder(
     # Check every input before writing anything: a failed start leaves no (half-)run folder behind.
     prepare_run_dir(out, resume, is_main, create=False)
     torch.manual_seed(tc.seed)
-    vqmodel = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)  # rejects impossible sizes
+    if init is None:
+        vqmodel = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)  # rejects impossible sizes
+    else:
+        vqmodel, line = init_vqmodel(init, cfg)  # rejects other channels; cfg.model becomes the init's
+        log(line)
 
     # ---------------------------------------------------------------- data
     datasets = load_datasets(source, cfg.data, log=log, progress=is_main and tc.progress, accelerator=acc)
@@ -86,7 +93,7 @@ def train_autoencoder(
     sampler = datasets.train.batch_sampler(tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
 
     # ---------------------------------------------------------------- model, losses, optimizers
-    model = VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed)
+    model = VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed, keep_codebook=init is not None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, tc, acc.device)
     use_disc = cfg.loss.disc_weight > 0

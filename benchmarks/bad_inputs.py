@@ -163,7 +163,7 @@ class Case:
     setup: Callable[[Path, dict], list[str]]  # (scratch folder, shared artefacts) -> argv after `vqldm`
     expect_exit: int = 2
     flags: tuple[str, ...] = ()  # options the sub-command must accept
-    needs: tuple[str, ...] = ()  # shared artefacts: "ae_run", "pipeline"
+    needs: tuple[str, ...] = ()  # shared artefacts: "ae_run", "pipeline", "text_pipeline", "prior"
     fsize_limit: int | None = None  # bytes: RLIMIT_FSIZE for the run (simulates a disk that fills up)
     expect_in_stderr: str | None = None  # a phrase the last line must contain
 
@@ -278,10 +278,10 @@ def _ldm(scratch: Path, shared: dict, *extra: str, autoencoder: Path | str | Non
     return ["train-diffusion", "--autoencoder", str(ae), "--data", str(data), "--out", str(scratch / "out"), *TINY_LDM, *extra]
 
 
-def _text(scratch: Path, shared: dict, data: str | Path) -> list[str]:
+def _text(scratch: Path, shared: dict, data: str | Path, out: Path | None = None) -> list[str]:
     """A tiny text-to-image run (``--config tiny-text``: it reads captions) on ``data``."""
     return ["train-diffusion", "--config", "tiny-text", "--autoencoder", str(shared["ae_run"]), "--data", str(data),
-            "--out", str(scratch / "out"), "--max-steps", "2", "--set", "train.progress=false"]
+            "--out", str(out or scratch / "out"), "--max-steps", "2", "--set", "train.progress=false"]
 
 
 def _captioned(scratch: Path, lines: list[str]) -> Path:
@@ -290,6 +290,34 @@ def _captioned(scratch: Path, lines: list[str]) -> Path:
     write_good_images(folder, 4)
     (folder / "metadata.jsonl").write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
     return folder
+
+
+def _rgb_vqmodel(scratch: Path) -> Path:
+    """A VQModel folder of 3-channel images (the tiny data is grayscale)."""
+    from vqldm.autoencoder.model import AutoencoderModelConfig, build_vqmodel
+
+    folder = scratch / "rgb_vqmodel"
+    build_vqmodel(AutoencoderModelConfig(block_out_channels=[8, 16], latent_channels=3, codebook_size=32,
+                                         norm_num_groups=4), 16, 3).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _unet_for_other_latents(scratch: Path) -> Path:
+    """A UNet2DModel folder for 4x8x8 latents (the tiny autoencoder makes 3x8x8)."""
+    from diffusers import UNet2DModel
+
+    folder = scratch / "unet4"
+    UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), norm_num_groups=8,
+                down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                layers_per_block=1).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _prompt_file(scratch: Path, text: str) -> Path:
+    path = scratch / "prompts.txt"
+    scratch.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def _hf_without_captions(scratch: Path) -> str:
@@ -383,6 +411,8 @@ CASES: list[Case] = [
     Case(AE, "--resume from a truncated checkpoint file", _corrupt_checkpoint, needs=("ae_run",)),
     Case(AE, "NaN: --resume with an absurd learning rate (1e30)", _nan_after_checkpoint, needs=("ae_run",),
          expect_in_stderr="at step"),
+    Case(AE, "--init of a VQModel of other image channels", lambda s, _: _ae(s, "--init", str(_rgb_vqmodel(s))),
+         flags=("--init",), expect_in_stderr="is an autoencoder of 3-channel images but the data has 1 channel"),
     Case(AE, "disk fills up while saving (file-size limit 100 kB)", lambda s, _: _ae(s, "--set", "train.checkpoint_every=1"),
          fsize_limit=100_000, expect_in_stderr="could not write"),
     # ------------------------------------------------------------------ convert (safe loading)
@@ -416,6 +446,8 @@ CASES: list[Case] = [
     Case(LDM, "wrong config type (--set train.lr=fast)", lambda s, sh: _ldm(s, sh, "--set", "train.lr=fast"), needs=("ae_run",)),
     Case(LDM, "mismatched models: data.image_size 32 for a 16-pixel autoencoder",
          lambda s, sh: _ldm(s, sh, "--set", "data.image_size=32"), needs=("ae_run",)),
+    Case(LDM, "--init of a UNet for other latents", lambda s, sh: _ldm(s, sh, "--init", str(_unet_for_other_latents(s))),
+         flags=("--init",), needs=("ae_run",), expect_in_stderr="denoises 4x8x8 latents but the autoencoder makes 3x8x8 latents"),
     Case(LDM, "--out inside a file (not writable)", lambda s, sh: _ldm(s, sh, "--out", str(_a_file(s) / "run")), needs=("ae_run",)),
     Case(LDM, "text model: an image without a caption (metadata.jsonl names 3 of 4)",
          lambda s, sh: _text(s, sh, _captioned(s, [f'{{"file_name": "good_{i:03d}.png", "text": "a square"}}' for i in (0, 1, 3)])),
@@ -427,6 +459,12 @@ CASES: list[Case] = [
          lambda s, sh: _text(s, sh, _captioned(s, ['{"file_name": "good_000.png", "text": ["a", "square"]}'])), needs=("ae_run",)),
     Case(LDM, "text model: hf: dataset without a caption column", lambda s, sh: _text(s, sh, _hf_without_captions(s)), needs=("ae_run",)),
     Case(LDM, "text model: a named dataset (no captions)", lambda s, sh: _text(s, sh, "fashion-mnist"), needs=("ae_run",)),
+    Case(LDM, "text model: unknown text encoder (text.encoder=no-such-org/no-such-encoder, offline)",
+         lambda s, sh: _text(s, sh, _captioned(s, [f'{{"file_name": "good_{i:03d}.png", "text": "a square"}}' for i in range(4)]))
+         + ["--set", "text.encoder=no-such-org/no-such-encoder"], needs=("ae_run",)),
+    Case(LDM, "text model asked for classes too (model.class_conditional=true)",
+         lambda s, sh: _text(s, sh, _captioned(s, [f'{{"file_name": "good_{i:03d}.png", "text": "a square"}}' for i in range(4)]))
+         + ["--set", "model.class_conditional=true"], needs=("ae_run",)),
     # ------------------------------------------------------------------ generate
     Case(GEN, "--model path does not exist", lambda s, sh: _gen(s, sh, model=s / "missing"), flags=("--model",)),
     Case(GEN, "--model is a pickle checkpoint (.ckpt)", lambda s, sh: _gen(s, sh, model=write_pickle(s / "pipe.ckpt")), flags=("--model",)),
@@ -440,6 +478,15 @@ CASES: list[Case] = [
     Case(GEN, "--steps 0", lambda s, sh: _gen(s, sh, "--steps", "0"), flags=("--model", "--steps"), needs=("pipeline",)),
     Case(GEN, "--scheduler unknown", lambda s, sh: _gen(s, sh, "--scheduler", "magic"), flags=("--model", "--scheduler"),
          needs=("pipeline",)),
+    Case(GEN, "--prompt on a class-conditional model", lambda s, sh: _gen(s, sh, "--prompt", "a square"),
+         flags=("--model", "--prompt"), needs=("pipeline",)),
+    Case(GEN, "--class on a text-to-image model", lambda s, sh: _gen(s, sh, "--class", "1", model=sh["text_pipeline"]),
+         flags=("--model", "--prompt"), needs=("text_pipeline",)),
+    Case(GEN, "--prompt-file with an empty line", lambda s, sh: _gen(s, sh, "--prompt-file", str(_prompt_file(s, "a square\n\na disc\n")),
+                                                                    model=sh["text_pipeline"]),
+         flags=("--model", "--prompt-file"), needs=("text_pipeline",)),
+    Case(GEN, "--prompt-file does not exist", lambda s, sh: _gen(s, sh, "--prompt-file", str(s / "missing.txt"), model=sh["text_pipeline"]),
+         flags=("--model", "--prompt-file"), needs=("text_pipeline",)),
     Case(GEN, "--class out of range (99)", lambda s, sh: _gen(s, sh, "--class", "99"), flags=("--model", "--class"), needs=("pipeline",)),
     Case(GEN, "--out inside a file (not writable)", lambda s, sh: _gen(s, sh, out=str(_a_file(s) / "grid.png")), flags=("--model", "--out"),
          needs=("pipeline",)),
@@ -558,6 +605,16 @@ def build_shared(kind: str, root: Path, shared: dict) -> str | None:
                 shared[kind] = str(out / "pipeline")
                 return None
             why = "the tiny pipeline could not be trained: " + _last_line(proc.stderr, root)
+    elif kind == "text_pipeline":
+        why = build_shared("ae_run", root, shared)
+        if why is None:
+            data = _captioned(root / "shared_text", [f'{{"file_name": "good_{i:03d}.png", "text": "a square"}}' for i in range(4)])
+            out = root / "shared_text_ldm"
+            proc = run_cli(_text(root / "shared_text", shared, data, out=out))
+            if proc.returncode == 0 and (out / "pipeline" / "model_index.json").is_file():
+                shared[kind] = str(out / "pipeline")
+                return None
+            why = "the tiny text pipeline could not be trained: " + _last_line(proc.stderr, root)
     elif kind == "prior":
         why = build_shared("ae_run", root, shared)
         if why is None:

@@ -52,6 +52,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", choices=["none", "folders"], default=None, help="class labels from first-level subfolders")
 
 
+def _add_init_arg(p: argparse.ArgumentParser, component: str) -> None:
+    p.add_argument("--init", default=None, metavar="FOLDER_OR_HUB_NAME",
+                   help=f"start from published weights: a {component} folder (config.json + safetensors), a pipeline "
+                        f"folder (its {component}/), a vqldm run folder, or a Hugging Face Hub repo id (owner/name); the "
+                        f"architecture is the init's, training settings the config's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..priors.config import KINDS
 
@@ -60,15 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-autoencoder", help="train the VQ autoencoder (stage 1)")
     _add_train_args(p)
+    _add_init_arg(p, "VQModel")
 
-    p = sub.add_parser("convert", help="convert a trusted pickle checkpoint (.bin/.ckpt/.pt) to safetensors")
+    p = sub.add_parser("convert", help="convert a trusted pickle checkpoint (.bin/.ckpt/.pt) to safetensors; with --config, "
+                       "a taming/CompVis VQ checkpoint to a diffusers VQModel folder")
     p.add_argument("src")
-    p.add_argument("dst", nargs="?", default=None)
+    p.add_argument("dst", nargs="?", default=None,
+                   help="output: a .safetensors file (default: beside SRC); with --config, a new VQModel folder (default: SRC without its suffix)")
     p.add_argument("--trust-pickle", action="store_true", help="required: confirms you trust the file's source")
+    p.add_argument("--config", default=None, metavar="MODEL_YAML",
+                   help="the taming-transformers / latent-diffusion YAML of the VQ model (model.params.ddconfig, n_embed, embed_dim)")
 
     p = sub.add_parser("train-diffusion", help="train the latent diffusion UNet (stage 2)")
     _add_train_args(p)
     p.add_argument("--autoencoder", required=True, help="autoencoder run folder (holding vqvae/) or a VQModel folder")
+    _add_init_arg(p, "UNet2DModel")
 
     p = sub.add_parser("train-prior", help="train a masked or autoregressive prior over the autoencoder's codes (stage 2, discrete)")
     p.add_argument("--kind", required=True, choices=KINDS, metavar="masked|autoregressive",
@@ -142,7 +155,8 @@ def cmd_train_autoencoder(args) -> int:
     else:
         cfg = load_autoencoder_config(args.config, _overrides(args))
     _check_max_steps(args, cfg)
-    train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume)
+    train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume,
+                      init=args.init)
     return 0
 
 
@@ -159,7 +173,7 @@ def cmd_train_diffusion(args) -> int:
         cfg = load_diffusion_config(args.config, _overrides(args))
     _check_max_steps(args, cfg)
     train_diffusion(cfg, args.out or "runs/diffusion", autoencoder=args.autoencoder, data=args.data,
-                    max_steps=args.max_steps, resume=args.resume)
+                    max_steps=args.max_steps, resume=args.resume, init=args.init)
     return 0
 
 
@@ -215,6 +229,17 @@ def cmd_convert(args) -> int:
     src = Path(args.src)
     if not src.is_file():
         raise UserError(f"{args.src!r} not found; check the path")
+    if args.config is not None:
+        from ..autoencoder.convert import convert_taming_checkpoint
+
+        out = Path(args.dst) if args.dst else src.with_suffix("")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"{str(out)!r} already exists; pass a new output folder")
+        model = convert_taming_checkpoint(src, args.config, out)
+        c = model.config
+        print(f"wrote a diffusers VQModel ({len(c.block_out_channels)} levels, {c.num_vq_embeddings} codes of "
+              f"{c.vq_embed_dim or c.latent_channels} channels) to {out}; train from it with --init {out}")
+        return 0
     dst = Path(args.dst) if args.dst else src.with_suffix(".safetensors")
     n = convert_pickle_to_safetensors(src, dst)
     print(f"wrote {n} tensors to {dst}")

@@ -63,9 +63,11 @@ def train_diffusion(
     data: str | None = None,
     max_steps: int | None = None,
     resume: bool = False,
+    init: str | None = None,
 ) -> dict:
     """Train the latent UNet, export ``out/pipeline`` (EMA weights) and return the final metrics
-    (also written to ``out/metrics.json``; empty on non-main processes)."""
+    (also written to ``out/metrics.json``; empty on non-main processes). ``init``: start from a published
+    UNet2DModel (a UNet, pipeline or run folder, or a Hub repo id; ``latents.setup.init_unet``)."""
     tc, oc = cfg.train, cfg.objective
     text = None  # the TextEncoder of a text-to-image run
 
@@ -85,7 +87,8 @@ def train_diffusion(
         cfg.data.captions = True  # every training image needs its caption (checked as the data loads)
     if cfg.model.superresolution:
         cfg.cache.low_res = True  # the cache keeps each image downsampled to the latent grid
-    stage, unet = prepare_latent_stage(cfg, out, autoencoder, data, max_steps, resume, codes=False, build_model=build_model)
+    stage, unet = prepare_latent_stage(cfg, out, autoencoder, data, max_steps, resume, codes=False, build_model=build_model,
+                                      init=init)
     acc, log, progress, vqvae, run_dir, cache = stage.accelerator, stage.log, stage.progress, stage.vqvae, stage.run_dir, stage.cache
     is_main, device, latent, num_classes = stage.is_main, stage.device, stage.latent, stage.num_classes
     data_cfg, sampler = stage.data, stage.sampler

@@ -26,6 +26,7 @@ from ..data.splits import Datasets, ImageSplit
 from ..plumbing.config import save_config
 from ..plumbing.errors import UserError
 from ..plumbing.images import size_hw
+from ..plumbing.init_weights import init_folder, load_init_model, read_model_config
 from ..plumbing.runs import console, prepare_run_dir
 from ..plumbing.trainkit import check_max_steps, make_accelerator
 from .cache import cache_root, prepare_code_cache, prepare_latent_cache
@@ -137,14 +138,60 @@ class LatentStage:
         return self.accelerator.device
 
 
+def init_unet_folder(init: str, cfg, what: str = "--init") -> tuple[Path, dict]:
+    """(folder, config) of the published UNet2DModel named by ``init`` (a UNet, pipeline or run folder, or a
+    Hub repo id; ``plumbing.init_weights``), checked before any data is read: a plain latent UNet, for a run
+    that is neither text- nor image-conditioned."""
+    if getattr(getattr(cfg, "text", None), "enabled", False) or getattr(cfg.model, "superresolution", False):
+        raise UserError(f"{what} starts an unconditional or class-conditional UNet; text-conditional and "
+                        f"super-resolution runs cannot start from published weights yet")
+    folder = init_folder(init, "unet", what)
+    return folder, read_model_config(folder, ("UNet2DModel",), what)
+
+
+def init_unet(folder: Path, config: dict, latent: tuple[int, int, int], image_size: int, train: "ImageSplit",
+              log: Callable[[str], None], what: str = "--init") -> tuple[nn.Module, int]:
+    """(the published UNet with its weights, the number of classes it is trained on) once its shapes are
+    checked against the autoencoder's latents and the data's classes. Its conditioning is the init's: a
+    class-conditional UNet has ``num_class_embeds`` = classes + 1 (the null class of guidance,
+    ``diffusion.model``) and needs exactly that many classes in the data."""
+    from diffusers import UNet2DModel
+
+    c, h, w = latent
+    size = size_hw(config.get("sample_size"))
+    if (config.get("in_channels"), config.get("out_channels"), size) != (c, c, (h, w)):
+        raise UserError(f"{what} {str(folder)!r} denoises {config.get('in_channels')}x{size[0]}x{size[1]} latents but the "
+                        f"autoencoder makes {c}x{h}x{w} latents of {image_size} px images; pass a UNet trained on this "
+                        f"autoencoder's latents (or the --autoencoder it was trained on)")
+    embeds = config.get("num_class_embeds")
+    labelled = train.num_classes > 0 and not bool((train.labels < 0).any())
+    data_classes = train.num_classes if labelled else 0
+    if embeds and int(embeds) - 1 != data_classes:
+        raise UserError(f"{what} {str(folder)!r} is class-conditional on {int(embeds) - 1} classes (num_class_embeds "
+                        f"{embeds}, one for guidance's null class) but the data has {data_classes or 'no'} classes; "
+                        f"pass images with {int(embeds) - 1} classes (--labels folders) or an unconditional UNet")
+    num_classes = int(embeds) - 1 if embeds else 0
+    unet = load_init_model(UNet2DModel, folder, what)
+    n = sum(p.numel() for p in unet.parameters())
+    unused = "; the data's class labels are not used" if data_classes and not num_classes else ""
+    log(f"init: UNet2DModel {str(folder)!r} ({n / 1e6:.2f}M parameters, {c}x{h}x{w} latents, "
+        f"{f'{num_classes} classes' if num_classes else 'unconditional'}): the model is the init's, the preset's "
+        f"model.* keys are ignored{unused}")
+    return unet, num_classes
+
+
 def prepare_latent_stage(cfg, out: str | os.PathLike, autoencoder: str | os.PathLike, data: str | None,
                          max_steps: int | None, resume: bool, *, codes: bool,
-                         build_model: Callable[[VQModel, tuple[int, int, int], int], nn.Module]) -> tuple[LatentStage, nn.Module]:
+                         build_model: Callable[[VQModel, tuple[int, int, int], int], nn.Module],
+                         init: str | None = None) -> tuple[LatentStage, nn.Module]:
     """Set up a stage-2 run (``cfg``: a run config with ``data``, ``model``, ``cache``, ``train``): open the
     autoencoder, read the images with its geometry, build the model with ``build_model(vqvae, latent,
-    num_classes)`` (seeded; it rejects impossible shapes), then -- every input checked, nothing written
-    before -- create the run folder with its config.yaml, encode the images once into the cache (``codes``:
-    code indices, else scaled latents) and lay out the batch order."""
+    num_classes)`` (seeded; it rejects impossible shapes) -- or, with ``init``, load the published UNet it
+    names (:func:`init_unet`; its conditioning replaces ``model.class_conditional``) -- then -- every input
+    checked, nothing written before -- create the run folder with its config.yaml, encode the images once
+    into the cache (``codes``: code indices, else scaled latents) and lay out the batch order."""
+    if init is not None and codes:
+        raise ValueError("init starts a latent UNet; a prior over codes cannot start from one")
     check_max_steps(max_steps, cfg.train.grad_accumulation)
     if max_steps is not None:
         cfg.train.max_steps = max_steps
@@ -156,12 +203,17 @@ def prepare_latent_stage(cfg, out: str | os.PathLike, autoencoder: str | os.Path
     prepare_run_dir(out, resume, is_main, create=False)  # a failed start leaves no (half-)run folder behind
     ae = load_vqvae(autoencoder)
     vqvae = ae.vqvae
+    init_dir, init_config = init_unet_folder(init, cfg) if init is not None else (None, None)
     datasets, data_cfg = load_latent_stage_data(cfg.data, ae.data, vqvae.config, data, log=log, progress=progress, accelerator=acc)
     latent = latent_shape(vqvae.config, data_cfg.image_size)
-    num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
-    class_names = list(datasets.train.class_names) if num_classes else []
     torch.manual_seed(tc.seed)
-    model = build_model(vqvae, latent, num_classes)
+    if init is None:
+        num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
+        model = build_model(vqvae, latent, num_classes)
+    else:
+        model, num_classes = init_unet(init_dir, init_config, latent, data_cfg.image_size, datasets.train, log)
+        cfg.model.class_conditional = num_classes > 0  # config.yaml says what is trained
+    class_names = list(datasets.train.class_names) if num_classes else []
     run_dir = prepare_run_dir(out, resume, is_main)
     acc.wait_for_everyone()
     if is_main:

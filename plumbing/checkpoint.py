@@ -214,8 +214,9 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     fsync_dir(path.parent)
 
 
-def convert_pickle_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> int:
-    """Explicit, user-requested conversion; loads with ``weights_only=True`` (no code execution)."""
+def load_trusted_pickle(src: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a pickled state dict (a Lightning ``.ckpt``'s ``state_dict``, or the dict itself), for an
+    explicit, user-requested conversion: loaded with ``weights_only=True`` (no code execution)."""
     try:
         obj = torch.load(str(src), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused a global: the file wants to run code
@@ -234,6 +235,12 @@ def convert_pickle_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise UserError(f"{str(src)!r} holds no tensors; nothing to convert")
+    return tensors
+
+
+def convert_pickle_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """Explicit, user-requested conversion of a pickled state dict to one safetensors file (same names)."""
+    tensors = load_trusted_pickle(src)
     save_safetensors(tensors, dst)
     return len(tensors)
 

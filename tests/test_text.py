@@ -214,6 +214,10 @@ def test_frozen_pretrained_encoder_trains_the_unet_only(tiny_ae_run, captioned_f
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), original.state_dict().values()))
     pipe = diffusers.DiffusionPipeline.from_pretrained(out / "pipeline")
     assert type(pipe.bert).__name__ == "CLIPTextModel"
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(["a dim disc on the left"], height=64, width=64, guidance_scale=2.0, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (1, 16, 16, 1) and np.isfinite(images).all()
 
 
 def test_text_config_errors_before_any_work(tiny_ae_run, captioned_folder, tmp_path, capsys):
