@@ -239,3 +239,27 @@ def test_the_text_step_reads_nothing_back(tiny_ae_run, captioned_folder, tmp_pat
 
     host_reads(argv(1, "warm"))  # the folder is indexed (one read) by the first run that sees it
     assert per_step_reads(argv) == 0
+
+
+def test_only_text_imports_transformers_and_only_when_called():
+    """transformers is the [text] extra: a bare install trains and samples class models. Only text/ names it,
+    inside functions (a module-level import there would make every text/ import need it)."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    wrong = []
+    for path in sorted(repo.rglob("*.py")):
+        rel = path.relative_to(repo)
+        if rel.parts[0] in ("tests", "benchmarks", "scripts") or "site-packages" in rel.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                       for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.split(".")[0] == "transformers" for n in names):
+                if rel.parts[0] != "text" or id(node) not in in_function:
+                    wrong.append(f"{rel}:{node.lineno}")
+    assert not wrong, "transformers imported outside text/ functions: " + ", ".join(wrong)
