@@ -130,7 +130,7 @@ def train_autoencoder(
             run_dir, at_step, clock, tc.keep_checkpoints,
             modules={"model": raw, **({"disc": raw_disc} if use_disc else {})},
             optimizers={"optimizer": opt, **({"disc_optimizer": dopt} if use_disc else {})},
-            rng={"quantizer": raw.quantizer.generator.get_state()}, state={"config": to_dict(cfg)},
+            rng={"quantizer": raw.quantizer.generator.get_state()}, state={"config": to_dict(cfg), "init": init},
         )
 
     # ---------------------------------------------------------------- loop

@@ -142,6 +142,25 @@ def _check_max_steps(args, cfg) -> None:
                         f"runs end on an optimizer step, pass a multiple of {k}")
 
 
+def _resume_init(args, out: str) -> None:
+    """``--resume`` of a run that started from ``--init``: its checkpoints record the init, so the model is
+    built the same way again without repeating the flag."""
+    import json
+
+    from ..plumbing.checkpoint import latest_checkpoint
+
+    if not args.resume or args.init is not None:
+        return
+    ckpt = latest_checkpoint(out) if os.path.isdir(out) else None
+    try:
+        recorded = json.loads((ckpt / "state.json").read_text(encoding="utf-8")).get("init") if ckpt else None
+    except (OSError, ValueError):
+        recorded = None  # the trainer's resume says what is wrong with the checkpoint
+    if recorded:
+        args.init = recorded
+        _say(f"resuming a run that started from --init {recorded}")
+
+
 def cmd_train_autoencoder(args) -> int:
     from ..autoencoder.config import auto_autoencoder_config, load_autoencoder_config
     from ..autoencoder.train import train_autoencoder
@@ -155,6 +174,7 @@ def cmd_train_autoencoder(args) -> int:
     else:
         cfg = load_autoencoder_config(args.config, _overrides(args))
     _check_max_steps(args, cfg)
+    _resume_init(args, args.out or "runs/autoencoder")
     train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume,
                       init=args.init)
     return 0
@@ -172,6 +192,7 @@ def cmd_train_diffusion(args) -> int:
     else:
         cfg = load_diffusion_config(args.config, _overrides(args))
     _check_max_steps(args, cfg)
+    _resume_init(args, args.out or "runs/diffusion")
     train_diffusion(cfg, args.out or "runs/diffusion", autoencoder=args.autoencoder, data=args.data,
                     max_steps=args.max_steps, resume=args.resume, init=args.init)
     return 0

@@ -128,7 +128,8 @@ def train_diffusion(
         return save_training_state(
             run_dir, at_step, clock, tc.keep_checkpoints, modules={"unet": raw}, optimizers={"optimizer": opt},
             tensors={"ema": ema.state_dict()},
-            state={"ema_updates": ema.num_updates, "config": to_dict(cfg), "unet_config": dict(raw.config), "cache_key": cache.key},
+            state={"ema_updates": ema.num_updates, "config": to_dict(cfg), "unet_config": dict(raw.config), "cache_key": cache.key,
+                   "init": init},
         )
 
     def sample_grid(at_step: int) -> None:

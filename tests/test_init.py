@@ -182,3 +182,18 @@ def test_diffusion_init_shapes_that_do_not_fit_are_one_line(tmp_path, capsys):
     line = one_error_line(capsys, [*base, "--init", str(tmp_path / "d")])  # an image folder: no UNet in it
     assert "holds no unet/ folder" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_an_init_run_needs_no_init_flag(tmp_path, capsys):
+    """The checkpoints record --init: `--resume` alone rebuilds the init's architecture and continues."""
+    published_vqmodel().save_pretrained(tmp_path / "published", safe_serialization=True)
+    out = tmp_path / "run"
+    base = ["train-autoencoder", "--config", "tiny", "--data", str(gray_folder(tmp_path / "data")), "--out", str(out),
+            *AE_FAST, "--set", "train.checkpoint_every=2"]
+    assert main([*base, "--init", str(tmp_path / "published"), "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--max-steps", "4", "--resume"]) == 0
+    assert f"resuming a run that started from --init {tmp_path / 'published'}" in capsys.readouterr().out
+    vq = VQModel.from_pretrained(out / "vqvae", use_safetensors=True)
+    assert list(vq.config.block_out_channels) == [8, 8]
+    assert json.loads((out / "metrics.json").read_text())["step"] == 4
