@@ -89,6 +89,8 @@ def train_diffusion(
         cfg.cache.low_res = True  # the cache keeps each image downsampled to the latent grid
     stage, unet = prepare_latent_stage(cfg, out, autoencoder, data, max_steps, resume, codes=False, build_model=build_model,
                                       init=init)
+    if init is not None and cfg.model.superresolution:  # a published super-resolution UNet (latents + image in)
+        unet = SuperResolutionDenoiser(unet)
     acc, log, progress, vqvae, run_dir, cache = stage.accelerator, stage.log, stage.progress, stage.vqvae, stage.run_dir, stage.cache
     is_main, device, latent, num_classes = stage.is_main, stage.device, stage.latent, stage.num_classes
     data_cfg, sampler = stage.data, stage.sampler

@@ -142,15 +142,15 @@ def init_unet_folder(init: str, cfg, what: str = "--init") -> tuple[Path, dict]:
     """(folder, config) of the published UNet2DModel named by ``init`` (a UNet, pipeline or run folder, or a
     Hub repo id; ``plumbing.init_weights``), checked before any data is read: a plain latent UNet, for a run
     that is neither text- nor image-conditioned."""
-    if getattr(getattr(cfg, "text", None), "enabled", False) or getattr(cfg.model, "superresolution", False):
-        raise UserError(f"{what} starts an unconditional or class-conditional UNet; text-conditional and "
-                        f"super-resolution runs cannot start from published weights yet")
+    if getattr(getattr(cfg, "text", None), "enabled", False):
+        raise UserError(f"{what} starts an unconditional, class-conditional or super-resolution UNet; text-conditional "
+                        f"runs cannot start from published weights yet")
     folder = init_folder(init, "unet", what)
     return folder, read_model_config(folder, ("UNet2DModel",), what)
 
 
 def init_unet(folder: Path, config: dict, latent: tuple[int, int, int], image_size: int, train: "ImageSplit",
-              log: Callable[[str], None], what: str = "--init") -> tuple[nn.Module, int]:
+              log: Callable[[str], None], what: str = "--init", image_channels: int = 0) -> tuple[nn.Module, int]:
     """(the published UNet with its weights, the number of classes it is trained on) once its shapes are
     checked against the autoencoder's latents and the data's classes. Its conditioning is the init's: a
     class-conditional UNet has ``num_class_embeds`` = classes + 1 (the null class of guidance,
@@ -159,9 +159,11 @@ def init_unet(folder: Path, config: dict, latent: tuple[int, int, int], image_si
 
     c, h, w = latent
     size = size_hw(config.get("sample_size"))
-    if (config.get("in_channels"), config.get("out_channels"), size) != (c, c, (h, w)):
+    extra = int(image_channels or 0)  # a super-resolution UNet also takes the low-resolution image
+    if (config.get("in_channels"), config.get("out_channels"), size) != (c + extra, c, (h, w)):
+        takes = f" + {extra} image channels" if extra else ""
         raise UserError(f"{what} {str(folder)!r} denoises {config.get('in_channels')}x{size[0]}x{size[1]} latents but the "
-                        f"autoencoder makes {c}x{h}x{w} latents of {image_size} px images; pass a UNet trained on this "
+                        f"autoencoder makes {c}x{h}x{w} latents{takes} of {image_size} px images; pass a UNet trained on this "
                         f"autoencoder's latents (or the --autoencoder it was trained on)")
     embeds = config.get("num_class_embeds")
     labelled = train.num_classes > 0 and not bool((train.labels < 0).any())
@@ -211,7 +213,9 @@ def prepare_latent_stage(cfg, out: str | os.PathLike, autoencoder: str | os.Path
         num_classes = conditioning_classes(datasets.train, cfg.model.class_conditional)
         model = build_model(vqvae, latent, num_classes)
     else:
-        model, num_classes = init_unet(init_dir, init_config, latent, data_cfg.image_size, datasets.train, log)
+        image_channels = int(vqvae.config.in_channels) if getattr(cfg.model, "superresolution", False) else 0
+        model, num_classes = init_unet(init_dir, init_config, latent, data_cfg.image_size, datasets.train, log,
+                                       image_channels=image_channels)
         cfg.model.class_conditional = num_classes > 0  # config.yaml says what is trained
     class_names = list(datasets.train.class_names) if num_classes else []
     run_dir = prepare_run_dir(out, resume, is_main)

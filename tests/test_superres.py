@@ -96,3 +96,26 @@ def test_superres_training_exports_a_diffusers_superres_folder(tiny_ae_run, tmp_
     # model on 3-channel latents loads there but samples only in vqldm (RGB on 3 channels samples in both)
     again = pipe(image=low, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
     np.testing.assert_array_equal(ours, again)
+
+
+def test_superres_fine_tunes_a_compvis_shaped_folder(compvis_shaped, tmp_path):
+    """--init of a published super-resolution pipeline: its UNet (latents + image in) is the start, trained on
+    a new folder through its own vqvae, and the result still samples in diffusers' pipeline."""
+    from vqldm.plumbing.checkpoint import load_safetensors
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "ft"
+    assert main(["train-diffusion", "--config", "tiny", "--autoencoder", str(compvis_shaped / "vqvae"), "--data", str(data),
+                 "--out", str(out), "--init", str(compvis_shaped), "--max-steps", "2", *FAST,
+                 "--set", "data.holdout_fraction=0.25", "--set", "train.lr=1e-12", "--set", "train.warmup_steps=0"]) == 0
+    start = LDMSuperResolutionPipeline.from_pretrained(compvis_shaped).unet.state_dict()
+    trained = load_safetensors(out / "checkpoints" / "step-00000002" / "unet.safetensors")
+    assert all(torch.allclose(trained[f"unet.{k}"], v, atol=1e-6) for k, v in start.items())  # it started there
+    ref = LDMSuperResolutionPipeline.from_pretrained(out / "pipeline")
+    ref.set_progress_bar_config(disable=True)
+    images = ref(torch.zeros(1, 3, 16, 16), num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 64, 64, 3)
