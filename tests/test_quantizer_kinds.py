@@ -326,7 +326,7 @@ def test_every_kind_resumes_bit_exactly(kind, tmp_path):
 
 
 @pytest.mark.slow  # stage 2 on each new kind: diffusion, both priors, generate (~40 s)
-@pytest.mark.parametrize("kind", ["fsq", "simvq"])
+@pytest.mark.parametrize("kind", ["fsq", "simvq", "vq-rotation"])
 def test_stage_two_runs_on_every_kind(kind, ae_runs, tmp_path):
     from vqldm.cli.main import main
 
@@ -344,3 +344,17 @@ def test_stage_two_runs_on_every_kind(kind, ae_runs, tmp_path):
         assert main(["generate", "--model", str(out / "prior"), "--num-images", "2", "--no-progress", "--device", "cpu",
                      "--out", str(tmp_path / f"{prior}.png")]) == 0
         assert (tmp_path / f"{prior}.png").is_file()
+
+
+@pytest.mark.slow  # two tiny trainings per kind
+@pytest.mark.parametrize("kind", list(CLI_KINDS))
+def test_every_kind_steps_without_reading_back(kind, tmp_path):
+    """The lean step (issue 21) holds for every quantizer kind: no device-to-host read per training step."""
+    from test_lean_step import QUIET, per_step_reads  # the host-read counter of the lean-step tests
+
+    def argv(steps, name):
+        return ["train-autoencoder", "--config", "tiny", "--data", "fashion-mnist", "--out", str(tmp_path / name),
+                "--max-steps", str(steps), "--set", "data.max_images=512", "--set", "train.eval_max_images=8",
+                "--set", "quantizer.restart_every=1000", *CLI_KINDS[kind], *QUIET]
+
+    assert per_step_reads(argv) == 0
