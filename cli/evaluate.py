@@ -23,6 +23,7 @@ The measurements are :mod:`vqldm.evaluation`'s (``evaluate_autoencoder``, ``eval
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -142,6 +143,15 @@ def cmd_generation(args) -> int:
     sweep_schedulers = [s.strip() for s in args.sweep_schedulers.split(",") if s.strip()]
     extractor = _load_features(args, device)
     pipe = load_sampler(args.model, device, freeze_unet=True)  # many batches: the frozen UNet pays off
+    what = repr(args.model) if args.model else "the shipped model"
+    if getattr(pipe, "is_superres", False):
+        raise UserError(f"{what} is a super-resolution model, which upscales images rather than sampling from noise; "
+                        f"measure it with benchmarks/bench_superres.py (PSNR / rFID against bicubic)")
+    if getattr(pipe, "is_text_model", False):
+        if args.guidance not in (None, 1.0):
+            raise UserError(f"{what} is text-to-image; evaluate generation samples it unconditionally (the empty prompt), "
+                            f"without guidance: drop --guidance")
+        print(f"{what} is text-to-image: sampling unconditionally (the empty prompt)", file=sys.stderr)
     if args.scheduler:
         pipe.set_scheduler(args.scheduler)
     out = Path(args.out or "runs/evaluate-generation")

@@ -119,3 +119,10 @@ def test_superres_fine_tunes_a_compvis_shaped_folder(compvis_shaped, tmp_path):
     ref.set_progress_bar_config(disable=True)
     images = ref(torch.zeros(1, 3, 16, 16), num_inference_steps=2, output_type="np").images
     assert images.shape == (1, 64, 64, 3)
+
+
+def test_evaluate_generation_refuses_a_superres_model_in_one_line(compvis_shaped, tmp_path, capsys):
+    assert main(["evaluate", "generation", "--model", str(compvis_shaped), "--num-samples", "8",
+                 "--out", str(tmp_path / "ev"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "super-resolution model" in err and "bench_superres.py" in err and err.count("\n") == 1
