@@ -230,7 +230,9 @@ def train_diffusion(
             extra={"class_names": stage.class_names, "num_classes": num_classes, "image_size": data_cfg.image_size,
                    "vqvae_weights_sha256": weights_sha256(exported_vqvae),
                    "step": step, "prediction_type": oc.prediction_type, "training_config": to_dict(cfg),
-                   **({"text_encoder_source": text.source, "text_max_length": text.max_length} if text is not None else {})},
+                   **({"text_encoder_source": text.source, "text_max_length": text.max_length,
+                      # a prompt without --guidance samples as the training grids did (the preset's scale)
+                      "default_guidance": tc.sample_guidance} if text is not None else {})},
             **text_parts,
         )
         atomic_write_json(run_dir / "metrics.json", metrics)

@@ -123,6 +123,7 @@ def test_text_run_exports_a_diffusers_text_pipeline(text_run):
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     info = json.loads((pipe_dir / "vqldm.json").read_text())
     assert info["conditioning"] == "text" and info["text_encoder_source"] == "scratch" and info["text_max_length"] == 77
+    assert info["default_guidance"] == 2.0  # the training grids' train.sample_guidance
     # the exported encoder is the EMA copy of the one trained with the UNet
     ema = load_safetensors(text_run / "checkpoints" / "step-00000006" / "ema.safetensors")
     bert = load_safetensors(next((pipe_dir / "bert").glob("*.safetensors")))
