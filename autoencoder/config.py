@@ -46,6 +46,11 @@ class AutoencoderRunConfig:
                 self.quantizer.levels = fsq_levels(self.quantizer.levels, m.vq_embed_dim or m.latent_channels, m.codebook_size)
             except ValueError as err:
                 raise UserError(str(err)) from None
+        # a growing codebook grows up to the table's K rows (the exported VQModel always has K)
+        grow, k = self.quantizer.grow_from, self.model.codebook_size
+        if grow is not None and grow >= k:
+            raise UserError(f"quantizer.grow_from={grow} must be below model.codebook_size={k} (it grows up to it); "
+                            f"lower it or remove it for a fixed codebook")
 
 
 def load_autoencoder_config(path, overrides=()) -> AutoencoderRunConfig:

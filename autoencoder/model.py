@@ -93,6 +93,9 @@ def init_vqmodel(init: str, cfg, what: str = "--init") -> tuple[VQModel, str]:
     if cfg.quantizer.kind == "fsq":
         raise UserError(f"{what} starts from a learned codebook, which quantizer.kind=fsq (a fixed grid) cannot keep; "
                         f"use quantizer.kind=vq or simvq")
+    if cfg.quantizer.grow_from is not None:
+        raise UserError(f"{what} starts from a published codebook of all its codes, which quantizer.grow_from (a codebook "
+                        f"grown from a few fresh codes) would discard; remove quantizer.grow_from")
     folder = init_folder(init, "vqvae", what)
     config = read_model_config(folder, ("VQModel",), what)
     channels, image_size = cfg.data.channels, cfg.data.image_size

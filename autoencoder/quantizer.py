@@ -14,6 +14,8 @@ gradient of identity into the encoder).
   loss is needed then. ``gradient`` keeps the plain codebook loss ||sg[h] - e_k||^2 for comparison.
 * Dead codes (EMA cluster size below a threshold) are restarted from current encoder outputs, which is
   what keeps codebook usage near 100% (Dhariwal et al. 2020, Jukebox; Zeghidour et al. 2021).
+* ``grow_from`` (autoencoder/growing.py): a codebook that starts with few active codes and splits the
+  highest-distortion ones on a schedule up to K (Linde, Buzo & Gray 1980); inactive rows are masked.
 * ``lookup: cosine`` (l2-normalised codes, Yu et al. 2022 "ViT-VQGAN", sec. 3.2; LlamaGen): the codebook
   rows are kept on the unit sphere, k = argmax_j cos(h, e_j), and the decoder sees e_k, a unit vector; the
   commitment term and the EMA statistics use h / ||h||, and the EMA codebook is renormalised after each
@@ -37,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .growing import active_codes, active_mask, fill_inactive, nearest_active_code, split_codes
 from .rotation import rotation_trick
 
 
@@ -56,6 +59,11 @@ class QuantizerConfig:
     restart_every: int = 1  # optimizer steps between dead-code checks
     restart_until: int = 0  # last optimizer step with restarts (0 = never stop); lets the decoder settle at the end
     lookup: Literal["euclidean", "cosine"] = "euclidean"  # cosine: unit-norm codes, nearest by angle (ViT-VQGAN)
+    # growing codebook (vq; autoencoder/growing.py): start with grow_from active codes, and every grow_every
+    # optimizer steps split the highest-distortion ones, x grow_factor, up to model.codebook_size (None = off)
+    grow_from: int | None = None
+    grow_every: int = 1000
+    grow_factor: float = 2.0
 
     def __post_init__(self):
         if not 0.0 < self.ema_decay < 1.0:
@@ -72,6 +80,14 @@ class QuantizerConfig:
             raise ValueError(f"quantizer.lookup=cosine applies to kind vq only; remove it for kind={self.kind}")
         if self.levels is not None and self.kind != "fsq":
             raise ValueError(f"quantizer.levels applies to kind fsq only; remove it for kind={self.kind}")
+        if self.grow_from is not None:
+            if self.kind != "vq":  # simvq's codes all move with W, fsq's grid is fixed: nothing to grow
+                raise ValueError(f"quantizer.grow_from applies to kind vq only; remove it for kind={self.kind}")
+            if self.grow_from < 1 or self.grow_every < 1:
+                raise ValueError(f"quantizer.grow_from and quantizer.grow_every must be >= 1, "
+                                 f"got {self.grow_from} and {self.grow_every}")
+            if not 1.0 < self.grow_factor <= 2.0:  # at most doubling: each code splits at most once per growth
+                raise ValueError(f"quantizer.grow_factor must be in (1, 2], got {self.grow_factor}")
 
 
 @dataclass
@@ -151,14 +167,22 @@ class VectorQuantizerEMA(nn.Module):
         self.register_buffer("initialized", torch.tensor(cfg.init == "uniform" and not keep_codebook))
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.growing = cfg.grow_from is not None
+        if self.growing:  # only then: a fixed codebook's state (and its old checkpoints) keep their keys
+            first = self._scheduled(0)
+            self.register_buffer("active", torch.tensor(first, dtype=torch.long))  # rows in use: 0 .. active-1
+            self.register_buffer("distortion", torch.zeros(k))  # D_k: EMA of the squared error assigned to code k
+            with torch.no_grad():
+                self.embed_sum.mul_(active_mask(k, first, self.embed_sum.device)[:, None])
         # Same seed on every process: restarts choose the same rows everywhere, codebooks stay identical.
         self.generator = torch.Generator().manual_seed(seed + 7919)
         # host copies of ``initialized`` and ``steps``, so a training step reads no buffer from the device;
         # None: read them once (again after load_state_dict)
         self._host_state: tuple[bool, int] | None = None
+        self._host_active: int | None = None  # host copy of ``active`` (growing codebook), likewise
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._host_state = None
+        self._host_state = self._host_active = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _host(self) -> tuple[bool, int]:
@@ -166,12 +190,33 @@ class VectorQuantizerEMA(nn.Module):
             self._host_state = (bool(self.initialized), int(self.steps))
         return self._host_state
 
+    def num_active(self) -> int:
+        """Codes in use: K, or the growing codebook's active rows (read from the device once after a load)."""
+        if not self.growing:
+            return self.num_codes
+        if self._host_active is None:
+            self._host_active = int(self.active)
+        return self._host_active
+
+    def _scheduled(self, step: int) -> int:
+        c = self.cfg
+        return active_codes(step, c.grow_from, c.grow_every, c.grow_factor, self.num_codes)
+
     @property
     def codebook(self) -> torch.Tensor:
         return self._embedding[0].weight
 
+    @torch.no_grad()
     def sync_codebook(self) -> None:
-        """Nothing to do: the VQModel's codebook *is* the trained codebook (SimVQ and FSQ materialise theirs)."""
+        """The VQModel's codebook *is* the trained codebook (SimVQ and FSQ materialise theirs); a growing one
+        gets copies of active codes in its inactive rows, so the plain VQModel never picks an untrained row."""
+        if self.growing and self.num_active() < self.num_codes:
+            self.codebook.data.copy_(fill_inactive(self.codebook.data, self.num_active()))
+
+    def _nearest(self, flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        if not self.growing:
+            return nearest_code(flat, codebook)
+        return nearest_active_code(flat, codebook, self.num_active())
 
     # ------------------------------------------------------------------ helpers
     def _gather_rows(self, flat: torch.Tensor, max_rows: int) -> torch.Tensor:
@@ -192,22 +237,36 @@ class VectorQuantizerEMA(nn.Module):
 
     @torch.no_grad()
     def initialize(self, flat: torch.Tensor) -> None:
+        """The codebook from encoder outputs (the active rows of a growing one; its other rows copy them)."""
+        a = self.num_active()
         if self.keep_codebook:  # published codes: only the EMA statistics start here
             codes = self.codebook.detach().float().clone()
         else:
-            rows = self._gather_rows(flat, max_rows=max(20 * self.num_codes, 4096))
+            rows = self._gather_rows(flat, max_rows=max(20 * a, 4096))
             if self.cfg.init == "kmeans":
-                codes = kmeans(rows, self.num_codes, self.cfg.kmeans_iters, self.generator)
+                codes = kmeans(rows, a, self.cfg.kmeans_iters, self.generator)
             else:
-                pick = torch.randint(0, rows.shape[0], (self.num_codes,), generator=self.generator).to(rows.device)
+                pick = torch.randint(0, rows.shape[0], (a,), generator=self.generator).to(rows.device)
                 codes = rows[pick]
         if self.cosine:  # rows are unit vectors already; the k-means means are not
             codes = F.normalize(codes, dim=1)
+        if self.growing:
+            codes = codes[torch.arange(self.num_codes, device=codes.device) % a]  # K rows: row j is code j mod a
         self.codebook.data.copy_(codes)
         # Start the EMA as if each code had been hit at the average rate, so early steps don't kill codes.
-        average = flat.shape[0] * (dist.get_world_size() if _distributed() else 1) / self.num_codes
-        self.cluster_size.fill_(average)
-        self.embed_sum.copy_(codes * average)
+        average = flat.shape[0] * (dist.get_world_size() if _distributed() else 1) / a
+        if self.growing:
+            self.cluster_size.copy_(active_mask(self.num_codes, a, flat.device).float() * average)
+            self.embed_sum.copy_(codes * self.cluster_size[:, None])
+            # D_k at the same start: the rate times this batch's mean squared error to its nearest code
+            err = (flat.float() - codes[nearest_active_code(flat.float(), codes, a)]).pow(2).sum(1).mean()
+            if _distributed():  # the same D on every process: splits choose the same parents everywhere
+                dist.all_reduce(err)
+                err = err / dist.get_world_size()
+            self.distortion.copy_(self.cluster_size * err)
+        else:
+            self.cluster_size.fill_(average)
+            self.embed_sum.copy_(codes * average)
         self.initialized.fill_(True)
 
     @torch.no_grad()
@@ -235,11 +294,12 @@ class VectorQuantizerEMA(nn.Module):
 
     @torch.no_grad()
     def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> int:
-        if self.cfg.codebook_update == "ema":
-            dead = self.cluster_size < self.cfg.dead_code_threshold
-        else:  # gradient mode keeps its own running count in cluster_size
+        if self.cfg.codebook_update == "gradient" and not self.growing:
+            # gradient mode keeps its own running count in cluster_size (a growing codebook's, every batch)
             self.cluster_size.mul_(self.cfg.ema_decay).add_(counts, alpha=1 - self.cfg.ema_decay)
-            dead = self.cluster_size < self.cfg.dead_code_threshold
+        dead = self.cluster_size < self.cfg.dead_code_threshold
+        if self.growing:  # inactive rows are not dead, only not yet split into
+            dead = dead & active_mask(self.num_codes, self.num_active(), dead.device)
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0
@@ -250,8 +310,44 @@ class VectorQuantizerEMA(nn.Module):
         restart_size = max(self.cfg.dead_code_threshold, 1.0)
         self.cluster_size[dead] = restart_size
         self.embed_sum[dead] = new * restart_size
+        if self.growing:  # a restarted code's distortion at its count times the active codes' mean per vector
+            alive = (~dead) & active_mask(self.num_codes, self.num_active(), dead.device)
+            per_vector = (self.distortion * alive).sum() / (self.cluster_size * alive).sum().clamp(min=1e-5)
+            self.distortion[dead] = restart_size * per_vector
         self.restarts.add_(n_dead)
         return n_dead
+
+    # ------------------------------------------------------------------ growing codebook (growing.py)
+    @torch.no_grad()
+    def _grow(self, step: int | None) -> None:
+        """At the first batch of an optimizer step whose scheduled count exceeds the active one: split codes.
+        Decided on the host from the step number; no device read."""
+        s = self._host()[1] if step is None else step  # the 0-based optimizer step this batch belongs to
+        target, a = self._scheduled(s), self.num_active()
+        if target <= a:
+            return
+        while a < target:  # one growth per scheduled step (a resume or a jump may owe several)
+            nxt = min(target, min(self.num_codes, max(a + 1, round(a * self.cfg.grow_factor))))
+            split_codes(self.codebook.data, self.cluster_size, self.embed_sum, self.distortion, a, nxt, self.generator,
+                        cosine=self.cosine)
+            a = nxt
+        self.active.fill_(a)
+        self._host_active = a
+
+    @torch.no_grad()
+    def _track_distortion(self, flat: torch.Tensor, indices: torch.Tensor, codebook: torch.Tensor,
+                          counts: torch.Tensor) -> None:
+        """D_k <- g D_k + (1-g) sum_{i: k_i = k} ||h_i - e_k||^2 (gradient mode: N_k likewise, every batch),
+        with the codebook the batch was quantized with; a non-finite batch changes nothing."""
+        err = (flat.detach().float() - codebook[indices]).pow(2).sum(1)  # (B*H*W,)
+        stats = torch.stack([torch.zeros(self.num_codes, device=flat.device).index_add_(0, indices, err), counts])
+        if _distributed():
+            dist.all_reduce(stats)
+        finite = torch.isfinite(stats).all()
+        g = self.cfg.ema_decay
+        self.distortion.copy_(torch.where(finite, self.distortion * g + stats[0] * (1 - g), self.distortion))
+        if self.cfg.codebook_update == "gradient":
+            self.cluster_size.copy_(torch.where(finite, self.cluster_size * g + stats[1] * (1 - g), self.cluster_size))
 
     # ------------------------------------------------------------------ forward
     def forward(self, h: torch.Tensor, step: int | None = None) -> QuantizerOutput:
@@ -276,8 +372,10 @@ class VectorQuantizerEMA(nn.Module):
             if self.training and not self._host()[0]:
                 self.initialize(flat)
                 self._host_state = (True, self._host()[1])
+            if self.training and self.growing:
+                self._grow(step)
             codebook = self.codebook.float()
-            indices = nearest_code(lookup_rows, codebook.detach())  # B*H*W
+            indices = self._nearest(lookup_rows, codebook.detach())  # B*H*W
             z_q = F.embedding(indices, codebook).view(b, hh, ww, d).permute(0, 3, 1, 2)  # B x D x H x W
             commitment = F.mse_loss(h, z_q.detach())
             if self.cfg.codebook_update == "gradient":
@@ -296,6 +394,8 @@ class VectorQuantizerEMA(nn.Module):
                 finite = None
                 if self.cfg.codebook_update == "ema":
                     finite = self._ema_update(flat, indices)
+                if self.growing:
+                    self._track_distortion(flat, indices, codebook.detach(), counts)
                 restarting = new_step and self.cfg.restart_dead_codes and (
                     self.cfg.restart_until <= 0 or n <= self.cfg.restart_until)
                 # the one host read of a step, and only on a restart step (every restart_every optimizer steps)
