@@ -202,6 +202,8 @@ def train_autoencoder(
                 live = (epoch_counts > 0).float().mean().item() * 100
                 avg.update({"train/codebook_usage_epoch_so_far": live, "train/restarts": float(raw.quantizer.restarts),
                             "train/lr": opt.param_groups[0]["lr"]})
+                if getattr(raw.quantizer, "growing", False):  # usage is counted over all K rows, of which these are in use
+                    avg["train/active_codes"] = float(raw.quantizer.num_active())
                 logger.scalars(step, avg)
                 bar.set_postfix(loss=f"{avg['train/loss']:.4f}", psnr=f"{avg['train/psnr']:.2f}", codes=f"{live:.0f}%")
             if is_main and due(step, tc.image_every, tc):
@@ -232,7 +234,8 @@ def train_autoencoder(
         n_params = sum(p.numel() for p in raw.parameters())
         metrics = run_metrics(step, steps_done, clock, tc, acc, n_params, window.last_mean, scaling_factor=scaling,
                               holdout=result, train_images=len(datasets.train), skipped_files=len(datasets.skipped),
-                              restarts=int(raw.quantizer.restarts))
+                              restarts=int(raw.quantizer.restarts),
+                              **({"active_codes": raw.quantizer.num_active()} if getattr(raw.quantizer, "growing", False) else {}))
         atomic_write_json(run_dir / "metrics.json", metrics)
         logger.scalars(step, {f"eval/{key}": v for key, v in result.items() if isinstance(v, (int, float))})
         log(

@@ -198,6 +198,9 @@ def test_a_growing_run_resumes_bit_exactly_and_exports_a_plain_vqmodel(tmp_path)
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), f"{name}/{key}"
     assert int(a["model"]["quantizer.active"]) == 16
+    import json
+
+    assert json.loads((straight / "metrics.json").read_text())["active_codes"] == 16
     exported = [(d / "vqvae" / "diffusion_pytorch_model.safetensors").read_bytes() for d in (straight, resumed)]
     assert exported[0] == exported[1]
 
