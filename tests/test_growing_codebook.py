@@ -180,12 +180,9 @@ def train_ae(out, *extra) -> int:
 
 @pytest.mark.slow  # three tiny trainings, ~1 min on a busy machine
 def test_a_growing_run_resumes_bit_exactly_and_exports_a_plain_vqmodel(tmp_path):
-    from diffusers import VQModel
+    from vq_export import check_plain_export
 
-    from vqldm.autoencoder.config import AutoencoderRunConfig
-    from vqldm.data.sources import load_datasets
     from vqldm.plumbing.checkpoint import load_training_checkpoint
-    from vqldm.plumbing.config import load_config
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train_ae(straight, "--max-steps", "6") == 0  # active 4, 4, 8, 8, 16, 16: stops before K = 32
@@ -204,22 +201,8 @@ def test_a_growing_run_resumes_bit_exactly_and_exports_a_plain_vqmodel(tmp_path)
     exported = [(d / "vqvae" / "diffusion_pytorch_model.safetensors").read_bytes() for d in (straight, resumed)]
     assert exported[0] == exported[1]
 
-    cfg = load_config(AutoencoderRunConfig, straight / "config.yaml")
-    own = VQAutoencoder(build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels), cfg.quantizer)
-    own.load_state_dict(a["model"])
-    own.eval()
-    vq = VQModel.from_pretrained(straight / "vqvae").eval()  # plain diffusers, K rows
-    assert vq.quantize.embedding.weight.shape[0] == K
-    torch.testing.assert_close(vq.quantize.embedding.weight, own.vqmodel.quantize.embedding.weight, rtol=0, atol=0)
-    data = load_datasets(cfg.data.source, cfg.data, log=lambda m: None, progress=False)
-    x, _ = data.holdout.batch(torch.arange(32))
-    with torch.no_grad():
-        own_rec, q, own_h = own(x)
-        h = vq.encode(x).latents
-        assert torch.equal(h, own_h)
-        _, _, (_, _, idx) = vq.quantize(h)
-        assert torch.equal(idx.view(q.indices.shape), q.indices) and int(idx.max()) < 16
-        torch.testing.assert_close(vq.decode(h).sample, own_rec, rtol=0, atol=1e-5)
+    check = check_plain_export(straight, a["model"])  # plain diffusers, K rows
+    assert check.vq.quantize.embedding.weight.shape[0] == K and int(check.indices.max()) < 16
 
 
 @pytest.mark.slow  # two tiny trainings

@@ -268,36 +268,19 @@ def ae_runs(tmp_path_factory):
 @pytest.mark.slow  # three tiny trainings, ~15 s
 @pytest.mark.parametrize("kind", list(CLI_KINDS))
 def test_every_kind_exports_a_plain_vqmodel_that_decodes_identically(kind, ae_runs):
-    from diffusers import VQModel
-
-    from vqldm.autoencoder.config import AutoencoderRunConfig
-    from vqldm.data.sources import load_datasets
-    from vqldm.plumbing.checkpoint import latest_checkpoint, load_training_checkpoint
-    from vqldm.plumbing.config import load_config
+    from vq_export import check_plain_export
 
     run = ae_runs[kind]
-    cfg = load_config(AutoencoderRunConfig, run / "config.yaml")
-    files, _ = load_training_checkpoint(latest_checkpoint(run))
-    own = VQAutoencoder(build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels), cfg.quantizer)
-    own.load_state_dict(files["model"])
-    own.eval()
-    vq = VQModel.from_pretrained(run / "vqvae").eval()  # plain diffusers
-    torch.testing.assert_close(vq.quantize.embedding.weight, own.vqmodel.quantize.embedding.weight, rtol=0, atol=0)
+    check = check_plain_export(run)
+    own, vq = check.own, check.vq
     if kind == "simvq":
         torch.testing.assert_close(vq.quantize.embedding.weight, own.quantizer.basis @ own.quantizer.weight, rtol=0, atol=0)
         assert not torch.equal(own.quantizer.weight, torch.eye(D))  # W was trained
     if kind == "fsq":
-        assert torch.equal(vq.quantize.embedding.weight, fsq_grid(cfg.quantizer.levels))
-    data = load_datasets(cfg.data.source, cfg.data, log=lambda m: None, progress=False)
-    x, _ = data.holdout.batch(torch.arange(32))
-    with torch.no_grad():
-        own_rec, q, own_h = own(x)
-        h = vq.encode(x).latents
-        assert torch.equal(h, own_h)
-        _, _, (_, _, idx) = vq.quantize(h)
-        assert torch.equal(idx.view(q.indices.shape), q.indices)
-        assert q.indices.unique().numel() > 1
-        torch.testing.assert_close(vq.decode(h).sample, own_rec, rtol=0, atol=1e-5)
+        from vqldm.autoencoder.config import AutoencoderRunConfig
+        from vqldm.plumbing.config import load_config
+
+        assert torch.equal(vq.quantize.embedding.weight, fsq_grid(load_config(AutoencoderRunConfig, run / "config.yaml").quantizer.levels))
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("codebook_usage", "perplexity", "dead_codes"):
         assert key in metrics["holdout"]
