@@ -180,20 +180,13 @@ def train_ae(out, *extra) -> int:
 
 @pytest.mark.slow  # three tiny trainings, ~1 min on a busy machine
 def test_a_growing_run_resumes_bit_exactly_and_exports_a_plain_vqmodel(tmp_path):
-    from vq_export import check_plain_export
-
-    from vqldm.plumbing.checkpoint import load_training_checkpoint
+    from vq_export import assert_same_checkpoints, check_plain_export
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train_ae(straight, "--max-steps", "6") == 0  # active 4, 4, 8, 8, 16, 16: stops before K = 32
     assert train_ae(resumed, "--max-steps", "3") == 0
     assert train_ae(resumed, "--max-steps", "6", "--resume") == 0  # across the growth at step 4
-    a, _ = load_training_checkpoint(straight / "checkpoints" / "step-00000006")
-    b, _ = load_training_checkpoint(resumed / "checkpoints" / "step-00000006")
-    assert set(a) == set(b)
-    for name in a:
-        for key in a[name]:
-            assert torch.equal(a[name][key], b[name][key]), f"{name}/{key}"
+    a = assert_same_checkpoints(straight / "checkpoints" / "step-00000006", resumed / "checkpoints" / "step-00000006")
     assert int(a["model"]["quantizer.active"]) == 16
     import json
 

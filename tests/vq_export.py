@@ -47,3 +47,17 @@ def check_plain_export(run, model_state: dict | None = None, images: int = 32) -
         assert q.indices.unique().numel() > 1
         torch.testing.assert_close(vq.decode(h).sample, own_rec, rtol=0, atol=1e-5)
     return ExportCheck(own, vq, h, q.indices, own_rec)
+
+
+def assert_same_checkpoints(a_dir, b_dir) -> dict:
+    """Two checkpoint folders hold the same files and bit-identical tensors; returns the first's tensors."""
+    from vqldm.plumbing.checkpoint import load_training_checkpoint
+
+    a, _ = load_training_checkpoint(a_dir)
+    b, _ = load_training_checkpoint(b_dir)
+    assert set(a) == set(b)
+    for name in a:
+        assert set(a[name]) == set(b[name]), name
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}/{key}"
+    return a
