@@ -161,6 +161,12 @@ def _resume_init(args, out: str) -> None:
         _say(f"resuming a run that started from --init {recorded}")
 
 
+def _absolute_init(args) -> None:
+    """A local --init path as an absolute path: the checkpoints record it for --resume from anywhere."""
+    if getattr(args, "init", None) and os.path.exists(args.init):
+        args.init = os.path.abspath(args.init)
+
+
 def cmd_train_autoencoder(args) -> int:
     from ..autoencoder.config import auto_autoencoder_config, load_autoencoder_config
     from ..autoencoder.train import train_autoencoder
@@ -174,6 +180,7 @@ def cmd_train_autoencoder(args) -> int:
     else:
         cfg = load_autoencoder_config(args.config, _overrides(args))
     _check_max_steps(args, cfg)
+    _absolute_init(args)
     _resume_init(args, args.out or "runs/autoencoder")
     train_autoencoder(cfg, args.out or "runs/autoencoder", data=args.data, max_steps=args.max_steps, resume=args.resume,
                       init=args.init)
@@ -192,6 +199,7 @@ def cmd_train_diffusion(args) -> int:
     else:
         cfg = load_diffusion_config(args.config, _overrides(args))
     _check_max_steps(args, cfg)
+    _absolute_init(args)
     _resume_init(args, args.out or "runs/diffusion")
     train_diffusion(cfg, args.out or "runs/diffusion", autoencoder=args.autoencoder, data=args.data,
                     max_steps=args.max_steps, resume=args.resume, init=args.init)
