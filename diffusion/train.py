@@ -54,6 +54,8 @@ from .objective import (
 )
 from .sampling import generate_samples
 
+DIFFUSERS_TEXT_LENGTH = 77  # the tokens diffusers' LDMTextToImagePipeline pads every prompt to
+
 
 # ----------------------------------------------------------------------------- training
 def train_diffusion(
@@ -119,6 +121,10 @@ def train_diffusion(
     raw = acc.unwrap_model(unet)
     ema.to(device)
     n_params = sum(p.numel() for p in raw.parameters())
+    if text is not None and text.max_length != DIFFUSERS_TEXT_LENGTH:
+        log(f"text: text.max_length is {text.max_length}; diffusers' LDMTextToImagePipeline pads prompts to "
+            f"{DIFFUSERS_TEXT_LENGTH} tokens, so it will sample this model differently from vqldm's pipeline "
+            f"(use {DIFFUSERS_TEXT_LENGTH} for the same images in both)")
     condition = f"text ({_describe_text(text)})" if text is not None else f"{num_classes or 'no'} classes"
     log(f"train-diffusion: {n_params / 1e6:.2f}M-parameter {'denoiser' if text is not None else 'UNet'} on {tuple(latent)} latents, "
         f"{len(cache.train)} training items, {condition}, {acc.num_processes} process(es), global batch {tc.batch_size * acc.num_processes}")
