@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import cpu_name, run_main  # noqa: E402
+from common import add_seed_and_threads, cpu_name, prepare_out, run_main  # noqa: E402
 
 DEFAULT_AUTOENCODER = Path(__file__).resolve().parent.parent / "pipelines" / "default_model" / "vqvae"
 
@@ -96,14 +95,11 @@ def main(argv=None) -> int:
     p.add_argument("--sample-steps", default="10,25,50", help="DDIM steps, comma-separated (default 10,25,50)")
     p.add_argument("--features", default=None, help="feature network (default: vqldm's default, fashion-mnist-detail)")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads here and in the training process")
+    add_seed_and_threads(p, "the training process")
     args = p.parse_args(argv)
     step_counts = [int(s) for s in args.sample_steps.split(",") if s.strip()]
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = prepare_out(out, args.threads)
     phases_file = out / "phases.json"
     seconds = json.loads(phases_file.read_text()) if phases_file.is_file() else {}
     print(f"CPU: {cpu_name()}; torch threads: {args.threads}; torch {torch.__version__}", flush=True)

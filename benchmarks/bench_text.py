@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, make_shapes_folder.py
 
-from common import cpu_name, run_main  # noqa: E402
+from common import add_seed_and_threads, cpu_name, prepare_out, run_main  # noqa: E402
 from make_shapes_folder import (COLOURS, POSITIONS, SHAPES, SIZES, caption, combinations, make_folder, render,  # noqa: E402
                                 sample_attributes)
 from shapes_checker import ATTRIBUTES, score  # noqa: E402
@@ -156,14 +155,11 @@ def main(argv=None) -> int:
     p.add_argument("--per-prompt", type=int, default=2, help="images per prompt and scale (120 prompts; default 2)")
     p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps (default 25)")
     p.add_argument("--batch-size", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads here and in the training processes")
+    add_seed_and_threads(p)
     args = p.parse_args(argv)
     scales = [float(g) for g in args.guidance.split(",") if g.strip()]
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = prepare_out(out, args.threads)
     phases_file = out / "phases.json"
     # wall seconds and CPU seconds (this process and its training subprocesses) of each phase: on a shared
     # machine the CPU seconds are what the phase costs on one idle core

@@ -1,5 +1,6 @@
-"""What several benchmark scripts share: the CPU's name for the printed conditions, and a `__main__`
-runner that turns vqldm's user errors into one line and exit code 2."""
+"""What several benchmark scripts share: the CPU's name for the printed conditions, the seed / threads
+options and the thread set-up of scripts that train in subprocesses, and a `__main__` runner that turns
+vqldm's user errors into one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -16,6 +17,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def add_seed_and_threads(parser, what: str = "the training processes") -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help=f"torch threads here and in {what}")
+
+
+def prepare_out(out: Path, threads: int) -> dict:
+    """Create ``out``, use ``threads`` torch threads here, and return the environment for vqldm subprocesses
+    (the same thread count, so a run's figures say what they were measured with)."""
+    import os
+
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def run_main(main) -> None:
