@@ -126,6 +126,20 @@ def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.T
     return weight.clamp(0.0, max_weight).detach()
 
 
+def check_discriminator_fits(cfg: "LossConfig", image_size: int) -> None:
+    """A one-line UserError when the PatchGAN has more layers than the images can take: its loss.disc_layers
+    strided convolutions halve them, and its last two 4x4 convolutions need 3 pixels left, so the images must
+    be at least 3 x 2^disc_layers px."""
+    from ..plumbing.errors import UserError
+
+    if cfg.disc_weight <= 0 or image_size >= 3 * 2 ** cfg.disc_layers:
+        return
+    fits = max((n for n in range(1, cfg.disc_layers) if image_size >= 3 * 2 ** n), default=None)
+    fix = f"--set loss.disc_layers={fits}" if fits else "--set loss.disc_weight=0 (no discriminator)"
+    raise UserError(f"loss.disc_layers={cfg.disc_layers} needs images of at least {3 * 2 ** cfg.disc_layers} px (each layer "
+                    f"halves them) but data.image_size is {image_size}; use {fix}, or larger images")
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN (Isola et al. 2017): a stack of stride-2 4x4 convolutions that scores overlapping patches."""
 

@@ -40,6 +40,7 @@ from ..plumbing.trainkit import (
 from .config import AutoencoderRunConfig
 from .evaluate import evaluate_reconstruction, measure_scaling_factor
 from .losses import (
+    check_discriminator_fits,
     PatchDiscriminator,
     adaptive_weight,
     decoder_adversarial_loss,
@@ -66,6 +67,7 @@ def train_autoencoder(
     """Train, export ``out/vqvae`` and return the final metrics (also written to ``out/metrics.json``).
     ``init``: start from a published VQModel (a folder or a Hub repo id; :func:`init_vqmodel`)."""
     check_max_steps(max_steps, cfg.train.grad_accumulation)
+    check_discriminator_fits(cfg.loss, cfg.data.image_size)
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     tc = cfg.train

@@ -174,3 +174,24 @@ def test_decoder_adversarial_loss_leaves_no_gradient_on_the_discriminator(kind):
     assert rec.grad is not None and rec.grad.abs().sum() > 0
     assert all(p.grad is None for p in disc.parameters())
     assert all(p.requires_grad for p in disc.parameters())  # trainable again for its own step
+
+
+def test_a_discriminator_deeper_than_the_images_is_one_line_before_any_work(tmp_path, capsys):
+    """PatchGAN's disc_layers halvings and last two 4x4 convolutions need 3 x 2^disc_layers px: exactly that
+    size runs, one pixel less is refused up front naming the depth that fits."""
+    from vqldm.autoencoder.losses import LossConfig, PatchDiscriminator, check_discriminator_fits
+    from vqldm.cli.main import main
+    from vqldm.plumbing.errors import UserError
+
+    for n in (1, 2, 3):
+        assert PatchDiscriminator(1, 8, n)(torch.zeros(1, 1, 3 * 2**n, 3 * 2**n)).shape[-1] == 1
+        check_discriminator_fits(LossConfig(disc_weight=0.5, disc_layers=n), 3 * 2**n)
+        with pytest.raises(UserError):
+            check_discriminator_fits(LossConfig(disc_weight=0.5, disc_layers=n), 3 * 2**n - 1)
+    check_discriminator_fits(LossConfig(disc_weight=0.0, disc_layers=3), 8)  # no discriminator: nothing to fit
+    out = tmp_path / "run"
+    assert main(["train-autoencoder", "--config", "tiny", "--data", "fashion-mnist", "--out", str(out),
+                 "--set", "loss.disc_weight=0.5", "--set", "loss.disc_layers=3", "--set", "train.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "loss.disc_layers=3 needs images of at least 24 px" in err and "--set loss.disc_layers=2" in err
+    assert err.count("\n") == 1 and not out.exists()
