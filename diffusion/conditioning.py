@@ -45,12 +45,14 @@ class ClassConditioningInputs:
 
 
 class TextConditioningInputs:
-    """Token ids of every training caption; a trained (scratch) encoder runs inside the denoiser on
-    ``input_ids``, a frozen one here, without gradients, giving ``encoder_hidden_states``."""
+    """Token ids of every training caption of the cached ``split``; a trained (scratch) encoder runs inside the
+    denoiser on ``input_ids``, a frozen one here, without gradients, giving ``encoder_hidden_states``."""
 
-    def __init__(self, encoder, captions, dropout: float, device, autocast=None, log: Callable[[str], None] = print):
-        captions = list(captions)
-        self.encoder, self.dropout, self.device = encoder, dropout, device
+    def __init__(self, split, encoder, dropout: float, device, autocast=None, log: Callable[[str], None] = print):
+        if split.captions is None:
+            raise UserError("a text model needs captions; give each image a `text` in metadata.jsonl or a .txt beside it")
+        captions = list(split.captions)
+        self.split, self.encoder, self.dropout, self.device = split, encoder, dropout, device
         self.autocast = autocast
         self.ids = encoder.tokenize(captions)  # N x L int64
         self.null = encoder.null_ids()[0]
@@ -60,7 +62,7 @@ class TextConditioningInputs:
                 f"and are cut there (raise text.max_length to keep them whole)")
 
     def inputs(self, items, labels, generator) -> dict:
-        rows = items % self.ids.shape[0]  # item i >= N is the mirrored view of image i - N: the same caption
+        rows = self.split.rows(items)  # a mirrored view has its image's caption
         ids = to_device(drop_prompts(self.ids[rows], self.dropout, self.null, generator), self.device)
         if self.encoder.trained:
             return {"input_ids": ids}
@@ -68,16 +70,14 @@ class TextConditioningInputs:
             return {"encoder_hidden_states": self.encoder.model(ids)[0]}
 
 
-def training_conditioning(num_classes: int, text_encoder, captions, dropout: float, device, autocast=None, log=print,
-                          low_res_split=None):
-    """The conditioning of a run: a low-resolution image (``low_res_split``: the cached split), text
-    (``text_encoder`` given; ``captions`` one per cache row), classes (``num_classes`` > 0), or none."""
-    if low_res_split is not None:
-        return ImageConditioningInputs(low_res_split, device)
+def training_conditioning(split, num_classes: int, text_encoder, superres: bool, dropout: float, device, autocast=None,
+                          log=print):
+    """The conditioning of a run on the cached ``split``: its low-resolution images (``superres``), its captions
+    through ``text_encoder``, its class labels (``num_classes`` > 0), or none."""
+    if superres:
+        return ImageConditioningInputs(split, device)
     if text_encoder is not None:
-        if captions is None:
-            raise UserError("a text model needs captions; give each image a `text` in metadata.jsonl or a .txt beside it")
-        return TextConditioningInputs(text_encoder, captions, dropout, device, autocast, log)
+        return TextConditioningInputs(split, text_encoder, dropout, device, autocast, log)
     if num_classes:
         return ClassConditioningInputs(num_classes, dropout, device)
     return NoConditioning()

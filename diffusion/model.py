@@ -123,11 +123,10 @@ class SuperResolutionDenoiser(nn.Module):
     def forward(self, sample: torch.Tensor, timestep, low_res: torch.Tensor):
         return self.unet(torch.cat([sample, low_res.to(sample.dtype)], dim=1), timestep)
 
-
-def is_text_unet(unet_config) -> bool:
-    """Whether a denoiser (or its config) is a text-conditional, cross-attention UNet (UNet2DModel has no
-    ``cross_attention_dim``)."""
-    return config_value(unet_config, "cross_attention_dim") is not None
+    def given(self, low_res: torch.Tensor):
+        """A UNet-like callable ``(sample, t, class_labels=None) -> .sample`` with ``low_res`` fixed: what the
+        denoising loop (``diffusion.sampling.denoise``) calls."""
+        return lambda sample, timestep, class_labels=None: self(sample, timestep, low_res=low_res)
 
 
 def check_latent_shape(vqvae_config, unet_config, image_size: int | None = None) -> None:

@@ -115,9 +115,8 @@ def generate_samples(
     latents = latents * scheduler.init_noise_sigma
     labels = torch.arange(num_images, device=device) % num_classes if num_classes else None
     guided = num_classes or context is not None
-    if low_res is not None:
-        denoiser = unet
-        unet = lambda x, t, class_labels=None: denoiser(x, t, low_res=low_res)  # noqa: E731
+    if low_res is not None:  # a SuperResolutionDenoiser
+        unet = unet.given(low_res)
     scheduler.set_timesteps(steps, device=device)
     latents = denoise(unet, scheduler, latents, scheduler.timesteps, class_labels=labels,
                       guidance_scale=guidance_scale if guided else 1.0, null_class=null_class(num_classes),

@@ -22,6 +22,7 @@ from ..plumbing.config import to_dict
 from ..plumbing.ema import EMA, ema_decay_at
 from ..plumbing.images import make_grid, save_png
 from ..plumbing.runs import RunLogger, progress_bar
+from ..text.config import DIFFUSERS_TEXT_LENGTH
 from ..plumbing.trainkit import (
     LossWindow,
     StepGuard,
@@ -53,8 +54,6 @@ from .objective import (
     training_target,
 )
 from .sampling import generate_samples
-
-DIFFUSERS_TEXT_LENGTH = 77  # the tokens diffusers' LDMTextToImagePipeline pads every prompt to
 
 
 # ----------------------------------------------------------------------------- training
@@ -105,9 +104,8 @@ def train_diffusion(
     if text is not None and not text.trained:
         text.model.to(device)
     superres = cfg.model.superresolution
-    conditioning = training_conditioning(num_classes, text, cache.train.captions if text is not None else None,
-                                         oc.label_dropout, device, autocast=acc.autocast, log=log,
-                                         low_res_split=cache.train if superres else None)
+    conditioning = training_conditioning(cache.train, num_classes, text, superres, oc.label_dropout, device,
+                                         autocast=acc.autocast, log=log)
     sample_prompts = _sample_prompts(cache, tc.num_sample_images) if text is not None else None
 
     # ---------------------------------------------------------------- resume
@@ -125,9 +123,9 @@ def train_diffusion(
         log(f"text: text.max_length is {text.max_length}; diffusers' LDMTextToImagePipeline pads prompts to "
             f"{DIFFUSERS_TEXT_LENGTH} tokens, so it will sample this model differently from vqldm's pipeline "
             f"(use {DIFFUSERS_TEXT_LENGTH} for the same images in both)")
-    condition = f"text ({_describe_text(text)})" if text is not None else f"{num_classes or 'no'} classes"
+    conditioned_on = f"text ({_describe_text(text)})" if text is not None else f"{num_classes or 'no'} classes"
     log(f"train-diffusion: {n_params / 1e6:.2f}M-parameter {'denoiser' if text is not None else 'UNet'} on {tuple(latent)} latents, "
-        f"{len(cache.train)} training items, {condition}, {acc.num_processes} process(es), global batch {tc.batch_size * acc.num_processes}")
+        f"{len(cache.train)} training items, {conditioned_on}, {acc.num_processes} process(es), global batch {tc.batch_size * acc.num_processes}")
 
     def save_checkpoint(at_step: int) -> Path | None:
         acc.wait_for_everyone()

@@ -117,11 +117,6 @@ class CachedSplit:
             raise ValueError("this cache holds no low-resolution images (built without cache.low_res)")
         return gather_views(self.low_res, self.low_res_flipped if self.flipped is not None else None, indices)[0].float()
 
-    def batch_captions(self, indices) -> list[str]:
-        """The captions of items ``indices`` (views included); a ValueError when the cache holds none."""
-        if self.captions is None:
-            raise ValueError("this cache holds no captions (its data was read without data.captions)")
-        return [self.captions[int(r)] for r in self.rows(indices).flatten()]
 
 
 class LatentSplit(CachedSplit):

@@ -19,21 +19,10 @@ from diffusers import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ..diffusion.model import condition_channels
+from ..diffusion.model import SuperResolutionDenoiser, condition_channels
 from ..diffusion.sampling import denoise
 from .inputs import to_image_tensor, to_output
 from .pipeline import OUTPUT_TYPES, VQLatentDiffusionPipeline
-
-
-class _WithImage:
-    """The UNet called with the low-resolution image concatenated to its input channels."""
-
-    def __init__(self, unet, image: torch.Tensor):
-        self.unet, self.image = unet, image
-
-    def __call__(self, sample, timestep, class_labels=None):
-        image = self.image if self.image.shape[0] == sample.shape[0] else self.image.repeat(sample.shape[0] // self.image.shape[0], 1, 1, 1)
-        return self.unet(torch.cat([sample, image.to(sample.dtype)], dim=1), timestep)
 
 
 class VQSuperResolutionPipeline(VQLatentDiffusionPipeline):
@@ -108,7 +97,7 @@ class VQSuperResolutionPipeline(VQLatentDiffusionPipeline):
         noise = latents.to(self.device) if latents is not None else randn_tensor(shape, generator=generator).to(self.device)
         self.scheduler.set_timesteps(steps)
         with self._autocast():
-            x = denoise(_WithImage(self.unet, low), self.scheduler, noise * self.scheduler.init_noise_sigma,
+            x = denoise(SuperResolutionDenoiser(self.unet).given(low), self.scheduler, noise * self.scheduler.init_noise_sigma,
                         self.scheduler.timesteps, generator=generator[0] if isinstance(generator, list) else generator,
                         eta=eta, progress=self.progress_bar)
             images = x if output_type == "latent" else self.decode_latents(x, quantize=quantize, decode_batch_size=decode_batch_size)

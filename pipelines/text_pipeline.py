@@ -18,10 +18,9 @@ from typing import Sequence
 
 import torch
 
+from ..text.config import DIFFUSERS_TEXT_LENGTH
 from ..text.encoders import NULL_PROMPT
 from .pipeline import VQLatentDiffusionPipeline
-
-DEFAULT_MAX_LENGTH = 77
 
 
 class VQTextToImagePipeline(VQLatentDiffusionPipeline):
@@ -40,7 +39,7 @@ class VQTextToImagePipeline(VQLatentDiffusionPipeline):
 
     @property
     def max_length(self) -> int:
-        return int(self.info.get("text_max_length") or DEFAULT_MAX_LENGTH)
+        return int(self.info.get("text_max_length") or DIFFUSERS_TEXT_LENGTH)
 
     def _text_parts(self) -> dict:
         return {"text_encoder": self.bert, "tokenizer": self.tokenizer}

@@ -197,7 +197,7 @@ def test_latent_cache_stores_captions_for_every_view(tmp_path):
     n = cache.train.items.shape[0]
     assert n == len(ds.train) and len(cache.train) == 2 * n
     assert list(cache.train.captions) == list(ds.train.captions) and list(cache.holdout.captions) == list(ds.holdout.captions)
-    assert cache.train.batch_captions([0, n, n + 1]) == [ds.train.captions[0]] * 2 + [ds.train.captions[1]]
+    assert [cache.train.captions[int(r)] for r in cache.train.rows([0, n, n + 1])] == [ds.train.captions[0]] * 2 + [ds.train.captions[1]]
     assert cache.train.rows(torch.tensor([n + 1, 1])).tolist() == [1, 1]
     x, y = cache.train.batch(torch.tensor([0, n]))  # batch() is what it was: (items, labels)
     assert x.shape[0] == 2 and y.tolist() == [-1, -1]
@@ -206,15 +206,18 @@ def test_latent_cache_stores_captions_for_every_view(tmp_path):
     again = load_latent_cache(cache.folder, cache.key)  # mapped from disk
     assert isinstance(again.train.captions.blob, np.ndarray) and list(again.train.captions) == list(ds.train.captions)
     codes = prepare_code_cache(tmp_path / "cache", vq, ds, cfg, 16, 1, "pad", log=lambda _: None, progress=False)
-    assert codes.train.batch_captions([n]) == [ds.train.captions[0]] and list(codes.holdout.captions) == list(ds.holdout.captions)
+    assert codes.train.captions[int(codes.train.rows([n])[0])] == ds.train.captions[0]
+    assert list(codes.holdout.captions) == list(ds.holdout.captions)
 
     # no captions: another key (the one of a run before captions existed), and no caption stored
     plain = load(folder, holdout_fraction=0.3)
     assert cache_key(vq, plain, cfg, 16, 1, "pad") != cache.key
     without = prepare_latent_cache(tmp_path / "cache", vq, plain, cfg, 16, 1, "pad", log=lambda _: None, progress=False)
     assert without.train.captions is None and without.folder != cache.folder
-    with pytest.raises(ValueError, match="no captions"):
-        without.train.batch_captions([0])
+    from vqldm.diffusion.conditioning import TextConditioningInputs
+
+    with pytest.raises(UserError, match="a text model needs captions"):  # a text run refuses it in one line
+        TextConditioningInputs(without.train, None, 0.1, "cpu")
     # an edited caption is another cache
     jsonl(folder / "metadata.jsonl", [{"file_name": k, "text": v + "!"} for k, v in texts.items()])
     assert cache_key(vq, load(folder, captions=True, holdout_fraction=0.3), cfg, 16, 1, "pad") != cache.key

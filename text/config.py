@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCRATCH = "scratch"
+# tokens per prompt: CLIP's context, and what diffusers' LDMTextToImagePipeline pads every prompt to
+DIFFUSERS_TEXT_LENGTH = 77
 
 
 @dataclass
@@ -18,7 +20,7 @@ class TextConfig:
     encoder: str | None = None  # null: no text; "scratch"; or a Hub name / local folder (CLIP text, T5)
     # tokens per caption, padded and truncated; 77 is CLIP's context and what diffusers' LDMTextToImagePipeline
     # feeds its encoder, so an exported folder samples the same in plain diffusers
-    max_length: int = 77
+    max_length: int = DIFFUSERS_TEXT_LENGTH
     # the scratch encoder (a T5 encoder over ByT5's byte vocabulary): width, layers, heads
     width: int = 256
     layers: int = 4
