@@ -10,10 +10,17 @@ stays cheap).
 """
 
 __version__ = "0.1.0"
-__all__ = ["VQLatentDiffusionPipeline", "VQTextToImagePipeline", "VQSuperResolutionPipeline", "load_pipeline", "__version__"]
+__all__ = ["VQLatentDiffusionPipeline", "VQTextToImagePipeline", "VQSuperResolutionPipeline", "load_pipeline",
+           "ResidualVQModel", "__version__"]
 
 
 def __getattr__(name):
+    # ``["vqldm", "ResidualVQModel"]`` in a model_index.json: diffusers imports ``vqldm``, takes the class, and
+    # picks its loading method by which of its base classes (ModelMixin) this module also names
+    if name in ("ResidualVQModel", "ModelMixin"):
+        from .autoencoder import multistage
+
+        return getattr(multistage, name)
     if name in ("VQLatentDiffusionPipeline", "VQTextToImagePipeline", "VQSuperResolutionPipeline", "load_pipeline"):
         from . import pipelines
 

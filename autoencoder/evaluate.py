@@ -11,7 +11,7 @@ from diffusers import VQModel
 
 from ..data.splits import ImageSplit
 from .metrics import codebook_stats, psnr, ssim
-from .model import encode_indices
+from .model import code_vocabulary, encode_indices, global_codes
 
 
 @torch.inference_mode()
@@ -20,7 +20,7 @@ def evaluate_reconstruction(vqmodel: VQModel, data: ImageSplit, batch_size: int 
     """PSNR / SSIM (means over images) and codebook statistics counted over the whole split."""
     vqmodel.eval()
     n = len(data) if max_images is None else min(len(data), max_images)
-    k = vqmodel.config.num_vq_embeddings
+    k = code_vocabulary(vqmodel)  # residual / hierarchical: K per stage, counted apart
     counts = torch.zeros(k, dtype=torch.long)
     psnrs, ssims, all_indices = [], [], []
     for x, _ in data.batches(batch_size, n, progress, "evaluating reconstructions"):
@@ -30,6 +30,7 @@ def evaluate_reconstruction(vqmodel: VQModel, data: ImageSplit, batch_size: int 
         rec = vqmodel.decode(z_q, force_not_quantize=True).sample
         psnrs.append(psnr(rec.float(), x.float()).cpu())
         ssims.append(ssim(rec.float(), x.float()).cpu())
+        indices = global_codes(vqmodel, indices)
         counts += torch.bincount(indices.flatten().cpu(), minlength=k)
         if return_details:
             all_indices.append(indices.cpu())

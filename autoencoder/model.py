@@ -26,7 +26,8 @@ from ..plumbing.errors import UserError
 from ..plumbing.init_weights import init_folder, load_init_model, read_model_config
 from ..plumbing.images import size_hw
 from .fsq import FSQ
-from .quantizer import QuantizerConfig, QuantizerOutput, VectorQuantizerEMA
+from .multistage import MULTISTAGE_KINDS, MultiStageQuantizer, ResidualVQModel, stage_factors
+from .quantizer import QuantizerConfig, QuantizerOutput, VectorQuantizerEMA, nearest_rows
 from .simvq import SimVQ
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class AutoencoderModelConfig:
         return downsampling_factor(len(self.block_out_channels))
 
 
-def build_vqmodel(cfg: AutoencoderModelConfig, image_size: int, channels: int) -> VQModel:
+def build_vqmodel(cfg: AutoencoderModelConfig, image_size: int, channels: int,
+                  quantizer: QuantizerConfig | None = None) -> VQModel:
+    """The untrained VQModel; a :class:`ResidualVQModel` when ``quantizer.kind`` is residual or hierarchical."""
     f = cfg.downsampling_factor
     if image_size % f:
         raise UserError(
@@ -66,7 +69,16 @@ def build_vqmodel(cfg: AutoencoderModelConfig, image_size: int, channels: int) -
             f"({len(cfg.block_out_channels)} blocks); set data.image_size to a multiple of {f}"
         )
     n = len(cfg.block_out_channels)
-    return VQModel(
+    extra = {}
+    if quantizer is not None and quantizer.kind in MULTISTAGE_KINDS:
+        factors = stage_factors(quantizer.kind, quantizer.stages)
+        grid = image_size // f
+        if grid % factors[0]:
+            raise UserError(f"quantizer.kind=hierarchical with {quantizer.stages} stages needs a latent grid divisible by "
+                            f"{factors[0]}, but {image_size} px / f{f} is {grid}; lower quantizer.stages or change data.image_size")
+        extra["stage_factors"] = tuple(factors)
+    return (ResidualVQModel if extra else VQModel)(
+        **extra,
         in_channels=channels,
         out_channels=channels,
         down_block_types=("DownEncoderBlock2D",) * n,
@@ -93,6 +105,9 @@ def init_vqmodel(init: str, cfg, what: str = "--init") -> tuple[VQModel, str]:
     if cfg.quantizer.kind == "fsq":
         raise UserError(f"{what} starts from a learned codebook, which quantizer.kind=fsq (a fixed grid) cannot keep; "
                         f"use quantizer.kind=vq or simvq")
+    if cfg.quantizer.kind in MULTISTAGE_KINDS:
+        raise UserError(f"{what} starts from a published VQModel's one codebook, which quantizer.kind={cfg.quantizer.kind} "
+                        f"(several codebooks) cannot keep; use quantizer.kind=vq or simvq, or train without {what}")
     if cfg.quantizer.grow_from is not None:
         raise UserError(f"{what} starts from a published codebook of all its codes, which quantizer.grow_from (a codebook "
                         f"grown from a few fresh codes) would discard; remove quantizer.grow_from")
@@ -126,7 +141,10 @@ def vq_decode(vqmodel: VQModel, z_q: torch.Tensor) -> torch.Tensor:
     return vqmodel.decoder(quant2, z_q if vqmodel.config.norm_type == "spatial" else None)
 
 
-QUANTIZERS = {"vq": VectorQuantizerEMA, "simvq": SimVQ, "fsq": FSQ}  # quantizer.kind -> its module
+# quantizer.kind -> its module
+QUANTIZERS = {"vq": VectorQuantizerEMA, "simvq": SimVQ, "fsq": FSQ, "residual": MultiStageQuantizer,
+              "hierarchical": MultiStageQuantizer}
+VQ_MODEL_CLASSES = {"VQModel": VQModel, "ResidualVQModel": ResidualVQModel}  # config.json _class_name -> class
 
 
 class VQAutoencoder(nn.Module):
@@ -142,7 +160,11 @@ class VQAutoencoder(nn.Module):
         """``keep_codebook``: the quantizer starts from the codebook ``vqmodel`` holds (published weights)."""
         super().__init__()
         self.vqmodel = vqmodel
-        self.quantizer = QUANTIZERS[qcfg.kind](vqmodel.quantize.embedding, qcfg, seed=seed, keep_codebook=keep_codebook)
+        if (qcfg.kind in MULTISTAGE_KINDS) != is_multistage(vqmodel):
+            raise ValueError(f"quantizer.kind={qcfg.kind} needs {'a ResidualVQModel' if qcfg.kind in MULTISTAGE_KINDS else 'a plain VQModel'}; "
+                             f"build it with build_vqmodel(..., quantizer=cfg.quantizer)")
+        tables = vqmodel if qcfg.kind in MULTISTAGE_KINDS else vqmodel.quantize.embedding  # what the kind trains
+        self.quantizer = QUANTIZERS[qcfg.kind](tables, qcfg, seed=seed, keep_codebook=keep_codebook)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vqmodel.quant_conv(self.vqmodel.encoder(x))  # B x D x h x w
@@ -158,21 +180,58 @@ class VQAutoencoder(nn.Module):
         return self.vqmodel.decoder.conv_out.weight
 
 
-NEAREST_CODE_BLOCK = 1 << 24  # distances held at once by nearest_codes (64 MB of float32)
+def is_multistage(vqmodel) -> bool:
+    """Whether ``vqmodel`` quantizes with several codebooks (residual / hierarchical: :class:`ResidualVQModel`)."""
+    return isinstance(vqmodel, ResidualVQModel)
 
 
 @torch.inference_mode()
 def nearest_codes(vqmodel: VQModel, h: torch.Tensor) -> torch.Tensor:
     """Pre-quantization latents B x D x h x w -> the VQModel's nearest-code indices B x h x w: diffusers'
-    ``argmin(cdist(z, E))``, searched in blocks of rows so that K x rows distances stay under
-    ``NEAREST_CODE_BLOCK`` (an FSQ grid of 2^16 codes would need 16 GB for 64k latent vectors at once). Each
-    block has at least 256 rows, so cdist takes the same matrix-product path as on the whole input."""
+    ``argmin(cdist(z, E))``, searched in blocks (:func:`~vqldm.autoencoder.quantizer.nearest_rows`: K up to
+    2^16 fits). A :class:`ResidualVQModel`: its tokens, B x L (every stage's grid, stage after stage)."""
+    if is_multistage(vqmodel):
+        return vqmodel.encode_codes(h)[1]
     codebook = vqmodel.quantize.embedding.weight
-    flat = h.permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])
-    rows = max(256, NEAREST_CODE_BLOCK // codebook.shape[0])
-    blocks = flat.tensor_split(max(1, flat.shape[0] // rows))  # each block: rows to 2 x rows vectors
-    idx = torch.cat([torch.argmin(torch.cdist(block, codebook), dim=1) for block in blocks])
+    idx = nearest_rows(h.permute(0, 2, 3, 1).reshape(-1, codebook.shape[1]), codebook)
     return idx.view(h.shape[0], h.shape[2], h.shape[3])
+
+
+def code_grid(vqmodel, latent: tuple[int, int, int]) -> tuple[int, int]:
+    """The grid a prior models for ``latent`` (C, h, w): (h, w), or (1, L) for a :class:`ResidualVQModel`'s
+    L tokens (all its stages' grids in one sequence)."""
+    _, h, w = latent
+    if is_multistage(vqmodel):
+        return 1, sum(gh * gw for gh, gw in vqmodel.code_grids(h, w))
+    return h, w
+
+
+def code_vocabulary(vqmodel) -> int:
+    """The codes usage is counted over: K, or K per stage of a :class:`ResidualVQModel`."""
+    k = int(vqmodel.config.num_vq_embeddings)
+    return k * len(vqmodel.factors) if is_multistage(vqmodel) else k
+
+
+def global_codes(vqmodel, tokens: torch.Tensor) -> torch.Tensor:
+    """Codes of :func:`nearest_codes` as indices into :func:`code_vocabulary` (stage d's code k is d K + k)."""
+    if not is_multistage(vqmodel):
+        return tokens
+    _, h, w = latent_shape(vqmodel.config)
+    stage = torch.cat([torch.full((gh * gw,), d) for d, (gh, gw) in enumerate(vqmodel.code_grids(h, w))])
+    k = int(vqmodel.config.num_vq_embeddings)
+    return tokens.reshape(tokens.shape[0], -1) + (stage * k).to(tokens.device)
+
+
+def code_mask(vqmodel, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A B x 1 x H x W image mask (1 = repaint) -> the codes to repaint on the prior's ``grid``: a code is
+    repainted when any pixel it covers is (every stage's grid of a :class:`ResidualVQModel`, in token order)."""
+    import torch.nn.functional as F
+
+    if not is_multistage(vqmodel):
+        return F.adaptive_max_pool2d(mask, grid)
+    _, h, w = latent_shape(vqmodel.config)
+    parts = [F.adaptive_max_pool2d(mask, g).flatten(2) for g in vqmodel.code_grids(h, w)]
+    return torch.cat(parts, dim=2).view(mask.shape[0], 1, *grid)
 
 
 @torch.inference_mode()
@@ -180,6 +239,8 @@ def encode_indices(vqmodel: VQModel, h: torch.Tensor) -> tuple[torch.Tensor, tor
     """Pre-quantization latents -> (quantized latents, code indices B x h x w), by the VQModel's own lookup
     (:func:`nearest_codes`), the quantized latents in the straight-through form ``h + (e - h)`` that
     ``VQModel.quantize`` returns."""
+    if is_multistage(vqmodel):
+        return vqmodel.encode_codes(h)
     indices = nearest_codes(vqmodel, h)
     e = vqmodel.quantize.embedding(indices).permute(0, 3, 1, 2)  # B x D x h x w
     return h + (e - h), indices
@@ -190,6 +251,10 @@ def decode_codes(vqmodel: VQModel, codes: torch.Tensor, grid: tuple[int, int]) -
     """Code indices B x (h*w) (raster order) -> images in [-1, 1]: look the codes up in the VQModel's
     codebook and decode them, exactly as ``VQModel.decode`` does for already-quantized latents."""
     b = codes.shape[0]
+    if is_multistage(vqmodel):  # its tokens, whatever the prior's grid: (1, L)
+        _, lh, lw = latent_shape(vqmodel.config)
+        z_q = vqmodel.codes_to_latents(codes.reshape(b, -1), lh, lw)
+        return vqmodel.decode(z_q, force_not_quantize=True).sample.clamp(-1, 1)
     h, w = grid
     dim = vqmodel.quantize.embedding.weight.shape[1]
     z_q = vqmodel.quantize.get_codebook_entry(codes.reshape(-1), (b, h, w, dim))  # B x D x h x w
@@ -234,6 +299,17 @@ def find_vqvae_folder(path: str | os.PathLike, what: str = "--autoencoder") -> t
     raise UserError(f"{what} {str(path)!r} holds no vqvae/ folder or config.json; pass the --out folder of `vqldm train-autoencoder`")
 
 
+def vq_model_class(folder: str | os.PathLike, config: dict | None = None):
+    """The class of the VQ model saved in ``folder`` (VQModel or ResidualVQModel, by its config.json's
+    ``_class_name``; VQModel when unreadable, so its loader says what is wrong), or None for another class."""
+    if config is None:
+        try:
+            config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return VQModel
+    return VQ_MODEL_CLASSES.get(config.get("_class_name"))
+
+
 def load_vqvae(path: str | os.PathLike, what: str = "--autoencoder") -> LoadedAutoencoder:
     """The one autoencoder loader: safetensors only, a VQModel only, the missing-scale = 1.0 rule applied,
     eval mode, no gradients."""
@@ -242,12 +318,13 @@ def load_vqvae(path: str | os.PathLike, what: str = "--autoencoder") -> LoadedAu
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         raise UserError(f"{str(folder / 'config.json')!r} is not readable JSON; re-export the autoencoder") from None
-    if config.get("_class_name") != "VQModel":
+    model_class = vq_model_class(folder, config)
+    if model_class is None:
         raise UserError(f"{str(folder)!r} holds a {config.get('_class_name')!r}, not a VQModel; pass a VQ autoencoder folder")
     if not any(folder.glob("*.safetensors")):
         raise UserError(f"{str(folder)!r} has no safetensors weights; convert them with `vqldm convert FILE --trust-pickle` first")
     try:
-        vqvae = VQModel.from_pretrained(folder, use_safetensors=True)
+        vqvae = model_class.from_pretrained(folder, use_safetensors=True)
     except Exception as err:  # diffusers raises several types for bad folders
         raise UserError(f"could not load the VQModel in {str(folder)!r} ({str(err).splitlines()[0][:160]}); re-export the autoencoder") from None
     apply_missing_scale_rule(vqvae)

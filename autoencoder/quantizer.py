@@ -45,8 +45,10 @@ from .rotation import rotation_trick
 
 @dataclass
 class QuantizerConfig:
-    # vq: this module; simvq: autoencoder/simvq.py; fsq: autoencoder/fsq.py (all export as a plain VQModel)
-    kind: Literal["vq", "simvq", "fsq"] = "vq"
+    # vq: this module; simvq: autoencoder/simvq.py; fsq: autoencoder/fsq.py (all export as a plain VQModel);
+    # residual, hierarchical: autoencoder/multistage.py (``stages`` VQ codebooks; export as vqldm's ResidualVQModel)
+    kind: Literal["vq", "simvq", "fsq", "residual", "hierarchical"] = "vq"
+    stages: int = 2  # residual: codes per position (RQ-VAE's D); hierarchical: levels, each grid 2x coarser
     beta: float = 0.25  # commitment weight on the encoder side (VQ-VAE paper); fsq: weight of its box penalty
     gradient: Literal["ste", "rotation"] = "ste"  # into the encoder: straight-through, or the rotation trick (vq, simvq)
     levels: list[int] | None = None  # fsq: levels per channel, e.g. [8, 5, 5, 5]; None = derived from the codebook
@@ -78,6 +80,8 @@ class QuantizerConfig:
             raise ValueError("quantizer.gradient=rotation applies to kind vq or simvq; use gradient=ste with kind=fsq")
         if self.lookup == "cosine" and self.kind != "vq":
             raise ValueError(f"quantizer.lookup=cosine applies to kind vq only; remove it for kind={self.kind}")
+        if self.stages < 1 or (self.stages < 2 and self.kind in ("residual", "hierarchical")):
+            raise ValueError(f"quantizer.stages must be >= 2 for kind={self.kind} (one stage is kind=vq), got {self.stages}")
         if self.levels is not None and self.kind != "fsq":
             raise ValueError(f"quantizer.levels applies to kind fsq only; remove it for kind={self.kind}")
         if self.grow_from is not None:
@@ -114,6 +118,18 @@ def encoder_gradient(kind: str, h: torch.Tensor, q: torch.Tensor) -> torch.Tenso
 def nearest_code(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """argmin_j ||flat_i - e_j||, computed as diffusers' VectorQuantizer does (cdist), so ties break alike."""
     return torch.argmin(torch.cdist(flat, codebook), dim=1)
+
+
+NEAREST_CODE_BLOCK = 1 << 24  # distances held at once by nearest_rows (64 MB of float32)
+
+
+def nearest_rows(flat: torch.Tensor, codebook: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """:func:`nearest_code` searched in blocks of rows, so that K x rows distances stay under ``block``
+    (default ``NEAREST_CODE_BLOCK``; an FSQ grid of 2^16 codes would need 16 GB for 64k latent vectors at
+    once). Each block has at least 256 rows, so cdist takes the same matrix-product path as on the whole input."""
+    rows = max(256, (block or NEAREST_CODE_BLOCK) // codebook.shape[0])
+    blocks = flat.tensor_split(max(1, flat.shape[0] // rows))  # each block: rows to 2 x rows vectors
+    return torch.cat([torch.argmin(torch.cdist(part, codebook), dim=1) for part in blocks])
 
 
 def perplexity_of(counts: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,7 @@ def train_autoencoder(
     prepare_run_dir(out, resume, is_main, create=False)
     torch.manual_seed(tc.seed)
     if init is None:
-        vqmodel = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels)  # rejects impossible sizes
+        vqmodel = build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels, cfg.quantizer)  # rejects impossible sizes
     else:
         vqmodel, line = init_vqmodel(init, cfg)  # rejects other channels; cfg.model becomes the init's
         log(line)
@@ -137,7 +137,7 @@ def train_autoencoder(
 
     # ---------------------------------------------------------------- loop
     logger = RunLogger(run_dir, is_main)
-    k = cfg.model.codebook_size
+    k = getattr(raw.quantizer, "total_codes", cfg.model.codebook_size)  # residual / hierarchical: K per stage
     epoch_counts = torch.zeros(k, device=device)
     window, steps_done = LossWindow(), 0
     fixed_batch, _ = datasets.holdout.batch(torch.arange(min(16, len(datasets.holdout))))

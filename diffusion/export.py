@@ -52,10 +52,17 @@ def fold_latent_scale(vqvae):
     with torch.no_grad():
         folded.quant_conv.weight.mul_(s)
         folded.quant_conv.bias.mul_(s)
-        folded.quantize.embedding.weight.mul_(s)
+        for table in (folded.codebooks() if hasattr(folded, "codebooks") else [folded.quantize.embedding]):
+            table.weight.mul_(s)  # every stage of a ResidualVQModel: mean and nearest lookup commute with s
         folded.post_quant_conv.weight.div_(s)
     folded.register_to_config(scaling_factor=1.0)
     return folded
+
+
+def model_library(model) -> str:
+    """The library a model_index.json names for ``model``: ``vqldm`` for vqldm's own classes
+    (ResidualVQModel: diffusers then imports vqldm to load it), else ``diffusers``."""
+    return "vqldm" if type(model).__module__.split(".")[0] == "vqldm" else "diffusers"
 
 
 def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, extra: dict | None = None,
@@ -102,7 +109,7 @@ def export_pipeline_folder(vqvae, unet, scheduler, out_dir: str | os.PathLike, e
     model_index = {
         "_class_name": TEXT_PIPELINE_CLASS_NAME if text else SUPERRES_PIPELINE_CLASS_NAME if superres else PIPELINE_CLASS_NAME,
         "_diffusers_version": diffusers.__version__,
-        "vqvae": ["diffusers", type(vqvae).__name__],
+        "vqvae": [model_library(vqvae), type(vqvae).__name__],
         **({TEXT_ENCODER: ["transformers", type(text_encoder).__name__],
             "tokenizer": ["transformers", type(tokenizer).__name__]} if text else {}),
         "unet": ["diffusers", type(unet).__name__],

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..autoencoder.model import encode_indices
+from ..autoencoder.model import code_vocabulary, encode_indices, global_codes
 from ..pipelines.prior_pipeline import CodePriorPipeline
 from ..plumbing.errors import UserError
 from ..plumbing.runs import bar_disable
@@ -32,12 +32,12 @@ from .report import environment, resolve_device, write_report
 def prior_code_usage(pipe, codes: torch.Tensor, real: torch.Tensor, batch_size: int) -> dict:
     """The share of the codebook a prior emitted in ``codes`` (the grids behind the generated images, collected
     by :func:`generate_images`), next to the codes the autoencoder uses on the real images ``real``."""
-    k = int(pipe.vqvae.config.num_vq_embeddings)
-    emitted = torch.bincount(codes.flatten().cpu(), minlength=k)
+    k = code_vocabulary(pipe.vqvae)  # residual / hierarchical: K per stage, counted apart
+    emitted = torch.bincount(global_codes(pipe.vqvae, codes.reshape(codes.shape[0], -1).cpu()).flatten(), minlength=k)
     used = torch.zeros(k, dtype=torch.long)
     for part in real.split(batch_size):
         _, idx = encode_indices(pipe.vqvae, pipe.vqvae.encode(part.to(pipe.device)).latents)
-        used += torch.bincount(idx.flatten().cpu(), minlength=k)
+        used += torch.bincount(global_codes(pipe.vqvae, idx.cpu()).flatten(), minlength=k)
     emitted_set, used_set = emitted > 0, used > 0
     return {"codebook_size": k, "codes_emitted": int(emitted_set.sum()), "codes_used_on_real": int(used_set.sum()),
             "emitted_share_of_real_usage": float((emitted_set & used_set).sum()) / max(int(used_set.sum()), 1),

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..autoencoder.evaluate import evaluate_reconstruction
 from ..autoencoder.losses import LossConfig, load_lpips, perceptual_loss
-from ..autoencoder.model import LoadedAutoencoder, encode_indices
+from ..autoencoder.model import LoadedAutoencoder, code_vocabulary, encode_indices
 from ..plumbing.runs import bar_disable
 from . import metrics
 from .calibration import calibration_rows, calibration_setup, format_calibration, place_on_scale
@@ -92,7 +92,7 @@ def evaluate_autoencoder(autoencoder: LoadedAutoencoder, data: str, out: str | P
 
     class_report = None
     if holdout.num_classes >= 2 and bool((labels >= 0).all()):
-        class_report = metrics.per_class_code_report(indices, labels, int(vq.config.num_vq_embeddings), holdout.class_names, nmi)
+        class_report = metrics.per_class_code_report(indices, labels, code_vocabulary(vq), holdout.class_names, nmi)
 
     plots = {
         "code_frequency": plot_code_frequency(counts, out / "code_frequency.png",
@@ -123,6 +123,7 @@ def evaluate_autoencoder(autoencoder: LoadedAutoencoder, data: str, out: str | P
         "feature_dim": extractor.dim,
         "codebook": {k: rec_stats[k] for k in ("codebook_usage", "codes_used", "dead_codes", "perplexity", "perplexity_max", "entropy_bits")},
         "codebook_size": int(vq.config.num_vq_embeddings),
+        "codebooks": code_vocabulary(vq) // int(vq.config.num_vq_embeddings),  # residual / hierarchical: one per stage
         "latent_shape": list(indices.shape[1:]),
         "per_class": class_report,
         "plots": plots,

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from diffusers import VQModel
 
-from ..autoencoder.model import nearest_codes, scale_latents, unscale_latents
+from ..autoencoder.model import code_grid, nearest_codes, scale_latents, unscale_latents
 from ..data.captions import PackedStrings
 from ..data.splits import Datasets, ImageSplit
 from ..plumbing.checkpoint import AtomicDir, weights_sha256
@@ -397,7 +397,8 @@ class CodeCache:
 
 @torch.inference_mode()
 def latents_to_codes(vqvae: VQModel, latents: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Scaled cached latents N x C x h x w -> the vqvae's nearest-code indices N x (h*w), int64."""
+    """Scaled cached latents N x C x h x w -> the vqvae's nearest-code indices N x (h*w) (a residual /
+    hierarchical vqvae: N x L tokens), int64."""
     device = next(vqvae.parameters()).device
     out = []
     for part in latents.split(batch_size):
@@ -415,7 +416,7 @@ def _write_codes(path: Path, vqvae: VQModel, latents: LatentCache, key: str, bat
     """codes.safetensors, streaming from the mapped latents: ``train`` [, ``train_hflip``], ``holdout``,
     N x (h*w) int32."""
     device = next(vqvae.parameters()).device
-    _, h, w = latents.latent_shape
+    h, w = code_grid(vqvae, latents.latent_shape)  # (1, L) for a residual / hierarchical autoencoder
     sources = {"train": latents.train.latents, "holdout": latents.holdout.latents}
     if latents.train.flipped is not None:
         sources["train_hflip"] = latents.train.flipped
@@ -444,7 +445,7 @@ def prepare_code_cache(root: str | os.PathLike, vqvae: VQModel, datasets: Datase
     if accelerator is not None:
         accelerator.wait_for_everyone()
     codes = mmap_tensors(path)
-    _, h, w = latents.latent_shape
+    h, w = code_grid(vqvae, latents.latent_shape)
     return CodeCache(
         folder=latents.folder, key=latents.key, grid=(h, w),
         train=CodeSplit(codes["train"], latents.train.labels, codes.get("train_hflip"), latents.train.captions),

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from diffusers import ImagePipelineOutput, VQModel
 from tqdm.auto import tqdm
 
-from ..autoencoder.model import apply_missing_scale_rule, decode_codes, encode_indices
+from ..autoencoder.model import apply_missing_scale_rule, code_mask, decode_codes, encode_indices, vq_model_class
 from ..plumbing.checkpoint import refuse_pickle
 from ..plumbing.images import size_hw
 from ..plumbing.model_folder import VQLDM_JSON, check_trained_vqvae, read_vqldm_json
@@ -97,7 +96,7 @@ class CodePriorPipeline(ClassConditioning):
                 raise ModelFolderError(f"{str(path / part)!r} holds no .safetensors weights; re-export the prior (vqldm loads no pickles)")
         try:
             prior = CodePrior.from_pretrained(path / "prior", use_safetensors=True).eval()
-            vqvae = VQModel.from_pretrained(path / "vqvae", use_safetensors=True).eval()
+            vqvae = vq_model_class(path / "vqvae").from_pretrained(path / "vqvae", use_safetensors=True).eval()
         except Exception as err:  # diffusers raises several kinds for bad folders
             raise ModelFolderError(f"could not load the prior folder {str(path)!r} ({type(err).__name__}: "
                                    f"{str(err).splitlines()[0][:160]}); re-export it") from None
@@ -188,7 +187,7 @@ class CodePriorPipeline(ClassConditioning):
             _, idx = encode_indices(self.vqvae, self.vqvae.encode(x).latents)
         codes = idx.reshape(idx.shape[0], -1)
         if mask_image is not None:
-            repaint = F.adaptive_max_pool2d(to_mask_tensor(mask_image, hw), self.grid).to(self.device)
+            repaint = code_mask(self.vqvae, to_mask_tensor(mask_image, hw), self.grid).to(self.device)
             if repaint.shape[0] == 1 and codes.shape[0] > 1:
                 repaint = repaint.expand(codes.shape[0], -1, -1, -1)
             codes = torch.where(repaint.reshape(repaint.shape[0], -1) > 0, torch.full_like(codes, -1), codes)

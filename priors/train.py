@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..autoencoder.model import decode_codes
+from ..autoencoder.model import code_grid, decode_codes
 from ..latents.guidance import drop_labels
 from ..latents.setup import prepare_latent_stage
 from ..plumbing.checkpoint import atomic_write_json, latest_checkpoint
@@ -69,10 +69,10 @@ def train_prior(
     tc, kind = cfg.train, cfg.model.kind
     stage, prior = prepare_latent_stage(
         cfg, out, autoencoder, data, max_steps, resume, codes=True,
-        build_model=lambda vqvae, latent, n_classes: build_prior(cfg, int(vqvae.config.num_vq_embeddings), latent[1:], n_classes))
+        build_model=lambda vqvae, latent, n_classes: build_prior(cfg, int(vqvae.config.num_vq_embeddings), code_grid(vqvae, latent), n_classes))
     acc, log, progress, vqvae, run_dir, cache = stage.accelerator, stage.log, stage.progress, stage.vqvae, stage.run_dir, stage.cache
     is_main, device, num_classes, sampler = stage.is_main, stage.device, stage.num_classes, stage.sampler
-    _, gh, gw = stage.latent
+    gh, gw = code_grid(vqvae, stage.latent)  # (1, L) for a residual / hierarchical autoencoder's L tokens
 
     # ---------------------------------------------------------------- EMA, optimizer
     ema = EMA(prior, tc.ema_decay, tc.ema_warmup)

@@ -221,7 +221,7 @@ def test_decode_quantize_equals_decode_lookup_equals_diffusers(name):
 def test_blocked_nearest_codes_equal_one_cdist_and_fit_two_to_the_sixteen(monkeypatch):
     from diffusers import VQModel
 
-    import vqldm.autoencoder.model as ae_model
+    import vqldm.autoencoder.quantizer as ae_quantizer
 
     levels = [16, 16, 16, 16]
     vq = VQModel(in_channels=1, out_channels=1, block_out_channels=(8,), latent_channels=4, norm_num_groups=4,
@@ -232,7 +232,7 @@ def test_blocked_nearest_codes_equal_one_cdist_and_fit_two_to_the_sixteen(monkey
     idx = nearest_codes(vq, h)  # blocks of 256 vectors: 64 MB at a time
     fsq = FSQ(vq.quantize.embedding, QuantizerConfig(kind="fsq", levels=levels))
     assert torch.equal(idx, fsq.indices(h))
-    monkeypatch.setattr(ae_model, "NEAREST_CODE_BLOCK", 300 * 64)  # K = 64, blocks of 300 rows
+    monkeypatch.setattr(ae_quantizer, "NEAREST_CODE_BLOCK", 300 * 64)  # K = 64, blocks of 300 rows
     small = VQModel(in_channels=1, out_channels=1, block_out_channels=(8,), latent_channels=4, norm_num_groups=4,
                     num_vq_embeddings=64, sample_size=8)
     h = latents(1, b=4, hw=20, d=4)
@@ -242,7 +242,8 @@ def test_blocked_nearest_codes_equal_one_cdist_and_fit_two_to_the_sixteen(monkey
 
 # ----------------------------------------------------------------------------- every kind from the CLI
 CLI_KINDS = {"fsq": ["--set", "quantizer.kind=fsq"], "simvq": ["--set", "quantizer.kind=simvq"],
-             "vq-rotation": ["--set", "quantizer.gradient=rotation"]}
+             "vq-rotation": ["--set", "quantizer.gradient=rotation"], "residual": ["--set", "quantizer.kind=residual"],
+             "hierarchical": ["--set", "quantizer.kind=hierarchical"]}
 FAST = ["--set", "train.progress=false", "--set", "train.checkpoint_every=3", "--set", "train.keep_checkpoints=10",
         "--set", "train.image_every=100", "--set", "train.log_every=3", "--set", "data.max_images=128",
         "--set", "train.eval_max_images=32"]
@@ -284,11 +285,11 @@ def test_every_kind_exports_a_plain_vqmodel_that_decodes_identically(kind, ae_ru
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("codebook_usage", "perplexity", "dead_codes"):
         assert key in metrics["holdout"]
-    assert metrics["restarts"] == 0 or kind == "vq-rotation"
+    assert metrics["restarts"] == 0 or kind not in ("fsq", "simvq")  # a fixed grid, a basis: nothing to restart
 
 
 @pytest.mark.slow  # two tiny trainings per kind, ~20 s
-@pytest.mark.parametrize("kind", ["fsq", "simvq"])
+@pytest.mark.parametrize("kind", ["fsq", "simvq", "residual", "hierarchical"])
 def test_every_kind_resumes_bit_exactly(kind, tmp_path):
     from vq_export import assert_same_checkpoints
 
@@ -304,7 +305,7 @@ def test_every_kind_resumes_bit_exactly(kind, tmp_path):
 
 
 @pytest.mark.slow  # stage 2 on each new kind: diffusion, both priors, generate (~40 s)
-@pytest.mark.parametrize("kind", ["fsq", "simvq", "vq-rotation"])
+@pytest.mark.parametrize("kind", ["fsq", "simvq", "vq-rotation", "residual", "hierarchical"])
 def test_stage_two_runs_on_every_kind(kind, ae_runs, tmp_path):
     from vqldm.cli.main import main
 
@@ -322,6 +323,15 @@ def test_stage_two_runs_on_every_kind(kind, ae_runs, tmp_path):
         assert main(["generate", "--model", str(out / "prior"), "--num-images", "2", "--no-progress", "--device", "cpu",
                      "--out", str(tmp_path / f"{prior}.png")]) == 0
         assert (tmp_path / f"{prior}.png").is_file()
+    if kind in ("residual", "hierarchical"):  # evaluate reads every kind (fsq/simvq/vq are plain VQModels)
+        ev = ["--data", "fashion-mnist", "--no-progress", "--device", "cpu", "--batch-size", "16"]
+        assert main(["evaluate", "autoencoder", "--model", ae, "--max-images", "32", "--out", str(tmp_path / "ev-ae"), *ev]) == 0
+        report = json.loads((tmp_path / "ev-ae" / "report.json").read_text())
+        stages = 2
+        assert report["codebooks"] == stages and report["codebook"]["perplexity_max"] == stages * report["codebook_size"]
+        for model in (tmp_path / "ldm" / "pipeline", tmp_path / "masked" / "prior"):
+            assert main(["evaluate", "generation", "--model", str(model), "--num-samples", "20", "--steps", "2",
+                         "--out", str(tmp_path / f"ev-{model.parent.name}"), *ev]) == 0
 
 
 @pytest.mark.slow  # two tiny trainings per kind

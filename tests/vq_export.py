@@ -31,18 +31,29 @@ def check_plain_export(run, model_state: dict | None = None, images: int = 32) -
     cfg = load_config(AutoencoderRunConfig, run / "config.yaml")
     if model_state is None:
         model_state = load_training_checkpoint(latest_checkpoint(run))[0]["model"]
-    own = VQAutoencoder(build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels), cfg.quantizer)
+    own = VQAutoencoder(build_vqmodel(cfg.model, cfg.data.image_size, cfg.data.channels, cfg.quantizer), cfg.quantizer)
     own.load_state_dict(model_state)
     own.eval()
-    vq = VQModel.from_pretrained(run / "vqvae").eval()  # plain diffusers, nothing of vqldm's
-    torch.testing.assert_close(vq.quantize.embedding.weight, own.vqmodel.quantize.embedding.weight, rtol=0, atol=0)
+    multistage = cfg.quantizer.kind in ("residual", "hierarchical")
+    if multistage:  # vqldm's ResidualVQModel, loaded as diffusers loads it: from_pretrained, safetensors
+        from vqldm.autoencoder.model import ResidualVQModel, global_codes, nearest_codes
+
+        vq = ResidualVQModel.from_pretrained(run / "vqvae", use_safetensors=True).eval()
+        for mine, theirs in zip(own.vqmodel.codebooks(), vq.codebooks()):
+            torch.testing.assert_close(theirs.weight, mine.weight, rtol=0, atol=0)
+    else:
+        vq = VQModel.from_pretrained(run / "vqvae").eval()  # plain diffusers, nothing of vqldm's
+        torch.testing.assert_close(vq.quantize.embedding.weight, own.vqmodel.quantize.embedding.weight, rtol=0, atol=0)
     data = load_datasets(cfg.data.source, cfg.data, log=lambda m: None, progress=False)
     x, _ = data.holdout.batch(torch.arange(images))
     with torch.no_grad():
         own_rec, q, own_h = own(x)
         h = vq.encode(x).latents
         assert torch.equal(h, own_h)
-        _, _, (_, _, idx) = vq.quantize(h)
+        if multistage:  # the training quantizer's global indices are the model's tokens, stage d offset by d K
+            idx = global_codes(vq, nearest_codes(vq, h))
+        else:
+            _, _, (_, _, idx) = vq.quantize(h)
         assert torch.equal(idx.view(q.indices.shape), q.indices)
         assert q.indices.unique().numel() > 1
         torch.testing.assert_close(vq.decode(h).sample, own_rec, rtol=0, atol=1e-5)
