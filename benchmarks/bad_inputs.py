@@ -393,6 +393,12 @@ CASES: list[Case] = [
     # ------------------------------------------------------------------ train-autoencoder: config
     Case(AE, "unknown config key (--set model.codebook_sizes=8)", lambda s, _: _ae(s, "--set", "model.codebook_sizes=8")),
     Case(AE, "wrong config type (--set train.lr=fast)", lambda s, _: _ae(s, "--set", "train.lr=fast")),
+    Case(AE, "residual quantizer with one stage (--set quantizer.kind=residual --set quantizer.stages=1)",
+         lambda s, _: _ae(s, "--set", "quantizer.kind=residual", "--set", "quantizer.stages=1")),
+    Case(AE, "hierarchy deeper than the latent grid (--set quantizer.kind=hierarchical --set quantizer.stages=5)",
+         lambda s, _: _ae(s, "--set", "quantizer.kind=hierarchical", "--set", "quantizer.stages=5")),
+    Case(AE, "PatchGAN deeper than the images (--set loss.disc_weight=0.5 --set loss.disc_layers=4)",
+         lambda s, _: _ae(s, "--set", "loss.disc_weight=0.5", "--set", "loss.disc_layers=4")),
     Case(AE, "wrong config type (--set model.block_out_channels=64)", lambda s, _: _ae(s, "--set", "model.block_out_channels=64")),
     Case(AE, "invalid value (--set data.channels=2)", lambda s, _: _ae(s, "--set", "data.channels=2")),
     Case(AE, "malformed --set (no '=')", lambda s, _: _ae(s, "--set", "train.lr")),
