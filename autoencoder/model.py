@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import VQModel
 from torch import nn
 
@@ -225,8 +226,6 @@ def global_codes(vqmodel, tokens: torch.Tensor) -> torch.Tensor:
 def code_mask(vqmodel, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """A B x 1 x H x W image mask (1 = repaint) -> the codes to repaint on the prior's ``grid``: a code is
     repainted when any pixel it covers is (every stage's grid of a :class:`ResidualVQModel`, in token order)."""
-    import torch.nn.functional as F
-
     if not is_multistage(vqmodel):
         return F.adaptive_max_pool2d(mask, grid)
     _, h, w = latent_shape(vqmodel.config)

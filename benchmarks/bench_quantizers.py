@@ -90,10 +90,11 @@ def train_ae(run: Path, data: str, overrides: list[str], args) -> dict:
 
     if (run / "metrics.json").is_file() and (run / "vqvae").is_dir():
         return json.loads((run / "metrics.json").read_text())
+    resume = run.is_dir()  # a run stopped part-way (its checkpoints) continues instead of stopping the benchmark
     cfg = load_autoencoder_config("fashion-mnist", [*BASE, *overrides])
     print(f"+ train-autoencoder --data {data} --out {run} " + " ".join(f"--set {o}" for o in overrides), flush=True)
     run.parent.mkdir(parents=True, exist_ok=True)
-    return quiet(lambda: train_autoencoder(cfg, run, data=data), run.parent / f"{run.name}.train.log")
+    return quiet(lambda: train_autoencoder(cfg, run, data=data, resume=resume), run.parent / f"{run.name}.train.log")
 
 
 def code_histograms(vq, split, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -136,7 +137,7 @@ def linear_probe(train: tuple, test: tuple, seed: int) -> float:
         return float(((xte @ w + b).argmax(1) == yte).float().mean())
 
 
-def measure_ae(run: Path, data: str, data_sets: list[str], args, seed: int) -> dict:
+def measure_ae(run: Path, data: str, args, seed: int) -> dict:
     """rFID (+ calibration, NMI), usage over the held-out split, the linear probe; cached in RUN/bench.json."""
     from vqldm.autoencoder.config import AutoencoderRunConfig
     from vqldm.autoencoder.metrics import codebook_stats
@@ -191,7 +192,7 @@ def part_sweep(args) -> dict:
             sets += [f"model.codebook_size={k}", f"train.max_steps={args.sweep_steps}", f"train.seed={args.seed}"]
             run = args.out / "runs" / name
             train_ae(run, "fashion-mnist", sets, args)
-            rows.append({"kind": kind, "codebook_size": k, **measure_ae(run, "fashion-mnist", [], args, args.seed)})
+            rows.append({"kind": kind, "codebook_size": k, **measure_ae(run, "fashion-mnist", args, args.seed)})
             r = rows[-1]
             print(f"  {kind} K={k}: usage {r['usage']:.1f}%, rFID {r['rfid']:.2f}, PSNR {r['psnr']:.2f}, "
                   f"{r['train_seconds'] / r['steps']:.2f} s/step", flush=True)
@@ -247,7 +248,7 @@ def part_kinds(args) -> dict:
                 run = args.out / "runs" / f"{tag}-{kind}-s{seed}"
                 train_ae(run, data, [*sets, *data_sets, f"train.max_seconds={args.seconds}", "train.max_steps=100000",
                                      f"train.seed={seed}"], args)
-                rows.append({"kind": kind, "seed": seed, **measure_ae(run, data, data_sets, args, seed)})
+                rows.append({"kind": kind, "seed": seed, **measure_ae(run, data, args, seed)})
         result[tag] = rows
         print(f"\nQuantizers at equal time ({args.seconds:.0f} s of training each, one thread, {cpu_name()}) and equal size "
               f"(256 codebook rows) on {'Fashion-MNIST' if tag == 'fmnist' else 'a colour folder (2,000 crops of 8 photos, 32 px RGB; class = photo)'}; "
@@ -325,7 +326,7 @@ def part_growing(args) -> dict:
                                             "train.max_steps=100000", f"train.seed={seed}"], args)
             metrics = json.loads((run / "metrics.json").read_text())
             rows.append({"name": name, "seed": seed, "active_codes": metrics.get("active_codes", k),
-                         **measure_ae(run, "fashion-mnist", [], args, seed)})
+                         **measure_ae(run, "fashion-mnist", args, seed)})
     print(f"\nGrowing codebook (16 codes, doubled every {args.grow_every} steps, up to K = {k}) vs fixed K = {k}, "
           f"{args.seconds:.0f} s of training each, one thread, {cpu_name()}, Fashion-MNIST.\n")
     print_table(["codebook", "seed", "steps", "active codes", "rFID", "PSNR (dB)", "usage", "dead"],

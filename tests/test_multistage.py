@@ -157,6 +157,6 @@ def test_config_errors_are_one_line_and_name_the_key():
         QuantizerConfig(kind="residual", lookup="cosine")
     with pytest.raises(ValueError, match="grow_from"):
         QuantizerConfig(kind="hierarchical", grow_from=4)
-    with pytest.raises(UserError, match="quantizer.stages") as err:  # 16 px / f2 = 8: a 4-level hierarchy needs 8 | 8 ... 16 does not
+    with pytest.raises(UserError, match="quantizer.stages") as err:  # 16 px / f2: an 8x8 grid; 5 levels need it divisible by 16
         build_vqmodel(TINY, 16, 1, QuantizerConfig(kind="hierarchical", stages=5))
     assert "\n" not in str(err.value)
