@@ -3,14 +3,20 @@ training time and equal codebook size, a codebook-size sweep, and the growing co
 
     pip install scikit-image                                    # benchmark-only (the colour folder's photos)
     python benchmarks/bench_quantizers.py --part sweep          # 20 runs x --sweep-steps steps (~30 min on one core)
-    python benchmarks/bench_quantizers.py --part kinds          # 6 kinds x 2 seeds on Fashion-MNIST + 6 on a colour folder, --seconds each
+    python benchmarks/bench_quantizers.py --part kinds          # 6 kinds x 2 seeds on Fashion-MNIST + 6 on a colour folder, --steps each
     python benchmarks/bench_quantizers.py --part generators     # latent diffusion and a masked prior on each kind's seed-0 tokenizer
-    python benchmarks/bench_quantizers.py --part growing        # grow 16 -> K against fixed K, at equal time
+    python benchmarks/bench_quantizers.py --part growing        # grow 16 -> K against fixed K, at equal steps
+
+The parts split over cores: ``--part kinds --dataset fashion-mnist`` on one and ``--dataset colour`` on the
+other, ``--only vq,fsq`` for a subset of kinds (kinds, generators).
 
 Every autoencoder is the ``fashion-mnist`` preset (32 px, f4: 8x8 positions of 4 channels) with the
 adversarial term off (``loss.disc_weight=0``: the runs are shorter than its start) and a constant learning
-rate after warm-up (so that a time budget, not a step count, ends the run fairly); only the quantizer
-changes. One torch thread per run. Equal time: ``train.max_seconds`` (the training loop's own clock).
+rate after warm-up; only the quantizer changes. One torch thread per run. Equal time: every tokenizer trains
+for the same ``--steps``, because at 256 codebook rows the step costs the same whatever the kind (the
+convolutions dominate; each table prints the measured s/step, so the claim is checked, not assumed) -- a
+step budget stays fair when the machine is shared, where a wall-clock budget (``train.max_seconds``) would
+hand the runs that met a busy moment fewer steps.
 Equal size: 256 codebook rows in all -- vq / simvq / fsq K = 256 (fsq levels [4, 4, 4, 4]), residual and
 hierarchical 2 stages of 128 (residual: 2 codes per position; hierarchical: a 4x4 top grid over the 8x8 one).
 
@@ -29,7 +35,10 @@ Measured per tokenizer, on held-out images the run never trained on:
 ``generators``: on each kind's seed-0 Fashion-MNIST tokenizer, ``vqldm train-diffusion --config fashion-mnist``
 and ``vqldm train-prior --kind masked --config fashion-mnist`` for ``--gen-seconds`` each, then
 ``vqldm evaluate generation`` (FD of ``--samples`` class-conditional samples vs as many held-out images, with
-its calibration rows). ``growing``: ``quantizer.grow_from=16`` up to K against fixed K, both for ``--seconds``.
+its calibration rows; the generators do use the wall clock, ``train.max_seconds``, since a prior over the
+residual kind's 128 tokens costs more per step than over 64). ``growing``: ``quantizer.grow_from=16`` up to K
+against fixed K, both for ``--steps`` (the growing run's steps are cheaper while its table is small, so equal
+steps favours the fixed codebook, if anything).
 
 Prints markdown tables; writes OUT/<part>.json and docs plots (``--plot-dir``). Finished runs and their
 evaluations are reused (delete OUT/runs/NAME to redo one).
@@ -43,6 +52,7 @@ import io
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -169,6 +179,11 @@ def measure_ae(run: Path, data: str, args, seed: int) -> dict:
     return row
 
 
+def selected(args) -> list[str]:
+    """The kinds this invocation covers (``--only``), in the tables' order."""
+    return [k for k in KINDS if args.only is None or k in args.only]
+
+
 def print_table(headers: list[str], lines) -> None:
     """A markdown table: the header row, its rule, then one row per list of cells."""
     print("| " + " | ".join(headers) + " |")
@@ -240,22 +255,25 @@ def part_kinds(args) -> dict:
     if not colour.is_dir():
         make_folder(colour, 2000, classes=True, seed=0)
     result = {}
-    for data, data_sets, seeds in (("fashion-mnist", [], args.seeds), (str(colour), COLOUR, 1)):
+    sets_of = {"fashion-mnist": ("fashion-mnist", [], args.seeds), "colour": (str(colour), COLOUR, 1)}
+    for data, data_sets, seeds in (sets_of[d] for d in (sets_of if args.dataset == "both" else [args.dataset])):
         rows = []
         tag = "fmnist" if data == "fashion-mnist" else "colour"
-        for kind, sets in KINDS.items():
-            for seed in range(args.seed, args.seed + seeds):
-                run = args.out / "runs" / f"{tag}-{kind}-s{seed}"
-                train_ae(run, data, [*sets, *data_sets, f"train.max_seconds={args.seconds}", "train.max_steps=100000",
-                                     f"train.seed={seed}"], args)
+        for seed in range(args.seed, args.seed + seeds):  # every kind's first seed first: the generators part needs those
+            for kind in selected(args):
+                run = args.out / "runs" / f"{tag}-{kind}-s{seed}-n{args.steps}"
+                train_ae(run, data, [*KINDS[kind], *data_sets, f"train.max_steps={args.steps}", f"train.seed={seed}"], args)
                 rows.append({"kind": kind, "seed": seed, **measure_ae(run, data, args, seed)})
+                r = rows[-1]
+                print(f"  {tag} {kind} seed {seed}: rFID {r['rfid']:.2f}, usage {r['usage']:.1f}%, "
+                      f"{r['train_seconds'] / r['steps']:.2f} s/step", flush=True)
         result[tag] = rows
-        print(f"\nQuantizers at equal time ({args.seconds:.0f} s of training each, one thread, {cpu_name()}) and equal size "
+        print(f"\nQuantizers at equal time ({args.steps} steps of batch 64 each, one thread, {cpu_name()}) and equal size "
               f"(256 codebook rows) on {'Fashion-MNIST' if tag == 'fmnist' else 'a colour folder (2,000 crops of 8 photos, 32 px RGB; class = photo)'}; "
-              f"mean over {seeds} seed(s), spread = max - min.\n")
-        print("| kind | steps | rFID | PSNR (dB) | usage | perplexity | dead | NMI | linear probe |")
+              f"mean over {seeds} seed(s); ± is half the range (max - min) over the seeds.\n")
+        print("| kind | s/step | rFID | PSNR (dB) | usage | perplexity | dead | NMI | linear probe |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for kind in KINDS:
+        for kind in selected(args):
             rs = [r for r in rows if r["kind"] == kind]
 
             def cell(key, fmt="{:.2f}", pct=False):
@@ -265,7 +283,7 @@ def part_kinds(args) -> dict:
                 m = statistics.mean(vals)
                 s = fmt.format(m * (100 if pct else 1)) + ("%" if pct else "")
                 return s + (f" ± {fmt.format((max(vals) - min(vals)) * (100 if pct else 1) / 2)}" if len(vals) > 1 else "")
-            print(f"| {kind} | {statistics.mean(r['steps'] for r in rs):.0f} | {cell('rfid')} | {cell('psnr')} | "
+            print(f"| {kind} | {statistics.mean(r['train_seconds'] / r['steps'] for r in rs):.2f} | {cell('rfid')} | {cell('psnr')} | "
                   f"{cell('usage', '{:.1f}')}% | {cell('perplexity', '{:.0f}')} | {cell('dead_codes', '{:.0f}')} | "
                   f"{cell('nmi', '{:.3f}')} | {cell('probe', '{:.1f}', pct=True)} |")
         print("\n" + calibration_line(rows))
@@ -277,10 +295,14 @@ def part_generators(args) -> dict:
     common = ["--data", "fashion-mnist", "--set", "train.progress=false", "--set", f"train.max_seconds={args.gen_seconds}",
               "--set", "train.max_steps=100000", "--set", "train.image_every=1000000", "--set", "train.checkpoint_every=1000000",
               "--set", "data.num_workers=0"]
-    for kind in KINDS:
-        ae = args.out / "runs" / f"fmnist-{kind}-s{args.seed}"
-        if not (ae / "vqvae").is_dir():
-            raise SystemExit(f"{ae} is missing; run --part kinds first")
+    for kind in selected(args):
+        ae = args.out / "runs" / f"fmnist-{kind}-s{args.seed}-n{args.steps}"
+        waited = 0
+        while args.wait and not (ae / "metrics.json").is_file() and waited < 3600:  # another process is training it
+            time.sleep(20)
+            waited += 20
+        if not (ae / "metrics.json").is_file():
+            raise SystemExit(f"{ae} is missing; run --part kinds --steps {args.steps} first")
         row = {"kind": kind}
         for gen, argv, model in (
                 ("diffusion", ["train-diffusion", "--config", "fashion-mnist"], "pipeline"),
@@ -299,6 +321,7 @@ def part_generators(args) -> dict:
             metrics = json.loads((out / "metrics.json").read_text())
             acc = rep.get("class_accuracy") or {}
             row[gen] = {"fd": rep["fid"], "calibration": rep.get("calibration"), "steps": metrics["step"],
+                        "seconds": metrics["train_seconds"],
                         "class_accuracy": acc.get("class_accuracy"), "real_class_accuracy": acc.get("classifier_accuracy_on_real")}
         rows.append(row)
     print(f"\nGenerators at equal time ({args.gen_seconds:.0f} s of training each, one thread, {cpu_name()}) on each kind's "
@@ -321,16 +344,16 @@ def part_growing(args) -> dict:
     k = args.grow_k
     for name, sets in (("fixed", []), ("growing", ["quantizer.grow_from=16", f"quantizer.grow_every={args.grow_every}"])):
         for seed in range(args.seed, args.seed + args.seeds):
-            run = args.out / "runs" / f"grow-{name}-k{k}-s{seed}"
-            train_ae(run, "fashion-mnist", [f"model.codebook_size={k}", *sets, f"train.max_seconds={args.seconds}",
-                                            "train.max_steps=100000", f"train.seed={seed}"], args)
+            run = args.out / "runs" / f"grow-{name}-k{k}-s{seed}-n{args.steps}"
+            train_ae(run, "fashion-mnist", [f"model.codebook_size={k}", *sets, f"train.max_steps={args.steps}",
+                                            f"train.seed={seed}"], args)
             metrics = json.loads((run / "metrics.json").read_text())
             rows.append({"name": name, "seed": seed, "active_codes": metrics.get("active_codes", k),
                          **measure_ae(run, "fashion-mnist", args, seed)})
     print(f"\nGrowing codebook (16 codes, doubled every {args.grow_every} steps, up to K = {k}) vs fixed K = {k}, "
-          f"{args.seconds:.0f} s of training each, one thread, {cpu_name()}, Fashion-MNIST.\n")
-    print_table(["codebook", "seed", "steps", "active codes", "rFID", "PSNR (dB)", "usage", "dead"],
-                ([r["name"], r["seed"], r["steps"], r["active_codes"], f"{r['rfid']:.2f}", f"{r['psnr']:.2f}",
+          f"{args.steps} steps of batch 64 each, one thread, {cpu_name()}, Fashion-MNIST.\n")
+    print_table(["codebook", "seed", "train s", "active codes", "rFID", "PSNR (dB)", "usage", "dead"],
+                ([r["name"], r["seed"], f"{r['train_seconds']:.0f}", r["active_codes"], f"{r['rfid']:.2f}", f"{r['psnr']:.2f}",
                   f"{r['usage']:.1f}%", r["dead_codes"]] for r in rows))
     print("\n" + calibration_line(rows))
     return {"rows": rows}
@@ -341,7 +364,10 @@ def main() -> int:
     p.add_argument("--part", choices=["sweep", "kinds", "generators", "growing"], required=True)
     p.add_argument("--out", type=Path, default=Path("bench_out/quantizers"))
     p.add_argument("--plot-dir", type=Path, default=Path("docs"))
-    p.add_argument("--seconds", type=float, default=120.0, help="training seconds per autoencoder (kinds, growing)")
+    p.add_argument("--steps", type=int, default=300, help="training steps per autoencoder (kinds, growing)")
+    p.add_argument("--dataset", choices=["both", "fashion-mnist", "colour"], default="both", help="kinds: which dataset(s)")
+    p.add_argument("--only", type=lambda s: s.split(","), default=None, help="kinds, generators: these kinds only (comma-separated)")
+    p.add_argument("--wait", action="store_true", help="generators: wait for tokenizers another process is still training")
     p.add_argument("--gen-seconds", type=float, default=90.0, help="training seconds per generator")
     p.add_argument("--sweep-steps", type=int, default=100)
     p.add_argument("--seeds", type=int, default=2, help="seeds per Fashion-MNIST setting (the spread)")
@@ -354,8 +380,12 @@ def main() -> int:
     args = p.parse_args()
     prepare_out(args.out, args.threads)
     print(f"bench_quantizers --part {args.part}: {cpu_name()}, {torch.get_num_threads()} torch thread(s)", flush=True)
+    unknown = set(args.only or []) - set(KINDS)
+    if unknown:
+        p.error(f"--only: unknown kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
     result = {"sweep": part_sweep, "kinds": part_kinds, "generators": part_generators, "growing": part_growing}[args.part](args)
-    (args.out / f"{args.part}.json").write_text(json.dumps({"cpu": cpu_name(), "args": {k: str(v) for k, v in vars(args).items()},
+    tag = "".join(f"-{t}" for t in ([args.dataset] if args.part == "kinds" and args.dataset != "both" else []) + (args.only or []))
+    (args.out / f"{args.part}{tag}.json").write_text(json.dumps({"cpu": cpu_name(), "args": {k: str(v) for k, v in vars(args).items()},
                                                             **result}, indent=2, default=str))
     return 0
 
