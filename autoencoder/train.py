@@ -36,6 +36,7 @@ from ..plumbing.trainkit import (
     set_learning_rate,
     stop_if_signalled,
     to_device,
+    training_layout,
 )
 from .config import AutoencoderRunConfig
 from .evaluate import evaluate_reconstruction, measure_scaling_factor
@@ -95,11 +96,11 @@ def train_autoencoder(
     sampler = datasets.train.batch_sampler(tc.batch_size, tc.seed, acc.process_index, acc.num_processes)
 
     # ---------------------------------------------------------------- model, losses, optimizers
-    model = VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed, keep_codebook=init is not None)
+    model = training_layout(VQAutoencoder(vqmodel, cfg.quantizer, seed=tc.seed, keep_codebook=init is not None), tc, acc.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, tc, acc.device)
     use_disc = cfg.loss.disc_weight > 0
-    disc = PatchDiscriminator(cfg.data.channels, cfg.loss.disc_channels, cfg.loss.disc_layers) if use_disc else None
+    disc = training_layout(PatchDiscriminator(cfg.data.channels, cfg.loss.disc_channels, cfg.loss.disc_layers), tc, acc.device) if use_disc else None
     # AdamW's default weight decay (0.01) for the discriminator, fused where adamw() fuses (skips on the device)
     dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr or tc.lr, betas=tc.adam_betas,
                              fused=acc.device.type in ("cpu", "cuda") or None) if use_disc else None

@@ -17,6 +17,13 @@ process (the other revision is exported with ``git archive`` and put first on PY
   the issue measured (the UNet trainer at ~10 steps/s on an H200).
 * **speed**: ``steps_per_s`` from the run's metrics.json (the loop alone), with the preset's own log
   interval, runs of both trees interleaved, median of ``--repeats``, and the ratio this / other.
+* **variants** (``--variant KEY=VALUE``, repeatable, e.g. ``train.channels_last=true``, ``train.compile=true``):
+  this checkout with the setting against its defaults. A setting with a one-time cost (compilation) would
+  hide it in steps/s, so each repeat runs ``--steps`` and ``--steps // 3`` steps of both: the steady time per
+  step is (long loop time - short loop time) / (steps between them), and the one-time cost is what the short
+  run took beyond its steps at that rate; the break-even is that cost / the time saved per step.
+
+    python benchmarks/bench_train_step.py --variant train.channels_last=true --variant train.compile=true --steps 60
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ def worker(args) -> None:
             "--max-steps", str(args.run_steps), *QUIET]
     if args.stage == "prior":
         argv += ["--kind", "masked"]
+    for setting in args.sets:
+        argv += ["--set", setting]
     if args.count:
         argv += ["--set", "train.log_every=1000000"]
         for name in originals:
@@ -116,7 +125,7 @@ def export_tree(rev: str, into: Path) -> Path:
     return pkg
 
 
-def run_worker(tree: Path, ae: Path, out: Path, steps: int, count: bool, args) -> dict:
+def run_worker(tree: Path, ae: Path, out: Path, steps: int, count: bool, args, sets: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "BENCH_TREE": str(tree), "OMP_NUM_THREADS": str(args.threads)}
     if tree != REPO:  # the exported revision goes first; this checkout is the installed (editable) vqldm
         env["PYTHONPATH"] = os.pathsep.join([str(tree.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -124,6 +133,8 @@ def run_worker(tree: Path, ae: Path, out: Path, steps: int, count: bool, args) -
            "--run-steps", str(steps), "--stage", args.stage, "--config", args.config, "--threads", str(args.threads)]
     if count:
         cmd.append("--count")
+    for setting in sets:
+        cmd += ["--set", setting]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree.parent)
     if done.returncode:
         sys.exit(f"worker failed in {tree}:\n{done.stderr[-3000:]}")
@@ -180,7 +191,38 @@ def driver(args) -> int:
     for name, v in speeds.items():
         ratio = f"  ratio this/other {base / medians[name]:.3f}" if name != "this checkout" else ""
         print(f"  {name:28s} {medians[name]:7.2f} steps/s  (runs: {', '.join(f'{s:.2f}' for s in v)}){ratio}")
+    if args.variant:
+        variants(args, ae, work, short)
     return 0
+
+
+def variants(args, ae: Path, work: Path, short: int) -> None:
+    """This checkout with each ``--variant`` setting against its defaults: steady s/step and one-time cost."""
+    print(f"\nvariants of this checkout (runs of {args.steps} and {short} steps, interleaved; median of {args.repeats}):")
+    configs = {"defaults": (), **{v: (v,) for v in args.variant}}
+    steady: dict[str, list[float]] = {name: [] for name in configs}
+    once: dict[str, list[float]] = {name: [] for name in configs}
+    for r in range(args.repeats):
+        order = list(configs.items()) if r % 2 == 0 else list(reversed(configs.items()))
+        for i, (name, sets) in enumerate(order):
+            seconds = {}
+            for steps in (args.steps, short):
+                res = run_worker(REPO, ae, work / f"variant-{r}-{i}-{steps}", steps, False, args, sets)
+                seconds[steps] = res["steps"] / res["steps_per_s"]
+            per = (seconds[args.steps] - seconds[short]) / (args.steps - short)
+            steady[name].append(per)
+            once[name].append(seconds[short] - short * per)
+    base = statistics.median(steady["defaults"])
+    base_once = statistics.median(once["defaults"])
+    for name in configs:
+        per, first = statistics.median(steady[name]), statistics.median(once[name])
+        line = f"  {name:32s} {per:.4f} s/step steady, one-time {first:7.1f} s"
+        if name != "defaults":
+            saved = base - per
+            extra = first - base_once
+            even = f"break-even after {extra / saved:.0f} steps" if saved > 0 else "never pays back"
+            line += f"  step ratio variant/defaults {per / base:.3f}, extra one-time {extra:+.1f} s, {even}"
+        print(line)
 
 
 def parse(argv=None):
@@ -191,6 +233,9 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=45, help="steps of the long runs (default 45)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                   help="also time this checkout with this --set against its defaults (repeatable)")
+    p.add_argument("--set", action="append", default=[], dest="sets", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ae", help=argparse.SUPPRESS)
@@ -199,6 +244,9 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.steps < 6 or args.repeats < 1 or args.threads < 1:
         p.error("--steps must be >= 6, --repeats and --threads >= 1")
+    bad = [v for v in args.variant if "=" not in v]
+    if bad:
+        p.error(f"--variant {bad[0]!r} is not KEY=VALUE (e.g. --variant train.channels_last=true)")
     return args
 
 

@@ -38,8 +38,9 @@ from ..plumbing.trainkit import (
     save_training_state,
     set_learning_rate,
     step_generator,
-    to_device,
     stop_if_signalled,
+    to_device,
+    training_layout,
 )
 from .conditioning import training_conditioning
 from .config import DiffusionRunConfig
@@ -97,6 +98,7 @@ def train_diffusion(
     data_cfg, sampler = stage.data, stage.sampler
 
     # ---------------------------------------------------------------- EMA, optimizer, schedules
+    unet = training_layout(unet, tc, device)
     ema = EMA(unet, tc.ema_decay, tc.ema_warmup)
     opt = adamw(unet.parameters(), tc, device)
     noise_scheduler = make_train_scheduler(oc)

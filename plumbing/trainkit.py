@@ -70,6 +70,14 @@ class TrainLoopConfig:
     # fp32 matmuls and convolutions on Ampere and newer GPUs in TF32 (10-bit mantissa inputs, fp32 sums: what
     # PyTorch's own default is for cuDNN convolutions); false: exact fp32 everywhere. No effect on CPU.
     tf32: bool = True
+    # weights (and so the activations of their convolutions) in channels-last memory order. auto: on CUDA,
+    # where cuDNN's NHWC kernels are the fast ones under autocast; off on CPU, where it measured 1.035x the
+    # contiguous step time (benchmarks/bench_train_step.py --variant train.channels_last=true). Exact either way.
+    channels_last: bool | Literal["auto"] = "auto"
+    # torch.compile (inductor, through accelerate's dynamo plugin) of the trained model(s): opt-in, because
+    # the first step pays the compilation (minutes on a CPU), which pays back only over long runs; see
+    # docs/results.md "torch.compile and channels_last" for the measured break-even
+    compile: bool = False
     seed: int = 0
     log_every: int = 50
     image_every: int = 1000  # reconstruction / sample grids
@@ -223,7 +231,8 @@ def make_accelerator(cfg: TrainLoopConfig):
     # accelerate only forms a gloo (MULTI_CPU) group when told cpu=True; otherwise each process would
     # silently train alone. (`accelerate launch --cpu` starts several processes only through mpirun.)
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accumulation, cpu=multi_cpu)
+    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accumulation, cpu=multi_cpu,
+                      dynamo_backend="inductor" if cfg.compile else "no")
     set_seed(cfg.seed, device_specific=False)
     return acc
 
@@ -462,6 +471,14 @@ def learning_rate(tc: TrainLoopConfig, step: int) -> float:
     return tc.lr * multiplier(step // tc.grad_accumulation)
 
 
+def training_layout(module: torch.nn.Module, tc: TrainLoopConfig, device: torch.device | str) -> torch.nn.Module:
+    """``module`` in the memory order ``train.channels_last`` asks for on ``device`` (``auto``: channels-last on
+    CUDA only). Call it before the optimizer is made, so that Adam's moments take the same strides."""
+    device = torch.device(device)
+    on = device.type == "cuda" if tc.channels_last == "auto" else tc.channels_last
+    return module.to(memory_format=torch.channels_last) if on else module
+
+
 def adamw(parameters, tc: TrainLoopConfig, device: torch.device | str = "cpu", lr: float | None = None) -> torch.optim.AdamW:
     """The optimizer of every vqldm trainer: AdamW with the loop's lr, betas and weight decay, as the fused
     kernel on CPU and CUDA (one pass for all parameters instead of several per tensor: 3.7x faster than
@@ -591,12 +608,23 @@ def resume_training(run_dir: Path, resume: bool, modules: dict, optimizers: dict
             module.load_state_dict(files[name])
         for name, opt in optimizers.items():
             opt.load_state_dict(optimizer_state_from_tensors(files[name], state[name]))
+            match_parameter_layout(opt)
 
     _restoring(ckpt, load_all)
     torch.set_rng_state(files["rng"]["torch_cpu"])
     resumed = Resumed(int(state["step"]), float(state.get("train_seconds", 0.0)), ckpt, files, state)
     log(f"resumed from {ckpt} at step {resumed.step}")
     return resumed
+
+
+def match_parameter_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's strides. A checkpoint stores contiguous tensors;
+    next to channels-last weights (``train.channels_last``) the fused AdamW kernel would pair the moments'
+    elements with the wrong weights, and a resumed run would drift from an uninterrupted one."""
+    for param, slots in opt.state.items():
+        for key, value in slots.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                slots[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def save_training_state(run_dir: Path, step: int, clock: TrainClock, keep: int, modules: dict, optimizers: dict,

@@ -39,8 +39,9 @@ from ..plumbing.trainkit import (
     save_training_state,
     set_learning_rate,
     step_generator,
-    to_device,
     stop_if_signalled,
+    to_device,
+    training_layout,
 )
 from .config import KINDS, PriorRunConfig
 from .export import export_prior_folder
@@ -75,6 +76,7 @@ def train_prior(
     gh, gw = code_grid(vqvae, stage.latent)  # (1, L) for a residual / hierarchical autoencoder's L tokens
 
     # ---------------------------------------------------------------- EMA, optimizer
+    prior = training_layout(prior, tc, device)  # a transformer: only its 4-d weights, if any, change order
     ema = EMA(prior, tc.ema_decay, tc.ema_warmup)
     opt = adamw(prior.parameters(), tc, device)
     null = prior.null_class
