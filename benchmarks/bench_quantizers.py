@@ -8,7 +8,8 @@ training time and equal codebook size, a codebook-size sweep, and the growing co
     python benchmarks/bench_quantizers.py --part growing        # grow 16 -> K against fixed K, at equal steps
 
 The parts split over cores: ``--part kinds --dataset fashion-mnist`` on one and ``--dataset colour`` on the
-other, ``--only vq,fsq`` for a subset of kinds (kinds, generators).
+other, ``--only vq,fsq`` for a subset of kinds (kinds, generators, sweep), ``--sizes 65536`` for part of the
+sweep (a subset leaves the sweep's plot alone), ``--seed 1 --seeds 1`` for one seed of ``growing``.
 
 Every autoencoder is the ``fashion-mnist`` preset (32 px, f4: 8x8 positions of 4 channels) with the
 adversarial term off (``loss.disc_weight=0``: the runs are shorter than its start) and a constant learning
@@ -200,8 +201,9 @@ def calibration_line(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------- parts
 def part_sweep(args) -> dict:
     rows = []
-    for kind in SWEEP_KINDS:
-        for k in SWEEP_SIZES:
+    kinds = [k for k in SWEEP_KINDS if args.only is None or k in args.only]
+    for kind in kinds:
+        for k in args.sizes:
             name = f"sweep-{kind}-k{k}"
             sets = [o for o in KINDS[kind] if not o.startswith("model.codebook_size")]
             sets += [f"model.codebook_size={k}", f"train.max_steps={args.sweep_steps}", f"train.seed={args.seed}"]
@@ -219,8 +221,10 @@ def part_sweep(args) -> dict:
                  for r in rows))
     print("\n" + calibration_line(rows))
     held = [r["kind"] for r in rows if r["codebook_size"] == SWEEP_SIZES[-1] and r["usage"] >= 95]
-    print(f"kinds holding >= 95% usage at 2^16: {', '.join(held) or 'none'}")
-    plot_sweep(rows, args.plot_dir / "quantizer_sweep.png")
+    if SWEEP_SIZES[-1] in args.sizes:
+        print(f"kinds holding >= 95% usage at 2^16: {', '.join(held) or 'none'}")
+    if len(kinds) == len(SWEEP_KINDS) and set(args.sizes) == set(SWEEP_SIZES):  # a subset leaves the full plot alone
+        plot_sweep(rows, args.plot_dir / "quantizer_sweep.png")
     return {"rows": rows}
 
 
@@ -366,7 +370,10 @@ def main() -> int:
     p.add_argument("--plot-dir", type=Path, default=Path("docs"))
     p.add_argument("--steps", type=int, default=300, help="training steps per autoencoder (kinds, growing)")
     p.add_argument("--dataset", choices=["both", "fashion-mnist", "colour"], default="both", help="kinds: which dataset(s)")
-    p.add_argument("--only", type=lambda s: s.split(","), default=None, help="kinds, generators: these kinds only (comma-separated)")
+    p.add_argument("--only", type=lambda s: s.split(","), default=None,
+                   help="kinds, generators, sweep: these kinds only (comma-separated)")
+    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=list(SWEEP_SIZES),
+                   help="sweep: these codebook sizes only (comma-separated; default 2^8..2^16 in steps of 4x)")
     p.add_argument("--wait", action="store_true", help="generators: wait for tokenizers another process is still training")
     p.add_argument("--gen-seconds", type=float, default=90.0, help="training seconds per generator")
     p.add_argument("--sweep-steps", type=int, default=100)
@@ -383,8 +390,16 @@ def main() -> int:
     unknown = set(args.only or []) - set(KINDS)
     if unknown:
         p.error(f"--only: unknown kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
+    if args.part == "sweep" and not set(args.only or SWEEP_KINDS) <= set(SWEEP_KINDS):
+        p.error(f"--only: the sweep covers {', '.join(SWEEP_KINDS)} only")
+    if any(k < 2 for k in args.sizes):
+        p.error("--sizes: codebook sizes must be >= 2, e.g. --sizes 256,65536")
     result = {"sweep": part_sweep, "kinds": part_kinds, "generators": part_generators, "growing": part_growing}[args.part](args)
     tag = "".join(f"-{t}" for t in ([args.dataset] if args.part == "kinds" and args.dataset != "both" else []) + (args.only or []))
+    if args.part == "sweep" and set(args.sizes) != set(SWEEP_SIZES):
+        tag += "".join(f"-k{k}" for k in args.sizes)
+    if args.part == "growing" and (args.seed, args.seeds) != (0, 2):
+        tag += f"-s{args.seed}-n{args.seeds}"
     (args.out / f"{args.part}{tag}.json").write_text(json.dumps({"cpu": cpu_name(), "args": {k: str(v) for k, v in vars(args).items()},
                                                             **result}, indent=2, default=str))
     return 0
