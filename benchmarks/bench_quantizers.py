@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import statistics
@@ -165,7 +166,10 @@ def measure_ae(run: Path, data: str, args, seed: int) -> dict:
     report = json.loads((out / "report.json").read_text())
     ae = load_vqvae(run)
     cfg = load_config(AutoencoderRunConfig, run / "config.yaml")
-    ds = load_datasets(data, cfg.data, log=lambda m: None, progress=False)
+    data_cfg = cfg.data
+    if Path(data).is_dir():  # the colour folder's class subfolders: labels for the probe (stage 1 trains without)
+        data_cfg = dataclasses.replace(data_cfg, labels="folders")
+    ds = load_datasets(data, data_cfg, log=lambda m: None, progress=False)
     test_x, test_y, counts = code_histograms(ae.vqvae, ds.holdout, len(ds.holdout))  # usage: the whole held-out split
     epoch = {"images": len(ds.holdout), **codebook_stats(counts.long())}
     probe = linear_probe(code_histograms(ae.vqvae, ds.train, 5000)[:2], (test_x[:1000], test_y[:1000]), seed)

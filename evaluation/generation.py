@@ -24,7 +24,7 @@ from .calibration import calibration_rows, calibration_setup, format_calibration
 from .features import DEFAULT_FEATURES, FeatureExtractor, load_feature_extractor
 from .metrics import distribution_metrics
 from .plots import plot_image_rows, plot_steps_sweep
-from .reference import load_reference_data, other_real_images, real_indices
+from .reference import load_reference_data, other_real_images, real_indices, training_holdout_fraction
 from .report import environment, resolve_device, write_report
 
 
@@ -168,7 +168,8 @@ def evaluate_generation(pipe, data: str, out: str | Path, *, features: FeatureEx
     size, channels = int(pipe.vqvae.config.sample_size), int(pipe.vqvae.config.in_channels)
     fit = fit or pipeline_data_fit(pipe)
 
-    ds = load_reference_data(data, size, channels, fit, progress)
+    trained = ((getattr(pipe, "info", None) or {}).get("training_config") or {}).get("data")
+    ds = load_reference_data(data, size, channels, fit, progress, holdout_fraction=training_holdout_fraction(trained, data))
     real_idx = real_indices(len(ds.holdout), num_samples, seed)
     real, real_labels = ds.holdout.batch(real_idx)  # = real_images(ds.holdout, ...); the indices keep the calibration's images disjoint
     real_f = extractor(real, progress, "features (real)")

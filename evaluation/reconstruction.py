@@ -20,7 +20,7 @@ from . import metrics
 from .calibration import calibration_rows, calibration_setup, format_calibration, place_on_scale
 from .features import FeatureExtractor, load_feature_extractor
 from .plots import plot_class_heatmap, plot_code_frequency, plot_image_rows
-from .reference import load_reference_data, other_real_images
+from .reference import load_reference_data, other_real_images, training_holdout_fraction
 from .report import environment, resolve_device, write_report
 
 
@@ -69,7 +69,8 @@ def evaluate_autoencoder(autoencoder: LoadedAutoencoder, data: str, out: str | P
     vq = autoencoder.vqvae.to(device)
     size = int(vq.config.sample_size)
     fit = fit or (autoencoder.data or {}).get("fit", "pad")
-    ds = load_reference_data(data, size, int(vq.config.in_channels), fit, progress)
+    ds = load_reference_data(data, size, int(vq.config.in_channels), fit, progress,
+                             holdout_fraction=training_holdout_fraction(autoencoder.data, data))
     holdout = ds.holdout
     n = min(num_images, len(holdout))
 

@@ -15,10 +15,27 @@ from ..plumbing.errors import UserError
 MIN_REFERENCE_IMAGES = 2  # a covariance needs two samples; FD on a handful of images is noise, but defined
 
 
-def load_reference_data(source: str, image_size: int, channels: int, fit: str, progress: bool):
-    """The splits of ``source`` at the model's size; its held-out split is the real side of every comparison."""
+def training_holdout_fraction(data_section: dict | None, source: str) -> float | None:
+    """The ``data.holdout_fraction`` a training run used when it trained on the folder ``source`` (the same
+    path), so that evaluation reads that run's held-out split and not the default one; else None."""
+    section = data_section or {}
+    trained_on, fraction = section.get("source"), section.get("holdout_fraction")
+    if fraction is None or not trained_on or not Path(source).expanduser().is_dir():
+        return None
+    try:
+        same = Path(trained_on).expanduser().resolve() == Path(source).expanduser().resolve()
+    except OSError:
+        return None
+    return float(fraction) if same else None
+
+
+def load_reference_data(source: str, image_size: int, channels: int, fit: str, progress: bool,
+                        holdout_fraction: float | None = None):
+    """The splits of ``source`` at the model's size; its held-out split is the real side of every comparison.
+    ``holdout_fraction`` (folders): the split the model was trained with (default: DataConfig's)."""
     labels = "folders" if Path(source).expanduser().is_dir() and any(p.is_dir() for p in Path(source).expanduser().iterdir()) else "none"
-    cfg = DataConfig(image_size=image_size, channels=channels, fit=fit, labels=labels)
+    split = {} if holdout_fraction is None else {"holdout_fraction": holdout_fraction}
+    cfg = DataConfig(image_size=image_size, channels=channels, fit=fit, labels=labels, **split)
     ds = load_datasets(source, cfg, log=lambda m: tqdm.write(m), progress=progress)
     if len(ds.holdout) < MIN_REFERENCE_IMAGES:
         raise UserError(f"the held-out split of {source!r} has {len(ds.holdout)} image{'s' if len(ds.holdout) != 1 else ''}; "

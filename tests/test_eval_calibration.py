@@ -14,7 +14,7 @@ from vqldm.evaluation.calibration import (
     gaussian_kernel1d,
     place_on_scale,
 )
-from vqldm.evaluation.reference import other_real_images
+from vqldm.evaluation.reference import load_reference_data, other_real_images, training_holdout_fraction
 
 ROWS = [
     {"name": REAL_ROW, "fd": 0.9, "kid_mean": 0.001},
@@ -167,6 +167,20 @@ def test_other_real_images_are_disjoint_and_say_where_they_came_from():
     assert len(probe) == 10 and probe.min() >= 1000
     probe, desc = other_real_images(_DS(10, 1), ref_idx, 10, seed=0)
     assert probe is None and desc.startswith("no calibration")
+
+
+def test_evaluation_reads_the_held_out_split_the_model_was_trained_with(image_folder, tmp_path):
+    """A run trained on a folder with data.holdout_fraction=0.5 is evaluated on that run's held-out images
+    (the default 0.05 split would be a different, smaller one); another folder keeps the default."""
+    section = {"source": str(image_folder), "holdout_fraction": 0.5}
+    assert training_holdout_fraction(section, str(image_folder)) == 0.5
+    assert training_holdout_fraction(section, str(tmp_path)) is None  # evaluated on another folder
+    assert training_holdout_fraction({"source": "fashion-mnist", "holdout_fraction": 0.5}, "fashion-mnist") is None
+    assert training_holdout_fraction(None, str(image_folder)) is None
+    default = load_reference_data(str(image_folder), 16, 3, "resize", progress=False)
+    half = load_reference_data(str(image_folder), 16, 3, "resize", progress=False, holdout_fraction=0.5)
+    assert len(half.holdout) + len(half.train) == len(default.holdout) + len(default.train) == 24
+    assert len(half.holdout) > len(default.holdout) >= 2  # the stable split: 0.05's images are among 0.5's
 
 
 # ----------------------------------------------------------------------------- the shipped features see blur
