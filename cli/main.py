@@ -59,8 +59,11 @@ def _add_init_arg(p: argparse.ArgumentParser, component: str) -> None:
                         f"architecture is the init's, training settings the config's")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..priors.config import KINDS
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """vqldm's parser. ``argv`` (the arguments about to be parsed): when its command is neither ``generate``
+    nor ``evaluate``, those two get placeholder subparsers, because their arguments' choices come from the
+    pipelines (torch, diffusers: seconds to import) and ``vqldm --help`` should not wait for them."""
+    from ..priors.kinds import KINDS
 
     parser = ArgumentParser(prog="vqldm", description="Latent diffusion on a VQ-compressed space.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,12 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     # generate / evaluate own their arguments (cli/generate.py, cli/evaluate.py)
-    from . import evaluate, generate
-
+    command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    full = argv is None or command in ("generate", "evaluate")
     p = sub.add_parser("generate", help="generate images with a pipeline or prior folder (default: the shipped model)")
-    generate.add_arguments(p)
+    if full:
+        from . import generate
+
+        generate.add_arguments(p)
     p = sub.add_parser("evaluate", help="reconstruction, codebook and generation metrics, with plots")
-    evaluate.add_arguments(p)
+    if full:
+        from . import evaluate
+
+        evaluate.add_arguments(p)
     return parser
 
 
@@ -288,11 +297,10 @@ HANDLERS = {
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from ..pipelines.sampler import ModelFolderError
-    from ..plumbing.errors import UserError
+    from ..plumbing.errors import ModelFolderError, UserError
 
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
         code = HANDLERS[args.command](args)
     except (UserError, ModelFolderError) as err:  # a model folder that cannot be loaded is the user's to fix too
         print(f"vqldm: error: {err}", file=sys.stderr)

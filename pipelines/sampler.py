@@ -12,13 +12,10 @@ import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
+from ..plumbing.errors import ModelFolderError  # noqa: F401  (re-exported: the pipelines raise it from here)
+
 if TYPE_CHECKING:  # the protocol costs no torch/diffusers import (the CLI imports this module to build its parser)
     import torch
-
-
-class ModelFolderError(ValueError):
-    """A model folder that cannot be loaded as it is: missing, not a model, pickled weights, a vqldm.json that
-    does not fit the weights, parts that do not fit together. The message names the file and the fix."""
 
 
 @runtime_checkable

@@ -13,3 +13,9 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be loaded as it is: missing, not a model, pickled weights, a vqldm.json that
+    does not fit the weights, parts that do not fit together. The message names the file and the fix.
+    (Here, beside UserError, so that the CLI can catch it without importing the pipelines.)"""

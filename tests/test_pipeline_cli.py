@@ -133,6 +133,25 @@ def test_parser_types_and_choices(capsys):
     assert "--unet-path" in help_text and "--freeze-unet" not in help_text
 
 
+def test_top_level_help_imports_neither_torch_nor_diffusers():
+    """`vqldm --help` and a training command's --help answer without the pipelines' imports (seconds of
+    torch + diffusers), and still list every command; `vqldm generate --help` builds its full parser."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom vqldm.cli.main import main\n"
+             "for argv in (['--help'], ['train-prior', '--help']):\n"
+             "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout
+    for command in ("train-autoencoder", "train-diffusion", "train-prior", "shard", "generate", "evaluate"):
+        assert command in done.stdout
+    parser = cli.build_parser(["generate", "--steps", "2"])
+    assert parser.parse_args(["generate", "--steps", "2"]).steps == 2
+
+
 def test_resume_ignores_the_unet_path_and_refuses_a_foreign_manifest(folders, tmp_path, capsys):
     import json
 
