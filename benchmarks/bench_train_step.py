@@ -21,9 +21,11 @@ process (the other revision is exported with ``git archive`` and put first on PY
   this checkout with the setting against its defaults. A setting with a one-time cost (compilation) would
   hide it in steps/s, so each repeat runs ``--steps`` and ``--steps // 3`` steps of both: the steady time per
   step is (long loop time - short loop time) / (steps between them), and the one-time cost is what the short
-  run took beyond its steps at that rate; the break-even is that cost / the time saved per step.
+  run took beyond its steps at that rate; the break-even is that cost / the time saved per step. Every run
+  gets an empty inductor cache (``TORCHINDUCTOR_CACHE_DIR``), so each compiles from cold, as a first run
+  does (a warm on-disk cache made the second run's compilation nearly free and the difference meaningless).
 
-    python benchmarks/bench_train_step.py --variant train.channels_last=true --variant train.compile=true --steps 60
+    python benchmarks/bench_train_step.py --variants-only --variant train.channels_last=true --variant train.compile=true
 """
 
 from __future__ import annotations
@@ -126,7 +128,10 @@ def export_tree(rev: str, into: Path) -> Path:
 
 
 def run_worker(tree: Path, ae: Path, out: Path, steps: int, count: bool, args, sets: tuple[str, ...] = ()) -> dict:
-    env = {**os.environ, "BENCH_TREE": str(tree), "OMP_NUM_THREADS": str(args.threads)}
+    # a fresh inductor cache per run: otherwise a train.compile run after the first reuses its compiled graphs
+    # from disk, and the one-time cost (and the long-minus-short steady time) would depend on the run order
+    env = {**os.environ, "BENCH_TREE": str(tree), "OMP_NUM_THREADS": str(args.threads),
+           "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-", dir=out.parent)}
     if tree != REPO:  # the exported revision goes first; this checkout is the installed (editable) vqldm
         env["PYTHONPATH"] = os.pathsep.join([str(tree.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--ae", str(ae), "--out", str(out),
@@ -169,6 +174,9 @@ def driver(args) -> int:
     train_autoencoder(cfg, ae, data="fashion-mnist")
 
     short = max(2, args.steps // 3)
+    if args.variants_only:
+        variants(args, ae, work, short)
+        return 0
     print(f"\nhost reads per training step (runs of {args.steps} and {short} steps, difference / {args.steps - short}):")
     for name, tree in trees.items():
         long_run = run_worker(tree, ae, work / f"count-{len(name)}-long", args.steps, True, args)
@@ -235,6 +243,7 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                    help="also time this checkout with this --set against its defaults (repeatable)")
+    p.add_argument("--variants-only", action="store_true", help="time the --variant settings only (no sync profile)")
     p.add_argument("--set", action="append", default=[], dest="sets", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
@@ -244,6 +253,8 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.steps < 6 or args.repeats < 1 or args.threads < 1:
         p.error("--steps must be >= 6, --repeats and --threads >= 1")
+    if args.variants_only and not args.variant:
+        p.error("--variants-only needs at least one --variant KEY=VALUE")
     bad = [v for v in args.variant if "=" not in v]
     if bad:
         p.error(f"--variant {bad[0]!r} is not KEY=VALUE (e.g. --variant train.channels_last=true)")
