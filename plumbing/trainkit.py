@@ -71,12 +71,12 @@ class TrainLoopConfig:
     # PyTorch's own default is for cuDNN convolutions); false: exact fp32 everywhere. No effect on CPU.
     tf32: bool = True
     # weights (and so the activations of their convolutions) in channels-last memory order. auto: on CUDA,
-    # where cuDNN's NHWC kernels are the fast ones under autocast; off on CPU, where it measured 1.035x the
-    # contiguous step time (benchmarks/bench_train_step.py --variant train.channels_last=true). Exact either way.
+    # where cuDNN's NHWC kernels are the fast ones under autocast; off on CPU, where it is within the noise
+    # (0.956x and 1.035x the contiguous step time in two measurements). Results agree to float rounding.
     channels_last: bool | Literal["auto"] = "auto"
     # torch.compile (inductor, through accelerate's dynamo plugin) of the trained model(s): opt-in, because
-    # the first step pays the compilation (minutes on a CPU), which pays back only over long runs; see
-    # docs/results.md "torch.compile and channels_last" for the measured break-even
+    # the first step pays the compilation (minutes on a CPU), which pays back only over long runs, if at all;
+    # docs/results.md "Training step: host reads, channels_last and torch.compile"
     compile: bool = False
     seed: int = 0
     log_every: int = 50
