@@ -75,7 +75,7 @@ class TrainLoopConfig:
     # (0.956x and 1.035x the contiguous step time in two measurements). Results agree to float rounding.
     channels_last: bool | Literal["auto"] = "auto"
     # torch.compile (inductor, through accelerate's dynamo plugin) of the trained model(s): opt-in, because
-    # the first step pays the compilation (minutes on a CPU), which pays back only over long runs, if at all;
+    # the first step pays the compilation (minutes on a CPU), which on a CPU never paid back (3.9x the eager step);
     # docs/results.md "Training step: host reads, channels_last and torch.compile"
     compile: bool = False
     seed: int = 0
