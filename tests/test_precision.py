@@ -47,7 +47,7 @@ def test_config_takes_channels_last_and_compile():
 
 
 @pytest.mark.parametrize("setting, device, expected", [
-    ("auto", "cpu", False),  # measured slower on CPU (docs/results.md)
+    ("auto", "cpu", False),  # no gain measured on CPU (docs/results.md)
     ("auto", "cuda", True),
     (True, "cpu", True),
     (False, "cuda", False),
