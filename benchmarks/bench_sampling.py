@@ -10,7 +10,7 @@ steps and seed for ``diffusers.LDMPipeline`` and for vqldm as ``vqldm generate``
 (``--unet-path auto``, which freezes the UNet when the job makes enough UNet calls; the frozen copy's
 one-time build is inside every timed job, as in a fresh process) and ``--unet-path eager``. Checks the
 images agree (max |diff| <= 1e-3); prints seconds per image (median of ``--repeats``, runs interleaved so
-background load hits all alike), the ratios, the CPU and thread count, the GFLOP/s of the UNet and the VQ
+background load hits all alike, and in reverse order on every other repeat), the ratios, the CPU and thread count, the GFLOP/s of the UNet and the VQ
 decoder (FLOPs from ``torch.utils.flop_counter.FlopCounterMode``) against a measured large fp32 matmul,
 and the frozen UNet's build cost, saving per call and break-even.
 
@@ -176,8 +176,8 @@ def speed(args) -> int:
     times = {name: [] for name in runs}  # wall-clock seconds per job
     cpu_times = {name: [] for name in runs}  # this process's CPU seconds: what a shared machine's load does not inflate
     outputs = {}
-    for _ in range(args.repeats):  # interleaved, so background load hits every variant alike
-        for name, fn in runs.items():
+    for r in range(args.repeats):  # interleaved, so background load hits every variant alike, in both orders
+        for name, fn in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):
             t0, c0 = time.perf_counter(), time.process_time()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - t0)

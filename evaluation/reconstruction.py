@@ -144,8 +144,10 @@ def format_autoencoder_report(report: dict) -> str:
              f"  rFID {rfid:.3f} ({n} reconstructions vs {n} originals, {report['rfid_features']} features, {report['feature_dim']}-d)",
              format_calibration(report["calibration"], report["calibration_setup"], "rFID", rfid)]
     cb = report["codebook"]
-    lines.append(f"  codebook usage {cb['codebook_usage']:.1f}% ({cb['codes_used']}/{report['codebook_size']} codes, {cb['dead_codes']} dead), "
-                 f"perplexity {cb['perplexity']:.1f} of {cb['perplexity_max']:.0f}")
+    stages = report.get("codebooks", 1)  # residual / hierarchical: the codes of all stages' tables together
+    table = f": {stages} tables of {report['codebook_size']}" if stages > 1 else ""
+    lines.append(f"  codebook usage {cb['codebook_usage']:.1f}% ({cb['codes_used']}/{stages * report['codebook_size']} codes{table}, "
+                 f"{cb['dead_codes']} dead), perplexity {cb['perplexity']:.1f} of {cb['perplexity_max']:.0f}")
     class_report = report["per_class"]
     if class_report is not None:
         per = class_report["codes_per_class"]

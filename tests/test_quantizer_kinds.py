@@ -347,3 +347,17 @@ def test_every_kind_steps_without_reading_back(kind, tmp_path):
                 "--set", "quantizer.restart_every=1000", *CLI_KINDS[kind], *QUIET]
 
     assert per_step_reads(argv) == 0
+
+
+def test_shipped_tokenizer_preset_differs_from_fashion_mnist_only_where_measured():
+    """`fashion-mnist-fsq` (the shipped model's stage 1, benchmarks/shipped_candidates.sh) is the `fashion-mnist`
+    preset with FSQ [8, 5, 5, 5] and 3000 steps: nothing else may drift apart between the two files."""
+    import math
+    from dataclasses import asdict
+
+    from vqldm.autoencoder.config import load_autoencoder_config
+
+    fsq, base = asdict(load_autoencoder_config("fashion-mnist-fsq")), asdict(load_autoencoder_config("fashion-mnist"))
+    changed = {f"{section}.{k}" for section in base for k in base[section] if base[section][k] != fsq[section][k]}
+    assert changed == {"quantizer.kind", "quantizer.levels", "model.codebook_size", "train.max_steps"}
+    assert fsq["quantizer"]["kind"] == "fsq" and math.prod(fsq["quantizer"]["levels"]) == fsq["model"]["codebook_size"] == 1000
