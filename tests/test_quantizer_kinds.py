@@ -329,6 +329,10 @@ def test_stage_two_runs_on_every_kind(kind, ae_runs, tmp_path):
         report = json.loads((tmp_path / "ev-ae" / "report.json").read_text())
         stages = 2
         assert report["codebooks"] == stages and report["codebook"]["perplexity_max"] == stages * report["codebook_size"]
+        from vqldm.evaluation.reconstruction import format_autoencoder_report
+
+        k = report["codebook_size"]  # the printed usage counts every stage's table (it once read "512/256 codes")
+        assert f"/{stages * k} codes: {stages} tables of {k}," in format_autoencoder_report(report)
         for model in (tmp_path / "ldm" / "pipeline", tmp_path / "masked" / "prior"):
             assert main(["evaluate", "generation", "--model", str(model), "--num-samples", "20", "--steps", "2",
                          "--out", str(tmp_path / f"ev-{model.parent.name}"), *ev]) == 0
