@@ -3,6 +3,7 @@
     python benchmarks/bench_sampling.py                       # CompVis-shaped 64x64 f=4 model, random weights
     python benchmarks/bench_sampling.py --model DIR --steps 50 --batch 4 --num-images 64 --repeats 3
     python benchmarks/bench_sampling.py --quality --model DIR --data fashion-mnist   # fewer steps at equal FID
+    python benchmarks/bench_sampling.py --break-even --model DIR --batches 1,4,16  # per UNet call: eager vs frozen
 
 Speed mode (issue 5, acceptance 3; issue 12): one job of ``--num-images`` images in batches of ``--batch``
 (one generator consumed batch after batch, as ``vqldm generate`` does) with the same weights, scheduler,
@@ -12,7 +13,12 @@ one-time build is inside every timed job, as in a fresh process) and ``--unet-pa
 images agree (max |diff| <= 1e-3); prints seconds per image (median of ``--repeats``, runs interleaved so
 background load hits all alike, and in reverse order on every other repeat), the ratios, the CPU and thread count, the GFLOP/s of the UNet and the VQ
 decoder (FLOPs from ``torch.utils.flop_counter.FlopCounterMode``) against a measured large fp32 matmul,
-and the frozen UNet's build cost, saving per call and break-even.
+and the frozen UNet's build cost, saving per call and break-even (with and without packed convolutions).
+
+Break-even mode: only that last measurement, one table row per batch size in ``--batches``: milliseconds per
+UNet call of the eager UNet (channels-last weights, as ``vqldm generate`` loads it), the frozen copy and the
+frozen copy without packed convolutions, each copy's one-time build and the UNet calls it takes to pay
+that back. These rows set ``pipelines.fast.FROZEN_MIN_UNET_CALLS``.
 
 The default model has the CompVis ldm-celebahq-256 shapes (vqvae: widths 128/256/512, 2 layers per block,
 3 latent channels, 8192 codes; UNet: widths 224/448/672/896, attention on the 3 lower levels, head dim 32)
@@ -115,6 +121,78 @@ def component_rates(vqvae, unet, batch: int, repeats: int) -> dict:
     }
 
 
+def unet_call_costs(unet, batch: int, repeats: int) -> dict:
+    """One UNet call at ``batch`` (null-class labels for a class model, as vqldm's unconditional samples):
+    median seconds per call of the eager UNet as it is laid out, of the frozen copy (``FrozenUNet``, vqldm's
+    default) and of the frozen copy without packed convolutions, interleaved call by call; and each frozen
+    copy's one-time build (first call minus a steady one)."""
+    from vqldm.diffusion.model import null_class, unet_latent_shape, unet_num_classes
+    from vqldm.pipelines.fast import FrozenUNet
+
+    x = torch.randn(batch, *unet_latent_shape(unet.config))
+    classes = unet_num_classes(unet.config)
+    inputs = (x, torch.tensor(500)) + ((torch.full((batch,), null_class(classes)),) if classes else ())
+    frozen = dict(zip(FROZEN_KINDS, (FrozenUNet(unet), FrozenUNet(unet, pack_convolutions=False))))
+    calls = {"eager": lambda: unet(*inputs), **{name: (lambda f=f: f(*inputs)) for name, f in frozen.items()}}
+    builds = {}
+    with torch.no_grad():
+        unet(*inputs)  # warm-up (oneDNN primitive caches)
+        for name in frozen:
+            t0 = time.perf_counter()
+            calls[name]()
+            builds[name] = time.perf_counter() - t0
+        times = {name: [] for name in calls}
+        for r in range(repeats):
+            for name, fn in (list(calls.items()) if r % 2 == 0 else list(calls.items())[::-1]):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"inputs": inputs, "eager": med["eager"], **{name: (med[name], builds[name] - med[name]) for name in frozen}}
+
+
+FROZEN_KINDS = ("frozen", "frozen, convs unpacked")
+
+
+def break_even_calls(row: dict, name: str) -> str:
+    """UNet calls after which the frozen copy ``name`` has saved its build: "N" or "never"."""
+    sec, build = row[name]
+    saving = row["eager"] - sec
+    return f"{build / saving:.0f}" if saving > 0 else "never"
+
+
+def break_even_words(row: dict) -> str:
+    """How each frozen copy's build compares with what it saves per call, in words."""
+    return f"eager {row['eager'] * 1e3:.1f} ms per UNet call; " + "; ".join(
+        f"{name}: {row[name][0] * 1e3:.1f} ms per UNet call, one-time build {row[name][1]:.2f} s per batch shape, "
+        f"break-even {break_even_calls(row, name)} calls" for name in FROZEN_KINDS)
+
+
+def break_even(args) -> int:
+    """Per UNet call, eager vs frozen, at each of ``--batches``: the rows behind FROZEN_MIN_UNET_CALLS."""
+    from common import cpu_name
+    from vqldm.pipelines.fast import FROZEN_MIN_UNET_CALLS
+    from vqldm.pipelines.pipeline import load_pipeline
+
+    if args.model:
+        unet = load_pipeline(args.model).unet  # as vqldm generate loads it: channels-last weights
+        label = args.model
+    else:
+        unet = compvis_shaped_parts(args.image_size, args.unet_width, args.vq_width)[1].to(memory_format=torch.channels_last)
+        label = f"CompVis-shaped {args.image_size} px"
+    print(f"break-even of the frozen UNet: {label}; CPU: {cpu_name()}, cpu_count {os.cpu_count()}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; medians of {args.repeats} interleaved calls; auto freezes from {FROZEN_MIN_UNET_CALLS} calls")
+    print("| batch | threads | eager ms/call | frozen ms/call | build s | break-even calls | frozen, convs unpacked: ms/call | build s | break-even |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch in args.batches:
+        row = unet_call_costs(unet, batch, args.repeats)
+        cells = [str(batch), str(torch.get_num_threads()), f"{row['eager'] * 1e3:.1f}"]
+        for name in FROZEN_KINDS:
+            cells += [f"{row[name][0] * 1e3:.1f}", f"{row[name][1]:.2f}", break_even_calls(row, name)]
+        print("| " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------- speed mode
 def sample_job(pipe, n: int, batch: int, steps: int, seed: int):
     """n images in batches of ``batch`` from one generator consumed batch after batch, as `vqldm generate` does;
@@ -131,7 +209,7 @@ def speed(args) -> int:
     from diffusers import LDMPipeline
 
     from common import cpu_name
-    from vqldm.pipelines.fast import FROZEN_MIN_UNET_CALLS, FrozenUNet
+    from vqldm.pipelines.fast import FROZEN_MIN_UNET_CALLS
     from vqldm.pipelines.pipeline import VQLatentDiffusionPipeline, make_scheduler
 
     if args.model:
@@ -204,22 +282,57 @@ def speed(args) -> int:
         print(f"  {label}: UNet {r['unet_gflop_per_image_step']:.2f} GFLOP/image/step at {r['unet_gflops']:.1f} GFLOP/s "
               f"({r['unet_gflops'] / peak:.0%} of matmul); decoder {r['decoder_gflop_per_image']:.2f} GFLOP/image at "
               f"{r['decoder_gflops']:.1f} GFLOP/s ({r['decoder_gflops'] / peak:.0%})")
-    frozen = FrozenUNet(unet)
-    x = torch.randn(args.batch, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    t = torch.tensor(500)
-    with torch.no_grad():
-        flops = count_flops(lambda: unet(x, t))  # the eager graph's FLOPs: the same maths
-        t0 = time.perf_counter()
-        frozen(x, t)
-        build = time.perf_counter() - t0
-        sec = median_seconds(lambda: frozen(x, t), max(3, args.repeats))
-        eager_sec = median_seconds(lambda: unet(x, t), max(3, args.repeats))
-    saving = eager_sec - sec
-    print(f"  frozen UNet: {flops / args.batch / 1e9:.2f} GFLOP/image/step at {flops / sec / 1e9:.1f} GFLOP/s "
-          f"({flops / sec / 1e9 / peak:.0%} of matmul); one-time build {build - sec:.2f} s per batch shape, saves "
-          f"{saving * 1e3:.1f} ms per UNet call (contiguous eager {eager_sec * 1e3:.1f} ms): break-even "
-          + (f"{(build - sec) / saving:.0f} calls" if saving > 0 else "never at this batch"))
+    row = unet_call_costs(unet_cl, args.batch, max(3, args.repeats))
+    flops = count_flops(lambda: unet(*row["inputs"]))  # the eager graph's FLOPs: the same maths
+    print(f"  frozen UNet: {flops / args.batch / 1e9:.2f} GFLOP/image/step at {flops / row['frozen'][0] / 1e9:.1f} GFLOP/s "
+          f"({flops / row['frozen'][0] / 1e9 / peak:.0%} of matmul); " + break_even_words(row))
+    print_time_budget(auto, chosen, row, args, statistics.median(times[f"vqldm default (auto -> {chosen})"]) / args.num_images)
+    if args.profile:
+        print_op_profile(unet_cl, row["inputs"], args.steps)
     return 0 if ok else 1
+
+
+def print_time_budget(pipe, path: str, row: dict, args, measured: float) -> None:
+    """Where vqldm's default path spends a job's time, per image: each part timed on its own at ``--batch``."""
+    vq, batch, repeats = pipe.vqvae, args.batch, max(3, args.repeats)
+    x = torch.randn(batch, *row["inputs"][0].shape[1:])
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(args.steps)
+    per_call, build = row[path] if path == "frozen" else (row["eager"], 0.0)
+    with torch.inference_mode():
+        quantized = vq.quantize(x)[0]
+        parts = {
+            f"UNet ({path}), {args.steps} calls": per_call * args.steps / batch,
+            "its one-time build": build / args.num_images,
+            "VQ decoder": median_seconds(lambda: vq.decoder(vq.post_quant_conv(quantized)), repeats) / batch,
+            "VQ quantization": median_seconds(lambda: vq.quantize(x), repeats) / batch,
+            f"scheduler, {args.steps} steps": median_seconds(
+                lambda: [scheduler.step(x, t, x) for t in scheduler.timesteps], repeats) / batch,
+        }
+    total = sum(parts.values())
+    print(f"where vqldm's default path spends its time, s/image (each part timed alone at batch {batch}; "
+          f"sum {total:.4f} vs {measured:.4f} measured in the job):")
+    print("  " + " | ".join(f"{name} {sec:.4f} ({sec / measured:.0%})" for name, sec in parts.items())
+          + f" | the rest {measured - total:+.4f} ({(measured - total) / measured:+.0%})")
+
+
+def print_op_profile(unet, inputs: tuple, calls: int) -> None:
+    """The operators that take the most time in ``calls`` UNet calls of each frozen copy (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from vqldm.pipelines.fast import FrozenUNet
+
+    for name, frozen in zip(FROZEN_KINDS, (FrozenUNet(unet), FrozenUNet(unet, pack_convolutions=False))):
+        with torch.no_grad():
+            frozen(*inputs)  # built outside the profile
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(calls):
+                    frozen(*inputs)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"  {name}, {calls} calls: {total / 1e3 / calls:.1f} ms per call; self time by operator "
+              "(the graph's own prim:: convolutions count as 'forward'):")
+        print("    " + ", ".join(f"{e.key} {e.self_cpu_time_total / total:.1%}" for e in events[:10]))
 
 
 # ----------------------------------------------------------------------------- quality mode
@@ -301,12 +414,19 @@ def main(argv=None) -> int:
                    help="vqldm's UNet path in quality mode (default auto, as vqldm generate)")
     p.add_argument("--no-channels-last", action="store_true", help="speed mode: vqldm with diffusers' contiguous weights")
     p.add_argument("--quality", action="store_true", help="default sampler vs DDIM-50 at equal FID (needs --model, --data)")
+    p.add_argument("--profile", action="store_true", help="speed mode: also the operators that take the frozen UNet's time")
+    p.add_argument("--break-even", action="store_true",
+                   help="only the per-call rows behind FROZEN_MIN_UNET_CALLS: eager vs frozen UNet at each of --batches")
+    p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 4, 16],
+                   help="batch sizes for --break-even (default 1,4,16)")
     p.add_argument("--data", default="fashion-mnist", help="real images for FID (quality mode)")
     p.add_argument("--samples", type=int, default=500, help="samples per setting for FID (quality mode)")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance for class-conditional models (quality mode)")
     p.add_argument("--features", default=None, help="feature extractor for FID (default: the shipped detail-sensitive classifier)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.break_even:
+        return break_even(args)
     return quality(args) if args.quality else speed(args)
 
 

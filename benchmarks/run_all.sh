@@ -34,6 +34,11 @@ run bash benchmarks/eval_shipped.sh | tee bench_out/eval_shipped.txt
 run python benchmarks/bench_steps.py --threads 1 --plot docs/fid_vs_steps.png --json bench_out/steps.json --no-progress | tee bench_out/bench_steps.txt
 run python benchmarks/bench_sampling.py --threads 2 --steps 20 --batch 4 --repeats 5 | tee bench_out/bench_sampling_2t.txt
 run python benchmarks/bench_sampling.py --threads 1 --steps 20 --batch 4 --num-images 60 --repeats 3 | tee bench_out/bench_sampling.txt
+for t in 1 2; do  # the rows behind the --unet-path auto threshold (FROZEN_MIN_UNET_CALLS)
+  run python benchmarks/bench_sampling.py --break-even --model pipelines/default_model --batches 1,4,16,32 --threads $t --repeats 40 \
+    | tee bench_out/bench_sampling_break_even_shipped_${t}t.txt
+  run python benchmarks/bench_sampling.py --break-even --batches 1,4,16 --threads $t --repeats 9 | tee bench_out/bench_sampling_break_even_${t}t.txt
+done
 run python benchmarks/bench_sampling.py --quality --threads 1 --batch 100 --samples 1000 --unet-path frozen | tee bench_out/bench_sampling_quality.txt
 run bash benchmarks/first_run.sh | tee bench_out/first_run.txt
 run bash benchmarks/first_run.sh --fresh | tee bench_out/first_run_fresh.txt

@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-batch-size", type=positive_int, default=None, metavar="B",
                    help="images per decoder call (default: the whole batch)")
     p.add_argument("--unet-path", default="auto", choices=UNET_PATHS, metavar="auto|eager|frozen",
-                   help="CPU fp32: frozen samples through a traced, frozen TorchScript UNet (~0.5 s to build per batch shape, "
+                   help="CPU fp32: frozen samples through a traced, frozen TorchScript UNet (~0.5-1 s to build per batch shape, "
                         "then faster steps; same images to ~1e-6); auto (default) picks it when the job makes at least "
                         f"{FROZEN_MIN_UNET_CALLS} UNet calls (batches x steps)")
     p.add_argument("--temperature", type=positive_float, default=None, metavar="T",

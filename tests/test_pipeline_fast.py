@@ -77,6 +77,27 @@ def test_untraceable_model_falls_back_to_the_eager_images(monkeypatch):
     with pytest.warns(UserWarning, match="could not freeze the UNet.*running it eagerly"):
         fallback = pipe(generator=gen(3), **kw).images
     assert pipe._frozen._broken and np.array_equal(fallback, eager)
+    assert all(type(m).__name__ != "_PackedConv2d" for m in pipe.unet.modules())  # the failed build put the convs back
+
+
+def test_frozen_graph_runs_packed_convolutions_and_leaves_the_unet_alone():
+    pipe = tiny_pipeline(num_classes=3)
+    convs = {name: m for name, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    keys = list(pipe.unet.state_dict())
+    x, t = torch.randn(2, *unet_latent_shape(pipe.unet)), torch.tensor(7)
+    labels = torch.tensor([0, 2])
+    frozen, plain = FrozenUNet(pipe.unet), FrozenUNet(pipe.unet, pack_convolutions=False)
+    with torch.no_grad():
+        packed_out, plain_out = frozen(x, t, labels).sample, plain(x, t, labels).sample
+        eager = pipe.unet(x, t, class_labels=labels).sample
+    kinds = {node.kind() for graph in frozen._graphs.values() for node in graph.graph.nodes()}
+    assert "mkldnn::_convolution_pointwise" in kinds
+    assert "mkldnn::_convolution_pointwise" not in {n.kind() for g in plain._graphs.values() for n in g.graph.nodes()}
+    torch.testing.assert_close(packed_out, eager, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain_out, eager, atol=1e-5, rtol=0)
+    # the eager UNet keeps its own modules, names and trainability
+    assert {name: m for name, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Conv2d)} == convs
+    assert list(pipe.unet.state_dict()) == keys and all(p.requires_grad for p in pipe.unet.parameters())
 
 
 # ----------------------------------------------------------------------------- vqldm generate --unet-path auto
