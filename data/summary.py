@@ -4,7 +4,9 @@
 names and image *headers* of a bounded sample (PIL opens a file without decoding its pixels): at most
 500 headers, however large the folder. Tar shards (``shards:``) are described from their index, which
 holds every image's size (:mod:`.shards`). Named datasets are known constants. Class subfolders (every
-image in one, at least two, not numbered shards like FFHQ's 00000/) make stage 2 class-conditional.
+image in one, at least two, not numbered shards like FFHQ's 00000/) make stage 2 class-conditional;
+a caption for every image (``metadata.jsonl``, a ``.txt`` beside each image or in each shard sample, an
+``hf:`` caption column) makes it text-to-image.
 :func:`check_fits` refuses data no config fits (fewer than :data:`MIN_IMAGES` images, images under 8 px)
 with a one-line UserError. The stages turn a :class:`DataSummary` into a sized config (their
 ``choose_*`` functions, with :mod:`vqldm.plumbing.autosize`).
@@ -20,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..plumbing.errors import UserError
+from .captions import CAPTION_COLUMNS, caption_files, folder_captions
 from .decode import IMAGE_SUFFIXES
 from .folder_index import scan_folder
 from .sources import HF_PREFIX, SHARDS_PREFIX, hf_layout, hf_load
@@ -53,10 +56,16 @@ class DataSummary:
     class_names: list[str] = field(default_factory=list)
     subfolders: int = 0  # first-level subfolders holding images (classes or not)
     sampled: int = 0  # headers read (folders)
+    captions: int = 0  # images with a non-empty caption (hf: every row, when it has a caption column)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names) if self.labels != "none" else 0
+
+    @property
+    def captioned(self) -> bool:
+        """Every image has a caption: the data can train a text-to-image model."""
+        return self.count > 0 and self.captions >= self.count
 
     def describe(self) -> str:
         """``1,432 RGB images (median 64x64, no labels)``"""
@@ -68,6 +77,10 @@ class DataSummary:
             labels = f"no labels; {self.subfolders} subfolders"
         else:
             labels = "no labels"
+        if self.captioned:
+            labels += ", captioned"
+        elif self.captions:
+            labels += f", captions for only {self.captions:,}"
         return f"{self.count:,} {colour} image{'s' if self.count != 1 else ''} (median {h}x{w}, {labels})"
 
 
@@ -105,7 +118,8 @@ def describe_data(source: str | os.PathLike | None, labels: str | None = None, s
     if not path.is_dir():
         raise UserError(f"--data {str(source)!r} is a file, not a folder of images; pass its folder or a named dataset")
 
-    images = [p for p in scan_folder(path) if p.suffix.lower() in IMAGE_SUFFIXES]
+    files = scan_folder(path)
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
         raise UserError(f"no images in {str(path)!r} (PNG, JPEG, WebP, ...; subfolders are searched); --config auto sizes a run from them")
     firsts = [p.relative_to(path).parts for p in images]
@@ -141,7 +155,17 @@ def describe_data(source: str | os.PathLike | None, labels: str | None = None, s
         median_hw=(int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes))),
         min_side=min(sides), max_side=max(sides), median_side=int(statistics.median_low(sides)),
         labels=use, class_names=subfolders if use == "folders" else [], subfolders=len(subfolders), sampled=len(sizes),
+        captions=_folder_captions(path, files, images),
     )
+
+
+def _folder_captions(root: Path, files: list[Path], images: list[Path]) -> int:
+    """How many of ``images`` have a non-empty caption (read only when the folder holds caption files)."""
+    rels = [p.relative_to(root).as_posix() for p in files]
+    if not caption_files(rels):
+        return 0
+    found, _ = folder_captions(root, rels)
+    return sum(1 for p in images if found.get(p.relative_to(root).as_posix()))
 
 
 def _describe_hf(name: str, labels: str | None, streaming: bool = False) -> DataSummary:
@@ -177,11 +201,14 @@ def _describe_hf(name: str, labels: str | None, streaming: bool = False) -> Data
         raise UserError(f"none of the sampled rows of hf:{name} opens as an image; check the dataset")
     sides = [min(h, w) for h, w in sizes]
     use = "folders" if layout.class_names and labels != "none" else "none"
+    split = layout.splits[layout.train]
+    columns = getattr(split, "column_names", None) or list(getattr(split, "features", None) or {})
     return DataSummary(
         source=HF_PREFIX + name, kind="hf", count=n, channels=3 if colour >= COLOUR_SHARE * len(sizes) else 1,
         median_hw=(int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes))),
         min_side=min(sides), max_side=max(sides), median_side=int(statistics.median_low(sides)),
         labels=use, class_names=layout.class_names if use == "folders" else [], sampled=len(sizes),
+        captions=n if any(c in columns for c in CAPTION_COLUMNS) else 0,  # each row's is checked when training reads it
     )
 
 
@@ -209,7 +236,7 @@ def _describe_shards(spec: str, labels: str | None) -> DataSummary:
         source=SHARDS_PREFIX + spec, kind="shards", count=len(rows), channels=3 if colour >= COLOUR_SHARE * len(rows) else 1,
         median_hw=(int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes))),
         min_side=min(sides), max_side=max(sides), median_side=int(statistics.median_low(sides)),
-        labels=use, class_names=names, sampled=len(rows),
+        labels=use, class_names=names, sampled=len(rows), captions=sum(1 for row in rows if row[5]),
     )
 
 

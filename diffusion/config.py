@@ -7,7 +7,7 @@ vqldm run folder, its ``config.yaml``), so the two stages cannot disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..autoencoder.model import autoencoder_geometry, downsampling_factor
@@ -136,10 +136,13 @@ def auto_diffusion_config(autoencoder, data: str | None, labels: str | None, dev
     that says what was chosen. Image size and channels stay the autoencoder's (data.* = None)."""
     geometry = autoencoder_geometry(autoencoder)
     summary = describe_data(data or geometry.source, labels)
+    if summary.captioned and summary.num_classes and labels != "folders":
+        # a caption says more than a folder name: text-to-image, unless --labels folders asks for classes
+        summary = replace(summary, labels="none", class_names=[])
     choice = choose_diffusion(summary, geometry.latent, device)
     cfg = load_config(DiffusionRunConfig, choice.preset, overrides, stage="diffusion", sized=choice.overrides)
     m, t = cfg.model, cfg.train
-    kind = "class-conditional" if m.class_conditional else "unconditional"
+    kind = "text-to-image" if cfg.text.enabled else "class-conditional" if m.class_conditional else "unconditional"
     line = (f"auto config: {summary.describe()}, {geometry.describe()}, {device} -> preset {choice.preset!r}, "
             f"{kind} UNet {'-'.join(map(str, m.block_out_channels))}, batch {t.batch_size}, {max_steps or t.max_steps} steps")
     return cfg, line
@@ -151,20 +154,27 @@ def _latent_family(latent_hw: tuple[int, int], device: str) -> str:
     return "celebahq-256" if min(latent_hw) >= 32 else "cifar10"
 
 
+# The text-to-image preset of each size family; cifar10's has none, so it gets the scratch text encoder.
+TEXT_PRESETS = {"small": "small-text", "celebahq-256": "text-256"}
+
+
 def choose_diffusion(summary: DataSummary, latent: tuple[int, int, int], device: str) -> AutoChoice:
-    """Preset + overrides of the latent-diffusion run on an autoencoder's ``latent`` (C, H, W) grid."""
+    """Preset + overrides of the latent-diffusion run on an autoencoder's ``latent`` (C, H, W) grid: text-to-
+    image when every image has a caption and there are no classes, else class-conditional or unconditional."""
     check_fits(summary)
     n = summary.count
-    preset = _latent_family(latent[1:], device)
+    family = _latent_family(latent[1:], device)
+    text = summary.captioned and not summary.num_classes
+    preset = TEXT_PRESETS.get(family, family) if text else family
     data = {"source": summary.source}
     if summary.kind in ("folder", "shards"):
         data["labels"] = summary.labels
     model = {"class_conditional": summary.num_classes > 0}
-    if preset == "small":
+    if family == "small":
         batch = batch_for(n, 64)
         # 200 passes, 1000-4000 steps: at most the Fashion-MNIST preset's run (~20-25 minutes on 2 cores)
         train = schedule_for(passes_to_steps(n, batch, 200, 1_000, 4_000), 200, 500)
-    elif preset == "cifar10":
+    elif family == "cifar10":
         batch = batch_for(n, 128)
         # the cifar10 preset's 256 passes (100k steps at batch 128 over 50k images)
         train = schedule_for(passes_to_steps(n, batch, 256, 10_000, 100_000), 1_000, 5_000)
@@ -173,7 +183,10 @@ def choose_diffusion(summary: DataSummary, latent: tuple[int, int, int], device:
         # LDM's CelebA-HQ model: 410k steps at batch 48 over 30k images, ~650 passes
         train = schedule_for(passes_to_steps(n, batch, 650, 20_000, 410_000), 10_000, 5_000)
     train["batch_size"] = batch
-    return AutoChoice(preset, {"data": data, "model": model, "train": train})
+    sized = {"data": data, "model": model, "train": train}
+    if text and preset == family:
+        sized["text"] = {"encoder": "scratch"}
+    return AutoChoice(preset, sized)
 
 
 def load_diffusion_config(path, overrides=()) -> DiffusionRunConfig:

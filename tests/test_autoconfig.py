@@ -187,3 +187,56 @@ def test_both_stages_end_to_end(labelled, image_folder, rgb_folder, tmp_path, ca
     cfg, line = auto_prior_config(ae, None, None, "cpu")  # the prior reads the same data from the autoencoder run
     assert cfg.model.class_conditional is labelled and "4x4 grid of 256 codes" in line
     assert auto_diffusion_config(ae, None, "none", "cpu")[0].model.class_conditional is False  # --labels none
+
+
+def captioned_folder(root, captioned: int | None = None):
+    """8 images in 2 class subfolders; metadata.jsonl captions the first ``captioned`` of them (None: all)."""
+    import json
+
+    for cls in ("discs", "squares"):
+        write_images(root / cls, 4, size=(16, 16))
+    names = [f"{cls}/{i:03d}.png" for cls in ("discs", "squares") for i in range(4)]
+    keep = names if captioned is None else names[:captioned]
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "text": f"a picture of {n[:-8]}"}) + "\n" for n in keep))
+    return root
+
+
+def test_describe_counts_captions(tmp_path):
+    s = describe_data(captioned_folder(tmp_path / "all"))
+    assert (s.count, s.captions, s.captioned, s.num_classes) == (8, 8, True, 2)
+    assert s.describe() == "8 RGB images (median 16x16, 2 classes, captioned)"
+    part = describe_data(captioned_folder(tmp_path / "part", captioned=5))
+    assert (part.captions, part.captioned) == (5, False) and part.describe().endswith("2 classes, captions for only 5)")
+    assert describe_data(tmp_path / "all" / "discs").captions == 0  # a caption file above the folder is not its own
+    assert cli.main(["shard", str(tmp_path / "all"), str(tmp_path / "shards")]) == 0  # shards keep the captions as .txt members
+    assert describe_data(f"shards:{tmp_path / 'shards'}").captions == 8
+
+
+def test_captions_pick_a_text_to_image_preset():
+    captioned = dataclasses.replace(summary(), captions=1432)
+    assert choose_diffusion(captioned, (4, 8, 8), "cpu").preset == "small-text"
+    assert choose_diffusion(dataclasses.replace(summary(side=256), captions=1432), (3, 64, 64), "cuda").preset == "text-256"
+    gpu_small = choose_diffusion(dataclasses.replace(summary(side=32), captions=1432), (4, 8, 8), "cuda")
+    assert gpu_small.preset == "cifar10" and gpu_small.overrides["text"] == {"encoder": "scratch"}  # no text preset of that size
+    assert choose_diffusion(dataclasses.replace(summary(), captions=1000), (4, 8, 8), "cpu").preset == "small"  # some uncaptioned
+    labelled = choose_diffusion(dataclasses.replace(summary(classes=3), captions=1432), (4, 8, 8), "cpu")
+    assert labelled.preset == "small" and labelled.overrides["model"]["class_conditional"] is True
+
+
+def test_captioned_folder_trains_text_to_image_unless_labels_are_asked_for(tmp_path, capsys):
+    data = captioned_folder(tmp_path / "data")
+    ae = tmp_path / "ae"
+    assert cli.main(["train-autoencoder", "--config", "auto", "--data", str(data), "--out", str(ae), "--max-steps", "1", *FAST]) == 0
+    cfg, line = auto_diffusion_config(ae, None, None, "cpu")
+    assert cfg.text.encoder == "scratch" and not cfg.model.class_conditional and cfg.data.labels == "none"
+    assert "captioned" in line and "text-to-image UNet" in line and "preset 'small-text'" in line
+    classes = auto_diffusion_config(ae, None, "folders", "cpu")[0]  # --labels folders: the classes win
+    assert classes.text.encoder is None and classes.model.class_conditional
+    capsys.readouterr()
+    ldm = tmp_path / "ldm"
+    code = cli.main(["train-diffusion", "--config", "auto", "--autoencoder", str(ae), "--out", str(ldm), "--max-steps", "2",
+                     *FAST, "--set", "train.sample_steps=2", "--set", "train.num_sample_images=2"])
+    assert code == 0, capsys.readouterr().err
+    saved = yaml.safe_load((ldm / "config.yaml").read_text())
+    assert saved["text"]["encoder"] == "scratch" and saved["data"]["captions"] is True
+    assert (ldm / "pipeline" / "model_index.json").is_file()
