@@ -55,6 +55,23 @@ def probability(text: str) -> float:
     return value
 
 
+def key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` (a sampler setting): the key, and the value read as a YAML scalar ("trailing", 2, true)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE (e.g. timestep_spacing=trailing), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, list)):
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE with one value, got {text!r}")
+    return key, value
+
+
 def device_name(text: str) -> str:
     """auto, or a device torch can name (cpu, cuda, cuda:N, mps); whether this machine has it is checked later."""
     if text == "auto":

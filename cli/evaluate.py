@@ -36,6 +36,8 @@ from ..evaluation.reconstruction import evaluate_autoencoder, format_autoencoder
 from ..evaluation.report import resolve_device
 from ..plumbing.errors import UserError
 from ..plumbing.trainkit import check_max_steps
+from .argtypes import key_value
+from .generate import set_sampler
 
 MODES = ("autoencoder", "generation", "train-features")
 
@@ -52,6 +54,9 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 100; train-features 128)")
     p.add_argument("--steps", type=int, default=None, help="generation: sampling steps (default: the model's default_steps, else 50)")
     p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpm", "euler", "unipc"], default=None, help="generation: sampler (default: the pipeline's)")
+    p.add_argument("--scheduler-option", dest="scheduler_options", action="append", type=key_value, default=None, metavar="KEY=VALUE",
+                   help="generation: a setting of the sampler, repeatable (timestep_spacing=trailing; on top of the model's "
+                        "default_scheduler_options)")
     p.add_argument("--guidance", type=float, default=None,
                    help="generation: classifier-free guidance scale (class-conditional models; default: the model's default_guidance, else 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -152,8 +157,7 @@ def cmd_generation(args) -> int:
             raise UserError(f"{what} is text-to-image; evaluate generation samples it unconditionally (the empty prompt), "
                             f"without guidance: drop --guidance")
         print(f"{what} is text-to-image: sampling unconditionally (the empty prompt)", file=sys.stderr)
-    if args.scheduler:
-        pipe.set_scheduler(args.scheduler)
+    set_sampler(pipe, args.scheduler, args.scheduler_options)
     out = Path(args.out or "runs/evaluate-generation")
     report = evaluate_generation(pipe, args.data, out, features=extractor, model_name=args.model or "shipped",
                                  num_samples=args.num_samples, batch_size=args.batch_size, steps=args.steps, guidance=args.guidance,

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..pipelines.fast import FROZEN_MIN_UNET_CALLS, UNET_PATHS
     from ..pipelines.pipeline import DTYPES
     from ..pipelines.schedulers import SCHEDULERS
-    from .argtypes import device_name, positive_float, positive_int, probability, unit_float
+    from .argtypes import device_name, key_value, positive_float, positive_int, probability, unit_float
 
     p = parser
     p.add_argument("--model", default=None, metavar="MODEL_DIR",
@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "at most its codes; default: the model's default_steps, else 50)")
     p.add_argument("--scheduler", default=None, type=str.lower, choices=tuple(SCHEDULERS), metavar="NAME",
                    help="ddim | ddpm | dpm (DPM-Solver++) | euler | unipc (default: the model's default_scheduler, else its own)")
+    p.add_argument("--scheduler-option", dest="scheduler_options", action="append", type=key_value, default=None,
+                   metavar="KEY=VALUE", help="a setting of the sampler, repeatable: timestep_spacing=trailing, solver_order=3 "
+                   "(diffusers' scheduler config keys; on top of the model's default_scheduler_options)")
     p.add_argument("--class", dest="class_", default=None, metavar="C",
                    help="class index or name (class-conditional models; default: cycle through all classes)")
     p.add_argument("--prompt", default=None, metavar="TEXT", help="text-to-image models: the prompt of every image")
@@ -270,7 +273,8 @@ def _settings(args) -> dict:
     keys = ("seed", "steps", "scheduler", "class_", "prompts", "guidance", "batch_size", "eta", "init_image", "strength", "mask",
             "no_quantize", "device", "dtype", "temperature", "top_k", "top_p", "format")
     return {"model": str(Path(args.model).resolve()) if args.model else "shipped", "model_fingerprint": _fingerprint(args.model),
-            **{k: getattr(args, k) for k in keys}}
+            **{k: getattr(args, k) for k in keys},
+            **({"scheduler_options": dict(args.scheduler_options)} if args.scheduler_options else {})}
 
 
 MANIFEST_KEYS = ("settings", "batches_done", "images_done", "name_width", "generator_state")
@@ -343,7 +347,8 @@ def _check_against_model(pipe, args) -> int | None:
 
     what = repr(args.model) if args.model else "the shipped model"
     if isinstance(pipe, CodePriorPipeline):
-        for flag, given in (("--scheduler", args.scheduler is not None), ("--interpolate", args.interpolate is not None),
+        for flag, given in (("--scheduler", args.scheduler is not None), ("--scheduler-option", bool(args.scheduler_options)),
+                            ("--interpolate", args.interpolate is not None),
                             ("--unet-path", args.unet_path != "auto"), ("--no-quantize", args.no_quantize),
                             ("--dtype", args.dtype != "fp32"), ("--strength", args.strength is not None),
                             ("--eta", args.eta is not None), ("--decode-batch-size", args.decode_batch_size is not None)):
@@ -405,12 +410,23 @@ def _configure(pipe, args) -> dict:
 
     if isinstance(pipe, CodePriorPipeline):
         return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
-    if args.scheduler:  # else the model's default_scheduler, set when it loaded
-        pipe.set_scheduler(args.scheduler)
+    set_sampler(pipe, args.scheduler, args.scheduler_options)
     pipe.use_autocast(args.dtype)
     _choose_unet_path(pipe, args)
     extra = {"eta": args.eta} if args.eta is not None else {}
     return {"quantize": not args.no_quantize, "decode_batch_size": args.decode_batch_size, **extra}
+
+
+def set_sampler(pipe, name: str | None, options: list[tuple[str, object]] | None) -> None:
+    """--scheduler and --scheduler-option on a latent diffusion pipeline (neither given: the model's default,
+    set when it loaded); a bad option is a UserError naming the flag."""
+    if not name and not options:
+        return
+    try:
+        pipe.set_scheduler(name, **dict(options or ()))
+    except ValueError as err:
+        given = " ".join(f"--scheduler-option {k}={v}" for k, v in options or ())
+        raise UserError(f"{given or '--scheduler ' + str(name)}: {err}") from None
 
 
 def _choose_unet_path(pipe, args) -> None:
@@ -441,12 +457,12 @@ def main(args) -> int:
     label = _check_against_model(pipe, args)
     if getattr(pipe, "is_superres", False) and not args.num_images_given:
         args.num_images = plan["count"] = 1  # upscale the image once unless asked for several samples
+    specific = _configure(pipe, args)  # a bad --scheduler-option fails here, before anything is written
     if folder is not None:
         _check_free_space(folder, pipe.image_shape, plan["count"] - first)
     _make_output(plan)
     if args.resume and state is None:
         tqdm.write(f"nothing to resume in {folder} (no {MANIFEST}); starting from the first image", file=sys.stderr)
-    specific = _configure(pipe, args)
 
     prompts = args.prompts
     if prompts is not None:

@@ -41,7 +41,7 @@ from .default_model import DEFAULT_MODEL_DIR
 from .fast import UNET_PATHS
 from .inputs import slerp, to_image_tensor, to_mask_tensor, to_output
 from .sampler import ModelFolderError, model_folder_errors, torch_device
-from .schedulers import make_scheduler
+from .schedulers import SCHEDULERS, make_scheduler, scheduler_kind
 
 DEFAULT_STEPS = 50  # diffusers' LDMPipeline default; a folder may override it with vqldm.json "default_steps"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # autocast precision (CUDA)
@@ -247,15 +247,23 @@ class VQLatentDiffusionPipeline(ClassConditioning, DiffusionPipeline):
     def _model_num_classes(self) -> int:
         return unet_num_classes(self.unet.config)
 
-    def set_scheduler(self, name: str, **options) -> None:
+    def set_scheduler(self, name: str | None = None, **options) -> None:
         """Switch to ``ddim`` / ``ddpm`` / ``dpm`` / ``euler`` / ``unipc`` keeping the training schedule.
 
-        Built from the scheduler config the pipeline was loaded with (not from the current scheduler, so
-        switching back and forth loses nothing). The model's measured default sampler options
-        (vqldm.json ``default_scheduler_options``) apply when ``name`` is its ``default_scheduler``.
+        ``name`` None: the model's ``default_scheduler``, else the kind of the scheduler it has now (so
+        ``set_scheduler(timestep_spacing="trailing")`` changes one setting of the current sampler). Built
+        from the scheduler config the pipeline was loaded with (not from the current scheduler, so
+        switching back and forth loses nothing). The model's measured default sampler options (vqldm.json
+        ``default_scheduler_options``) apply when ``name`` is its ``default_scheduler``; ``options``
+        override them key by key. ValueError for an unknown name or option.
         """
-        if name == self.info.get("default_scheduler") and not options:
-            options = dict(self.info.get("default_scheduler_options") or {})
+        if name is None:
+            name = self.info.get("default_scheduler") or scheduler_kind(self.scheduler)
+            if name is None:
+                raise ValueError(f"this pipeline's {type(self.scheduler).__name__} is not one vqldm builds; name a scheduler: "
+                                 f"{', '.join(SCHEDULERS)}")
+        if name == self.info.get("default_scheduler"):
+            options = {**(self.info.get("default_scheduler_options") or {}), **options}
         self.scheduler = make_scheduler(name, self._schedule_config or self.scheduler.config, **options)
 
     # ------------------------------------------------------------------ building blocks

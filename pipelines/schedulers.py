@@ -31,11 +31,18 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
 SAMPLER_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
 
 
+def scheduler_kind(scheduler) -> str | None:
+    """The :data:`SCHEDULERS` name of ``scheduler``'s class ("dpm" for DPMSolverMultistepScheduler); None for a
+    class vqldm does not build (a published folder's PNDM, say)."""
+    return next((name for name, (cls, _) in SCHEDULERS.items() if type(scheduler) is cls), None)
+
+
 def make_scheduler(name: str, base_config, **options):
     """A scheduler of kind ``name`` carrying the training schedule (betas, prediction type) of ``base_config``.
 
     ``options`` set sampler settings such as ``timestep_spacing="trailing"`` (keys the class does not
-    take are an error). ValueError for an unknown ``name`` or option."""
+    take are an error). ValueError for an unknown ``name``, option or option value (diffusers checks some
+    values only when the timesteps are set, so a trial ``set_timesteps`` runs here)."""
     key = str(name).lower()
     if key not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
@@ -50,4 +57,10 @@ def make_scheduler(name: str, base_config, **options):
     if unknown:
         raise ValueError(f"scheduler {key!r} has no option {', '.join(map(repr, unknown))}")
     config.update(options)
-    return cls.from_config(config)
+    try:
+        scheduler = cls.from_config(config)
+        scheduler.set_timesteps(min(10, int(scheduler.config.num_train_timesteps)))
+    except (ValueError, NotImplementedError, TypeError) as err:
+        raise ValueError(f"scheduler {key!r} rejects {', '.join(f'{k}={v!r}' for k, v in options.items()) or 'its config'}: "
+                         f"{err}") from None
+    return scheduler

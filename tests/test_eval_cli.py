@@ -160,3 +160,12 @@ def test_evaluate_on_a_reference_too_small_for_a_frechet_distance_is_one_line(ti
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "has 1 image; a Fréchet distance needs at least 2" in err
     assert not (tmp_path / "ev").exists()
+
+
+def test_evaluate_generation_refuses_a_bad_scheduler_option_before_sampling(tiny_features, tmp_path, capsys):
+    out = tmp_path / "gen"
+    code = main(["evaluate", "generation", "--features", str(tiny_features), "--scheduler-option", "nonsense=1",
+                 "--out", str(out), "--no-progress"])  # the shipped model: unipc, its default sampler
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--scheduler-option nonsense=1" in err and "no option 'nonsense'" in err
+    assert not out.exists()

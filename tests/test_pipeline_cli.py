@@ -113,6 +113,10 @@ def _assert_one_line_error(code, err, *needles):
         (["--model", "{root}/uncond", "--freeze-unet"], ["unrecognized arguments: --freeze-unet"]),
         (["--model", "{root}/uncond", "--unet-path", "fast"], ["unknown --unet-path 'fast'", "auto, eager, frozen"]),
         (["--model", "{root}/uncond", "--out", "{root}/x.gif"], [".png, .jpg or .webp"]),
+        (["--model", "{root}/uncond", "--scheduler-option", "spacing"], ["--scheduler-option must be KEY=VALUE", "timestep_spacing=trailing"]),
+        (["--model", "{root}/uncond", "--scheduler", "dpm", "--scheduler-option", "nonsense=1", "--out", "{root}/never/"],
+         ["--scheduler-option nonsense=1", "scheduler 'dpm' has no option 'nonsense'"]),
+        (["--model", "{root}/uncond", "--scheduler-option", "timestep_spacing=sideways"], ["--scheduler-option timestep_spacing=sideways"]),
     ],
 )
 def test_errors_are_one_line_exit_2(folders, capsys, argv, needles):
@@ -150,6 +154,32 @@ def test_top_level_help_imports_neither_torch_nor_diffusers():
         assert command in done.stdout
     parser = cli.build_parser(["generate", "--steps", "2"])
     assert parser.parse_args(["generate", "--steps", "2"]).steps == 2
+
+
+def test_scheduler_options_change_the_sampler_and_are_part_of_resume(folders, tmp_path, capsys):
+    from vqldm.cli.generate import set_sampler
+    from vqldm.pipelines.pipeline import VQLatentDiffusionPipeline
+
+    assert not (folders / "never").exists()  # the refused option above wrote nothing
+    images = {}
+    for spacing in ("leading", "trailing"):
+        out = tmp_path / spacing
+        code, _, err = run(capsys, "--model", folders / "uncond", "--num-images", 2, "--steps", 3, "--scheduler", "ddim",
+                           "--scheduler-option", f"timestep_spacing={spacing}", "--out", f"{out}/")
+        assert code == 0, err
+        images[spacing] = np.asarray(Image.open(out / "0000.png"), dtype=np.float32)
+    assert np.abs(images["leading"] - images["trailing"]).max() > 1  # other timesteps, other images
+    code, _, err = run(capsys, "--model", folders / "uncond", "--num-images", 4, "--steps", 3, "--scheduler", "ddim",
+                       "--scheduler-option", "timestep_spacing=leading", "--out", f"{tmp_path / 'trailing'}/", "--resume")
+    _assert_one_line_error(code, err, "scheduler_options differs")
+    # the Python side: no name keeps the current kind; options merge over the model's measured defaults
+    pipe = VQLatentDiffusionPipeline.from_pretrained(folders / "uncond")
+    kind = type(pipe.scheduler)
+    set_sampler(pipe, None, [("timestep_spacing", "trailing")])
+    assert type(pipe.scheduler) is kind and pipe.scheduler.config.timestep_spacing == "trailing"
+    pipe.info.update(default_scheduler="unipc", default_scheduler_options={"timestep_spacing": "trailing"})
+    pipe.set_scheduler(solver_order=3)
+    assert (pipe.scheduler.config.timestep_spacing, pipe.scheduler.config.solver_order) == ("trailing", 3)
 
 
 def test_resume_ignores_the_unet_path_and_refuses_a_foreign_manifest(folders, tmp_path, capsys):
