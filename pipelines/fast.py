@@ -167,18 +167,26 @@ class FrozenUNet:
             self.unet.requires_grad_(False)  # traced weights must not carry autograd state
             forward = _Forward(self.unet, labels is not None).eval()
             try:
-                with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer notices
-                    with _packed_convolutions(forward, inputs) if self.pack_convolutions else nullcontext():
-                        traced = torch.jit.trace(forward, inputs, check_trace=False)
-                    graph = torch.jit.freeze(traced)
-                    if self.optimize:
-                        graph = torch.jit.optimize_for_inference(graph)
+                try:
+                    graph = self._build(forward, inputs, self.pack_convolutions)
+                except Exception:
+                    if not self.pack_convolutions:
+                        raise
+                    self.pack_convolutions = False  # oneDNN cannot pack these convolutions here: the plain frozen graph
+                    graph = self._build(forward, inputs, False)
             finally:
                 for p, r in zip(self.unet.parameters(), requires):
                     p.requires_grad_(r)
             self._graphs[key] = graph
         return graph
+
+    def _build(self, forward: nn.Module, inputs: tuple, pack: bool) -> torch.jit.ScriptModule:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer notices
+            with _packed_convolutions(forward, inputs) if pack else nullcontext():
+                traced = torch.jit.trace(forward, inputs, check_trace=False)
+            graph = torch.jit.freeze(traced)
+            return torch.jit.optimize_for_inference(graph) if self.optimize else graph
 
     def __call__(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None):
         if not self.applies_to(sample):
@@ -188,7 +196,7 @@ class FrozenUNet:
         try:
             graph = self._graph(sample, t, class_labels)
             # the graph is frozen and optimised already: the JIT's profiling executor would only add two
-            # instrumented first runs (~5 steady calls' time) and then run the same graph
+            # instrumented (slower) first runs and then run the same graph
             with torch.jit.optimized_execution(False):
                 out = graph(sample, t) if class_labels is None else graph(sample, t, class_labels)
         except Exception as err:  # an untraceable model: say so once, then run eager for good

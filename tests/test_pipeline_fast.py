@@ -80,6 +80,26 @@ def test_untraceable_model_falls_back_to_the_eager_images(monkeypatch):
     assert all(type(m).__name__ != "_PackedConv2d" for m in pipe.unet.modules())  # the failed build put the convs back
 
 
+def test_convolutions_oneDNN_cannot_pack_fall_back_to_the_plain_frozen_graph(monkeypatch):
+    import warnings
+
+    pipe = tiny_pipeline()
+    x, t = torch.randn(2, *unet_latent_shape(pipe.unet)), torch.tensor(5)
+
+    def cannot_pack(*args, **kwargs):
+        raise RuntimeError("no packing on this machine")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_convolution_weight", cannot_pack)
+    frozen = FrozenUNet(pipe.unet)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "running it eagerly"
+        out = frozen(x, t).sample
+        eager = pipe.unet(x, t).sample
+    assert not frozen._broken and not frozen.pack_convolutions and len(frozen._graphs) == 1
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=0)
+    assert all(type(m).__name__ != "_PackedConv2d" for m in pipe.unet.modules())
+
+
 def test_frozen_graph_runs_packed_convolutions_and_leaves_the_unet_alone():
     pipe = tiny_pipeline(num_classes=3)
     convs = {name: m for name, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Conv2d)}
