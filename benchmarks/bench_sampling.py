@@ -127,12 +127,11 @@ def unet_call_costs(unet, batch: int, repeats: int) -> dict:
     default) and of the frozen copy without packed convolutions, interleaved call by call; and each frozen
     copy's one-time build (first call minus a steady one)."""
     from vqldm.diffusion.model import null_class, unet_latent_shape, unet_num_classes
-    from vqldm.pipelines.fast import FrozenUNet
 
     x = torch.randn(batch, *unet_latent_shape(unet.config))
     classes = unet_num_classes(unet.config)
     inputs = (x, torch.tensor(500)) + ((torch.full((batch,), null_class(classes)),) if classes else ())
-    frozen = dict(zip(FROZEN_KINDS, (FrozenUNet(unet), FrozenUNet(unet, pack_convolutions=False))))
+    frozen = frozen_copies(unet)
     calls = {"eager": lambda: unet(*inputs), **{name: (lambda f=f: f(*inputs)) for name, f in frozen.items()}}
     builds = {}
     with torch.no_grad():
@@ -152,6 +151,13 @@ def unet_call_costs(unet, batch: int, repeats: int) -> dict:
 
 
 FROZEN_KINDS = ("frozen", "frozen, convs unpacked")
+
+
+def frozen_copies(unet) -> dict:
+    """vqldm's frozen UNet and the same without packed convolutions, by their FROZEN_KINDS names (unbuilt)."""
+    from vqldm.pipelines.fast import FrozenUNet
+
+    return dict(zip(FROZEN_KINDS, (FrozenUNet(unet), FrozenUNet(unet, pack_convolutions=False))))
 
 
 def break_even_calls(row: dict, name: str) -> str:
@@ -297,7 +303,12 @@ def print_time_budget(pipe, path: str, row: dict, args, measured: float) -> None
     vq, batch, repeats = pipe.vqvae, args.batch, max(3, args.repeats)
     x = torch.randn(batch, *row["inputs"][0].shape[1:])
     scheduler = copy.deepcopy(pipe.scheduler)
-    scheduler.set_timesteps(args.steps)
+
+    def all_steps():  # a fresh pass each time: a multistep scheduler keeps its place in the schedule
+        scheduler.set_timesteps(args.steps)
+        for t in scheduler.timesteps:
+            scheduler.step(x, t, x)
+
     per_call, build = row[path] if path == "frozen" else (row["eager"], 0.0)
     with torch.inference_mode():
         quantized = vq.quantize(x)[0]
@@ -306,8 +317,7 @@ def print_time_budget(pipe, path: str, row: dict, args, measured: float) -> None
             "its one-time build": build / args.num_images,
             "VQ decoder": median_seconds(lambda: vq.decoder(vq.post_quant_conv(quantized)), repeats) / batch,
             "VQ quantization": median_seconds(lambda: vq.quantize(x), repeats) / batch,
-            f"scheduler, {args.steps} steps": median_seconds(
-                lambda: [scheduler.step(x, t, x) for t in scheduler.timesteps], repeats) / batch,
+            f"scheduler, {args.steps} steps": median_seconds(all_steps, repeats) / batch,
         }
     total = sum(parts.values())
     print(f"where vqldm's default path spends its time, s/image (each part timed alone at batch {batch}; "
@@ -320,9 +330,7 @@ def print_op_profile(unet, inputs: tuple, calls: int) -> None:
     """The operators that take the most time in ``calls`` UNet calls of each frozen copy (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from vqldm.pipelines.fast import FrozenUNet
-
-    for name, frozen in zip(FROZEN_KINDS, (FrozenUNet(unet), FrozenUNet(unet, pack_convolutions=False))):
+    for name, frozen in frozen_copies(unet).items():
         with torch.no_grad():
             frozen(*inputs)  # built outside the profile
             with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -114,7 +114,7 @@ def _assert_one_line_error(code, err, *needles):
         (["--model", "{root}/uncond", "--unet-path", "fast"], ["unknown --unet-path 'fast'", "auto, eager, frozen"]),
         (["--model", "{root}/uncond", "--out", "{root}/x.gif"], [".png, .jpg or .webp"]),
         (["--model", "{root}/uncond", "--scheduler-option", "spacing"], ["--scheduler-option must be KEY=VALUE", "timestep_spacing=trailing"]),
-        (["--model", "{root}/uncond", "--scheduler", "dpm", "--scheduler-option", "nonsense=1", "--out", "{root}/never/"],
+        (["--model", "{root}/uncond", "--scheduler", "dpm", "--scheduler-option", "nonsense=1"],
          ["--scheduler-option nonsense=1", "scheduler 'dpm' has no option 'nonsense'"]),
         (["--model", "{root}/uncond", "--scheduler-option", "timestep_spacing=sideways"], ["--scheduler-option timestep_spacing=sideways"]),
     ],
@@ -160,7 +160,10 @@ def test_scheduler_options_change_the_sampler_and_are_part_of_resume(folders, tm
     from vqldm.cli.generate import set_sampler
     from vqldm.pipelines.pipeline import VQLatentDiffusionPipeline
 
-    assert not (folders / "never").exists()  # the refused option above wrote nothing
+    code, _, err = run(capsys, "--model", folders / "uncond", "--scheduler-option", "nonsense=1", "--steps", 2,
+                       "--out", f"{tmp_path / 'never'}/")
+    _assert_one_line_error(code, err, "--scheduler-option nonsense=1")
+    assert not (tmp_path / "never").exists()  # refused before the output folder is made
     images = {}
     for spacing in ("leading", "trailing"):
         out = tmp_path / spacing
